@@ -1,0 +1,60 @@
+# Lablink: the two set-up commands are `make up` and `make test`.
+# Everything they need is installed by the targets below, idempotently.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CHP_DIR := $(VENV)/proxy
+CHP := $(CHP_DIR)/node_modules/.bin/configurable-http-proxy
+CHP_VERSION ?= 5
+ARGS ?=
+
+export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
+
+.PHONY: up test lint bench-spawn venv proxy test-deps peers-start peers-stop clean
+
+## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
+up: venv proxy
+	$(VENV)/bin/lablink up
+
+## test: install test dependencies, start the peers, run pytest (ARGS go to pytest), stop the peers
+test: venv proxy test-deps
+	@bash .ci/peers.sh start
+	@set -o pipefail; status=0; \
+	  $(VENV)/bin/python -m pytest $(ARGS) || status=$$?; \
+	  bash .ci/peers.sh stop; \
+	  exit $$status
+
+lint: test-deps
+	$(VENV)/bin/ruff check spawner backend tunnel userlab_manager tests benchmarks
+	$(VENV)/bin/ruff format --check spawner backend tunnel userlab_manager tests benchmarks
+
+## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
+bench-spawn: venv proxy
+	$(VENV)/bin/python benchmarks/spawn.py $(ARGS)
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) install --quiet --disable-pip-version-check --upgrade pip
+	@$(PIP) install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+test-deps: $(VENV)/.stamp-test
+
+$(VENV)/.stamp-test: $(VENV)/.stamp pyproject.toml
+	@$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+proxy: $(CHP)
+
+$(CHP):
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+	@mkdir -p $(CHP_DIR)
+	@npm install --silent --no-audit --no-fund --prefix $(CHP_DIR) configurable-http-proxy@$(CHP_VERSION) >/dev/null
+	@test -x $@
+
+clean:
+	rm -rf $(VENV) .lablink .pytest_cache .ruff_cache .mypy_cache

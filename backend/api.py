@@ -1,0 +1,290 @@
+"""The backend's v1 HTTP API (paths under ``/api/v1``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
+from .catalog import OptionError, catalog
+from .labs import LabManager
+from .states import FINAL, PROGRESS, LabState, exit_status
+from .store import Event, Lab, ServerNameBusy, Store
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
+HEARTBEAT_SECONDS = 15.0
+
+router = APIRouter(prefix="/api/v1")
+Auth = Annotated[Principal, Depends(authenticate)]
+
+
+# -- models -------------------------------------------------------------------
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=128)
+    groups: list[str] = Field(default_factory=list, max_length=1000)
+    admin: bool = False
+    access_token: SecretStr | None = Field(default=None, max_length=16384)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not USER_NAME.match(v):
+            raise ValueError(f"must be {USER_NAME_HELP}")
+        return v
+
+
+class LabRequest(BaseModel):
+    """A start request from the hub."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: UserIn
+    server_name: str = Field(default="", pattern=SERVER_NAME)
+    vo: str | None = Field(default=None, max_length=255)
+    options: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    env: dict[str, str] = Field(default_factory=dict, max_length=200)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not re.match(ENV_NAME, key):
+                raise ValueError(
+                    f"variable name {key[:64]!r} must be letters, digits and '_', not starting "
+                    "with a digit"
+                )
+            if len(value) > 32768 or "\x00" in value:
+                raise ValueError(f"the value of {key} is too long or holds a NUL character")
+        return env
+
+
+class LabOut(BaseModel):
+    id: str
+    user: str
+    server_name: str
+    system: str
+    vo: str | None
+    options: dict[str, Any]
+    state: LabState
+    progress: int
+    message: str
+    url: str | None
+    exit_status: int | None = Field(
+        description="what JupyterHub's poll() reports: None while active"
+    )
+    created: datetime
+    updated: datetime
+
+
+class EventOut(BaseModel):
+    seq: int
+    time: datetime
+    progress: int
+    state: LabState
+    message: str
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    pid: int
+    active_labs: int
+
+
+def lab_out(lab: Lab) -> LabOut:
+    return LabOut(
+        id=lab.id,
+        user=lab.user_name,
+        server_name=lab.server_name,
+        system=lab.system,
+        vo=lab.vo,
+        options=lab.options,
+        state=lab.state,
+        progress=PROGRESS[lab.state],
+        message=lab.message,
+        url=lab.url if lab.state == LabState.RUNNING else None,
+        exit_status=exit_status(lab.state),
+        created=lab.created,
+        updated=lab.updated,
+    )
+
+
+def event_out(ev: Event) -> EventOut:
+    return EventOut(
+        seq=ev.seq,
+        time=ev.time,
+        progress=ev.progress,
+        state=ev.state,
+        message=ev.message,
+        detail=ev.detail,
+    )
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def manager_of(request: Request) -> LabManager:
+    return request.app.state.manager  # type: ignore[no-any-return]
+
+
+def acting_user(who: Principal) -> str:
+    if who.user is None:
+        raise HTTPException(
+            400, "The header X-Lablink-User must name the user this request acts for."
+        )
+    return who.user
+
+
+async def visible_lab(request: Request, who: Principal, lab_id: str) -> Lab:
+    lab = await store_of(request).get_lab(lab_id) if len(lab_id) <= 64 else None
+    if lab is None or not who.may_see(lab.user_name):
+        raise HTTPException(404, f"No lab with id {lab_id[:64]!r} is visible to you.")
+    return lab
+
+
+# -- routes -------------------------------------------------------------------
+
+
+@router.get("/health", response_model=Health)
+async def health(request: Request, who: Auth) -> Health:
+    from . import __version__
+
+    labs = await store_of(request).list_labs(active_only=True)
+    return Health(status="ok", version=__version__, pid=os.getpid(), active_labs=len(labs))
+
+
+@router.get("/catalog")
+async def get_catalog(request: Request, who: Auth) -> dict[str, Any]:
+    """The systems this user may start labs on, with their options."""
+    return catalog(request.app.state.settings)
+
+
+@router.post("/labs", status_code=202, response_model=LabOut)
+async def create_lab(request: Request, body: LabRequest, who: Auth, response: Response) -> LabOut:
+    """Accept a lab: validate its options, store it, and start it in the background."""
+    if who.user is not None and who.user != body.user.name and not who.admin:
+        raise HTTPException(
+            403, f"This request acts for {who.user!r} and cannot start a lab for another user."
+        )
+    try:
+        lab = await manager_of(request).create(
+            user_name=body.user.name,
+            server_name=body.server_name,
+            vo=body.vo,
+            options=body.options,
+            env=body.env,
+        )
+    except OptionError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ServerNameBusy as exc:
+        existing = f" (lab {exc.existing.id})" if exc.existing else ""
+        name = repr(body.server_name) if body.server_name else "the default server"
+        raise HTTPException(
+            409,
+            f"User {body.user.name!r} already has an active lab for {name}{existing}; "
+            "stop it first.",
+        ) from None
+    response.headers["Location"] = f"/api/v1/labs/{lab.id}"
+    return lab_out(lab)
+
+
+@router.get("/labs", response_model=list[LabOut])
+async def list_labs(
+    request: Request,
+    who: Auth,
+    user: Annotated[str | None, Query(max_length=128)] = None,
+    active: bool = False,
+) -> list[LabOut]:
+    """Labs of one user (yours by default); admins may list everybody's."""
+    if user is None and not who.admin:
+        user = acting_user(who)
+    if user is not None and not who.may_see(user):
+        raise HTTPException(403, "You can list only your own labs.")
+    labs = await store_of(request).list_labs(user_name=user, active_only=active)
+    return [lab_out(lab) for lab in labs]
+
+
+@router.get("/labs/{lab_id}", response_model=LabOut)
+async def get_lab(request: Request, lab_id: str, who: Auth) -> LabOut:
+    return lab_out(await visible_lab(request, who, lab_id))
+
+
+@router.delete("/labs/{lab_id}", status_code=202, response_model=LabOut)
+async def delete_lab(request: Request, lab_id: str, who: Auth) -> LabOut:
+    """Stop a lab. Idempotent: stopping a stopped lab answers with it as it is."""
+    lab = await visible_lab(request, who, lab_id)
+    return lab_out(await manager_of(request).stop(lab))
+
+
+@router.get("/labs/{lab_id}/events", response_model=list[EventOut])
+async def list_events(
+    request: Request,
+    lab_id: str,
+    who: Auth,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> list[EventOut]:
+    """The lab's events with a sequence number above ``after``, oldest first."""
+    await visible_lab(request, who, lab_id)
+    return [event_out(e) for e in await store_of(request).events(lab_id, after)]
+
+
+@router.get(
+    "/labs/{lab_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_events(
+    request: Request,
+    lab_id: str,
+    who: Auth,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> StreamingResponse:
+    """Server-sent events: every event after ``after`` (or ``Last-Event-ID``) as it is
+    stored; the stream ends after the lab reaches a final state."""
+    await visible_lab(request, who, lab_id)
+    last = request.headers.get("last-event-id", "")
+    if last.isdigit():
+        after = max(after, int(last))
+    store = store_of(request)
+    return StreamingResponse(
+        _sse(store, lab_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(store: Store, lab_id: str, after: int) -> AsyncIterator[bytes]:
+    seq = after
+    while True:
+        waiter = store.notifier.waiter(lab_id)  # before reading, so no event slips by
+        batch = await store.events(lab_id, seq)
+        for ev in batch:
+            seq = ev.seq
+            data = event_out(ev).model_dump_json()
+            yield f"id: {ev.seq}\nevent: lab\ndata: {data}\n\n".encode()
+        if batch and batch[-1].state in FINAL:
+            return
+        if not batch:
+            lab = await store.get_lab(lab_id)
+            if lab is None or (lab.state in FINAL and lab.last_seq <= seq):
+                return
+        try:
+            await asyncio.wait_for(waiter.wait(), HEARTBEAT_SECONDS)
+        except TimeoutError:
+            yield b": keep-alive\n\n"

@@ -1,0 +1,148 @@
+"""The ``lablink`` command: one subcommand per service, and ``up`` for all of them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from .settings import SettingsError, load_settings
+
+EMBEDDED_SITE = files("backend") / "data" / "embedded.yaml"
+LOG_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(app: object, host: str, port: int, log_level: str) -> int:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None)  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    overrides = {"state_dir": args.state_dir} if args.state_dir else None
+    try:
+        settings = load_settings(args.site, overrides)
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"lablink backend: {exc}", file=sys.stderr)
+        return 2
+    return _serve(app, args.host, args.port, args.log_level)
+
+
+def _service_token(var: str, name: str) -> str | None:
+    token = os.environ.get(var, "")
+    if len(token) < 16:
+        print(f"lablink {name}: set {var} to a secret of at least 16 characters", file=sys.stderr)
+        return None
+    return token
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    from tunnel.app import create_app
+
+    token = _service_token(args.token_env, "tunnel")
+    if token is None:
+        return 2
+    return _serve(create_app(token), args.host, args.port, args.log_level)
+
+
+def cmd_userlab_manager(args: argparse.Namespace) -> int:
+    from userlab_manager.app import create_app
+
+    token = _service_token(args.token_env, "userlab-manager")
+    if token is None:
+        return 2
+    return _serve(create_app(token), args.host, args.port, args.log_level)
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    """Run JupyterHub with Lablink's configuration (it reads LABLINK_* variables)."""
+    config = args.config or str(files("spawner") / "jupyterhub_config.py")
+    extra = args.hub_args[1:] if args.hub_args[:1] == ["--"] else args.hub_args
+    argv = [sys.executable, "-m", "jupyterhub", "-f", config, *extra]
+    os.execv(sys.executable, argv)  # the hub replaces this process: signals reach it directly
+    return 0  # not reached
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .embedded import Embedded
+
+    try:
+        site = args.site or str(EMBEDDED_SITE)
+        load_settings(site, {"state_dir": args.state_dir})  # fail early, with the key
+    except SettingsError as exc:
+        print(f"lablink up: {exc}", file=sys.stderr)
+        return 2
+    return Embedded(args, site).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lablink", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, port: int) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    up = sub.add_parser("up", help="run the whole stack on this machine (the embedded default)")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("LABLINK_STATE_DIR", ".lablink")),
+        help="where databases, logs and lab directories live (default .lablink)",
+    )
+    up.add_argument("--site", help="site file (default: the embedded one, system 'local')")
+    up.add_argument("--ip", default="127.0.0.1", help="address of the public hub")
+    up.add_argument("--port", type=int, default=8000, help="public hub port (default 8000)")
+    up.add_argument("--backend-port", type=int, default=8010, help="backend port (default 8010)")
+    up.add_argument("--hub-api-port", type=int, default=8081, help="hub API port (default 8081)")
+    up.add_argument(
+        "--proxy-api-port", type=int, default=8001, help="proxy API port (default 8001)"
+    )
+    up.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    up.set_defaults(func=cmd_up)
+
+    backend = sub.add_parser("backend", help="the backend service")
+    common(backend, 8010)
+    backend.add_argument("--site", required=True, help="the site file (YAML)")
+    backend.add_argument("--state-dir", type=Path, help="overrides state_dir of the site file")
+    backend.set_defaults(func=cmd_backend)
+
+    hub = sub.add_parser("hub", help="JupyterHub with Lablink's spawner and configuration")
+    hub.add_argument("--config", help="a jupyterhub_config.py to use instead of Lablink's")
+    hub.add_argument("hub_args", nargs=argparse.REMAINDER, help="passed on to jupyterhub")
+    hub.set_defaults(func=cmd_hub)
+
+    tunnel = sub.add_parser("tunnel", help="the SSH tunnel service (health only for now)")
+    common(tunnel, 8020)
+    tunnel.add_argument("--token-env", default="LABLINK_TUNNEL_TOKEN")
+    tunnel.set_defaults(func=cmd_tunnel)
+
+    ulm = sub.add_parser("userlab-manager", help="the UserLab Manager (health only for now)")
+    common(ulm, 8030)
+    ulm.add_argument("--token-env", default="LABLINK_USERLAB_MANAGER_TOKEN")
+    ulm.set_defaults(func=cmd_userlab_manager)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"))
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Persistence: SQLAlchemy tables, the async engine, and schema migrations.
+
+SQLite (through aiosqlite) is the embedded default; PostgreSQL (through
+asyncpg) is for production. The schema is created and changed only by the
+Alembic migrations in ``backend/migrations``; ``migrate()`` runs them at start.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    text,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+ACTIVE_CONDITION = "state NOT IN ('stopped', 'failed')"
+
+labs = Table(
+    "labs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_name", String(255), nullable=False, index=True),
+    Column("server_name", String(255), nullable=False, default=""),
+    Column("system", String(64), nullable=False),
+    Column("vo", String(255), nullable=True),
+    Column("options", JSON, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("last_seq", Integer, nullable=False, default=0),
+    Column("url", String(1024), nullable=True),
+    Column("handle", JSON, nullable=False),
+    Column("message", Text, nullable=False, default=""),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    # at most one active lab per user and server name, enforced by the database
+    Index(
+        "uq_labs_active_server",
+        "user_name",
+        "server_name",
+        unique=True,
+        sqlite_where=text(ACTIVE_CONDITION),
+        postgresql_where=text(ACTIVE_CONDITION),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("lab_id", String(36), ForeignKey("labs.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("progress", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    UniqueConstraint("lab_id", "seq", name="uq_events_lab_seq"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _alembic_config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration (idempotent)."""
+
+    def upgrade(connection: Connection) -> None:
+        command.upgrade(_alembic_config(connection), "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade)

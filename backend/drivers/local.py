@@ -1,0 +1,219 @@
+"""The ``local`` driver: each lab is a ``jupyterhub-singleuser`` process here.
+
+For demos and development (the embedded default). The lab runs in its own
+session with a clean environment (the backend's own variables, tokens among
+them, are not passed on), its working directory under the state directory,
+and its output in ``labs/<id>/output.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ..settings import LocalSystem
+from ..states import LabState
+from . import procs
+from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus
+
+log = logging.getLogger("lablink.backend.local")
+
+# variables of the backend's own environment a lab may see
+PASSED_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+# variables the driver sets itself and the hub may not override
+OWN = frozenset({"PATH", "HOME", "JUPYTERHUB_SERVICE_URL", "PWD", "SHELL"})
+
+
+def lab_command(system: LocalSystem, port: int) -> list[str]:
+    """The lab's argv (pure). The port travels in the environment, not here."""
+    exe = system.command[0]
+    if not os.path.isabs(exe):
+        # prefer the environment the backend runs in (the .venv of `make up`)
+        beside = Path(sys.executable).parent / exe
+        exe = str(beside) if beside.exists() else (shutil.which(exe) or exe)
+    argv = [exe, *system.command[1:], *system.args]
+    allow_root = system.allow_root if system.allow_root is not None else os.geteuid() == 0
+    if allow_root and "--allow-root" not in argv:
+        argv.append("--allow-root")
+    return argv
+
+
+def lab_environment(hub_env: dict[str, str], home: Path, port: int, prefix: str) -> dict[str, str]:
+    """The lab's environment (pure): the hub's variables, a PATH, a HOME, the bind URL."""
+    env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
+    env.update({k: v for k, v in hub_env.items() if k not in OWN})
+    path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+    env["PATH"] = os.pathsep.join(dict.fromkeys(path))
+    env["HOME"] = str(home)
+    env["SHELL"] = "/bin/bash"
+    env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}{prefix}"
+    return env
+
+
+def service_prefix(ctx: LabContext) -> str:
+    prefix = ctx.env.get("JUPYTERHUB_SERVICE_PREFIX") or ctx.handle.get("prefix")
+    if not prefix:
+        server = f"{ctx.server_name}/" if ctx.server_name else ""
+        prefix = f"/user/{ctx.user_name}/{server}"
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+class LocalDriver(Driver):
+    kind = "local"
+
+    def __init__(self, http: httpx.AsyncClient):
+        super().__init__(http)
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    def _paths(self, ctx: LabContext) -> tuple[Path, Path]:
+        run_dir = ctx.state_dir / "labs" / ctx.lab_id
+        home = ctx.state_dir / "users" / ctx.user_name
+        return run_dir, home
+
+    def _output(self, ctx: LabContext) -> str:
+        log_path = ctx.handle.get("log")
+        if not log_path:
+            return ""
+        return procs.tail(Path(log_path), ctx.system.output_lines)
+
+    async def start(self, ctx: LabContext) -> str:
+        system: LocalSystem = ctx.system
+        run_dir, home = self._paths(ctx)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+        port = procs.free_port()
+        prefix = service_prefix(ctx)
+        argv = lab_command(system, port)
+        env = lab_environment(ctx.env, home, port, prefix)
+        log_path = run_dir / "output.log"
+        await ctx.report(LabState.SUBMITTED, "Starting the lab as a process on this machine.")
+        with log_path.open("ab") as out:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=home,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                log.error("%s: cannot run %s: %s", ctx.log_name, argv[0], exc)
+                raise LabFailed(
+                    f"The lab command {system.command[0]!r} could not be run on this "
+                    "system; ask the site's admins to check its configuration."
+                ) from None
+        self._children[ctx.lab_id] = proc
+        await ctx.save(
+            {
+                "pid": proc.pid,
+                "started": procs.start_time(proc.pid),
+                "port": port,
+                "prefix": prefix,
+                "log": str(log_path),
+            }
+        )
+        log.info("%s: process %s on port %s", ctx.log_name, proc.pid, port)
+        await ctx.report(
+            LabState.STARTING, "The lab process is running; waiting for JupyterLab to answer."
+        )
+        return await self._wait_ready(ctx, system.start_timeout)
+
+    async def _wait_ready(self, ctx: LabContext, timeout: float) -> str:
+        port = ctx.handle["port"]
+        base = f"http://127.0.0.1:{port}"
+        probe = f"{base}{ctx.handle['prefix']}api"
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            st = await self.status(ctx)
+            if not st.alive:
+                code = f" with exit code {st.exit_code}" if st.exit_code is not None else ""
+                await self.stop(ctx)
+                raise LabFailed(
+                    f"The lab process ended during start{code}; its last output is below.",
+                    detail=self._output(ctx),
+                )
+            try:
+                resp = await self.http.get(probe, timeout=2.0)
+                if resp.status_code == 200:
+                    return base
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                await self.stop(ctx)
+                raise LabFailed(
+                    f"JupyterLab did not answer within {timeout:g} seconds; it was stopped.",
+                    detail=self._output(ctx),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def status(self, ctx: LabContext) -> LabStatus:
+        child = self._children.get(ctx.lab_id)
+        if child is not None and child.returncode is not None:
+            return LabStatus(alive=False, exit_code=child.returncode)
+        pid = ctx.handle.get("pid")
+        if pid is None:
+            return LabStatus(alive=False)
+        if procs.is_alive(pid, ctx.handle.get("started")):
+            return LabStatus(alive=True)
+        return LabStatus(alive=False, exit_code=child.returncode if child else None)
+
+    async def wait_ended(self, ctx: LabContext) -> LabStatus:
+        child = self._children.get(ctx.lab_id)
+        if child is not None:
+            await child.wait()
+        elif ctx.handle.get("pid"):
+            await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"))
+        return await self.status(ctx)
+
+    async def stop(self, ctx: LabContext) -> str:
+        child = self._children.get(ctx.lab_id)
+        if child is not None and not ctx.handle.get("pid"):
+            # stopped before the handle was stored: the child object knows the process
+            ctx.handle = {**ctx.handle, "pid": child.pid, "started": None}
+        pid = ctx.handle.get("pid")
+        started = ctx.handle.get("started")
+        if pid is not None and procs.is_alive(pid, started):
+            family = procs.descendants(pid)
+            procs.signal_group(pid, signal.SIGTERM)
+            if not await self._wait_gone(ctx, ctx.system.stop_grace):
+                log.warning("%s: did not stop on SIGTERM; killing it", ctx.log_name)
+                procs.signal_group(pid, signal.SIGKILL)
+                await self._wait_gone(ctx, 5)
+            # kernels and terminals live in sessions of their own
+            procs.kill_exact(family, signal.SIGKILL)
+        self._children.pop(ctx.lab_id, None)
+        if child is not None and child.returncode is None:
+            await child.wait()
+        return self._output(ctx)
+
+    async def _wait_gone(self, ctx: LabContext, timeout: float) -> bool:
+        child = self._children.get(ctx.lab_id)
+        if child is not None:
+            try:
+                await asyncio.wait_for(child.wait(), timeout)
+                return True
+            except TimeoutError:
+                return False
+        return await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"), timeout)
+
+    async def recover(self, ctx: LabContext) -> str | None:
+        if not ctx.handle.get("pid"):
+            return None
+        if not procs.is_alive(ctx.handle["pid"], ctx.handle.get("started")):
+            raise LabEnded(
+                "The lab's process ended while the backend was not running.",
+                detail=self._output(ctx),
+            )
+        return await self._wait_ready(ctx, ctx.system.start_timeout)

@@ -1,0 +1,126 @@
+"""Linux process helpers for labs that run as local processes.
+
+A lab process runs in its own session, so it outlives a backend restart. It
+is then no longer the backend's child; it is identified by its pid and its
+start time (so that a recycled pid is never mistaken for the lab), and its
+end is awaited with a pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is none."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # a zombie has ended, whoever reaps it
+        return None
+    return int(fields[19])
+
+
+def is_alive(pid: int, started: int | None) -> bool:
+    current = start_time(pid)
+    return current is not None and (started is None or current == started)
+
+
+def children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every live descendant of ``pid``."""
+    kids = children_map()
+    out: list[tuple[int, int]] = []
+    todo = list(kids.get(pid, []))
+    while todo:
+        p = todo.pop()
+        st = start_time(p)
+        if st is not None:
+            out.append((p, st))
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the lab's process group (the lab leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def kill_exact(procs: list[tuple[int, int]], sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal processes that are still the ones recorded (same pid and start time)."""
+    for pid, started in procs:
+        if is_alive(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+async def wait_exit(pid: int, started: int | None, timeout: float | None = None) -> bool:
+    """Wait until the process ends; True if it did within ``timeout``.
+
+    Works for processes that are not our children, through a pidfd.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not is_alive(pid, started):
+            return True
+        done = loop.create_future()
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            return not is_alive(pid, started)
+        finally:
+            loop.remove_reader(fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int, max_bytes: int = 16384) -> str:
+    """The last ``lines`` lines of a file (reads at most ``max_bytes`` from its end)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,308 @@
+"""``lablink up``: the whole stack on one machine, supervised.
+
+Starts the backend, then JupyterHub (which starts its proxy), each in its own
+session so that Ctrl-C reaches only this supervisor, which then stops things
+in order: the hub first (it stops the labs through the backend), then any lab
+still active, then the backend, then whatever is left of the process tree. A
+service that dies is started again (the labs keep running and the restarted
+backend re-attaches to them). The supervisor is a child subreaper, so
+processes orphaned below it (a lab whose backend was killed, a proxy whose hub
+was killed) come back to it and are reaped or stopped by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .drivers import procs
+
+PR_SET_CHILD_SUBREAPER = 36
+RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW before giving up
+RESTART_WINDOW = 60.0
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def default_proxy_command() -> str:
+    installed = Path(sys.prefix) / "proxy" / "node_modules" / ".bin" / "configurable-http-proxy"
+    return str(installed) if installed.exists() else "configurable-http-proxy"
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, timeout: float) -> None:
+        if not self.running:
+            return
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            procs.signal_group(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+class Embedded:
+    def __init__(self, args: argparse.Namespace, site: str):
+        self.args = args
+        self.site = site
+        self.state = Path(args.state_dir).resolve()
+        self.logs = self.state / "logs"
+        self.ip = args.ip
+        self.hub_url = f"http://{args.ip}:{args.port}"
+        self.backend_url = f"http://127.0.0.1:{args.backend_port}"
+        self.admin_token = secrets.token_urlsafe(32)
+        self.services: dict[str, Service] = {}
+
+    def say(self, text: str) -> None:
+        print(f"lablink up: {text}", flush=True)
+
+    def _services(self) -> dict[str, Service]:
+        hub_token = secrets.token_urlsafe(32)
+        password = os.environ.get("LABLINK_DEMO_PASSWORD", "")
+        self.generated_password = not password
+        if not password:
+            password = secrets.token_urlsafe(12)
+        self.password = password
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LABLINK_")}
+        base["LABLINK_STATE_DIR"] = str(self.state)
+        if "LABLINK_PROXY_COMMAND" in os.environ:
+            base["LABLINK_PROXY_COMMAND"] = os.environ["LABLINK_PROXY_COMMAND"]
+        if "LABLINK_DEMO_USERS" in os.environ:
+            base["LABLINK_DEMO_USERS"] = os.environ["LABLINK_DEMO_USERS"]
+        base.setdefault("LABLINK_PROXY_COMMAND", default_proxy_command())
+        me = [sys.executable, "-m", "backend.cli"]
+        backend_env = {
+            **base,
+            "LABLINK_HUB_TOKEN": hub_token,
+            "LABLINK_ADMIN_TOKEN": self.admin_token,
+        }
+        if "LABLINK_DATABASE_URL" in os.environ:
+            backend_env["LABLINK_DATABASE_URL"] = os.environ["LABLINK_DATABASE_URL"]
+        hub_env = {
+            **base,
+            "LABLINK_BACKEND_URL": self.backend_url,
+            "LABLINK_BACKEND_TOKEN": hub_token,
+            "LABLINK_HUB_URL": self.hub_url,
+            "LABLINK_HUB_API_PORT": str(self.args.hub_api_port),
+            "LABLINK_PROXY_API_PORT": str(self.args.proxy_api_port),
+            "LABLINK_DEMO_PASSWORD": password,
+        }
+        level = self.args.log_level
+        return {
+            "backend": Service(
+                "backend",
+                [
+                    *me,
+                    "backend",
+                    "--site",
+                    self.site,
+                    "--state-dir",
+                    str(self.state),
+                    "--port",
+                    str(self.args.backend_port),
+                    "--log-level",
+                    level,
+                ],
+                backend_env,
+                self.state,
+                self.logs / "backend.log",
+            ),
+            "hub": Service(
+                "hub",
+                [*me, "hub", "--", f"--log-level={level.upper()}"],
+                hub_env,
+                self.state / "hub",
+                self.logs / "hub.log",
+            ),
+        }
+
+    # -- readiness ---------------------------------------------------------------
+
+    async def _wait_http(
+        self, svc: Service, url: str, headers: dict[str, str], timeout: float
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if not svc.running:
+                    return False
+                try:
+                    if (await client.get(url, headers=headers)).status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        return False
+
+    async def _start(self, name: str) -> bool:
+        svc = self.services[name]
+        await svc.start()
+        if name == "backend":
+            ok = await self._wait_http(
+                svc,
+                f"{self.backend_url}/api/v1/health",
+                {"Authorization": f"Bearer {self.admin_token}"},
+                60,
+            )
+        else:
+            ok = await self._wait_http(svc, f"{self.hub_url}/hub/api/", {}, 120)
+        if not ok:
+            self.say(f"the {name} did not come up; the end of {svc.log_path}:")
+            print(procs.tail(svc.log_path, 30), file=sys.stderr, flush=True)
+        return ok
+
+    # -- supervision -------------------------------------------------------------
+
+    async def _supervise(self, stop: asyncio.Event) -> int:
+        waits = {
+            asyncio.ensure_future(s.proc.wait()): s  # type: ignore[union-attr]
+            for s in self.services.values()
+        }
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    [stop_wait, *waits], return_when=asyncio.FIRST_COMPLETED
+                )
+                if stop_wait in done:
+                    return 0
+                for fut in done:
+                    svc = waits.pop(fut)
+                    now = time.monotonic()
+                    svc.restarts = [t for t in svc.restarts if now - t < RESTART_WINDOW]
+                    if len(svc.restarts) >= RESTART_LIMIT:
+                        self.say(f"the {svc.name} keeps dying; see {svc.log_path}. Stopping.")
+                        return 1
+                    svc.restarts.append(now)
+                    code = fut.result()
+                    self.say(f"the {svc.name} ended (exit code {code}); starting it again")
+                    await asyncio.sleep(0.2 * 2 ** (len(svc.restarts) - 1))
+                    if not await self._start(svc.name):
+                        return 1
+                    waits[asyncio.ensure_future(svc.proc.wait())] = svc  # type: ignore[union-attr]
+        finally:
+            stop_wait.cancel()
+            for fut in waits:
+                fut.cancel()
+
+    async def _reap_orphans(self) -> None:
+        """Reap processes reparented to us that have ended (we are a subreaper)."""
+        me = os.getpid()
+        managed = {s.proc.pid for s in self.services.values() if s.proc}
+        while True:
+            for pid in procs.children_map().get(me, []):
+                if pid in managed or procs.start_time(pid) is not None:
+                    continue
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG: never blocks)
+            managed = {s.proc.pid for s in self.services.values() if s.proc}
+            await asyncio.sleep(1.0)
+
+    async def _stop_active_labs(self) -> None:
+        """Stop labs the hub did not stop (a hub that died, a lab of a removed user)."""
+        backend = self.services["backend"]
+        if not backend.running:
+            return
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with httpx.AsyncClient(
+            base_url=f"{self.backend_url}/api/v1", headers=headers, timeout=10, trust_env=False
+        ) as client:
+            try:
+                labs = (await client.get("/labs", params={"active": "true"})).json()
+                for lab in labs:
+                    await client.delete(f"/labs/{lab['id']}")
+                deadline = time.monotonic() + 30
+                while labs and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    labs = (await client.get("/labs", params={"active": "true"})).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                self.say(f"could not stop the remaining labs through the backend: {exc}")
+
+    def _kill_leftovers(self) -> None:
+        me = os.getpid()
+        tree = procs.descendants(me)
+        procs.kill_exact(tree, signal.SIGTERM)
+        time.sleep(0.5)
+        procs.kill_exact(procs.descendants(me), signal.SIGKILL)
+        for pid, _ in tree:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.services = self._services()
+        reaper = asyncio.create_task(self._reap_orphans())
+        code = 1
+        try:
+            self.say(f"state in {self.state}, logs in {self.logs}")
+            if await self._start("backend") and await self._start("hub"):
+                self.say(f"JupyterHub is at {self.hub_url}")
+                if self.generated_password:
+                    self.say(f"log in as 'demo' with the password {self.password}")
+                    self.say("(set LABLINK_DEMO_PASSWORD to choose it)")
+                else:
+                    self.say("log in as 'demo' with the password in LABLINK_DEMO_PASSWORD")
+                self.say("press Ctrl-C to stop everything")
+                code = await self._supervise(stop)
+        finally:
+            self.say("stopping")
+            await self.services["hub"].stop(60)
+            await self._stop_active_labs()
+            await self.services["backend"].stop(15)
+            reaper.cancel()
+            self._kill_leftovers()
+            self.say("stopped")
+        return code
+
+    def run(self) -> int:
+        become_subreaper()
+        return asyncio.run(self._main())

@@ -1,0 +1,252 @@
+"""The lab manager: runs the drivers and moves labs through their states.
+
+It is the only caller of the drivers. One task per lab follows the lab from
+start to its end (``_start_then_watch``); a stop cancels that task first, so
+a lab that is being stopped is never reported as having ended by itself. On
+start the manager re-attaches to every lab the database says is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+
+from .catalog import validate_options
+from .drivers.base import Driver, LabContext, LabEnded, LabFailed
+from .drivers.local import LocalDriver
+from .settings import Settings
+from .states import STARTING_UP, InvalidTransition, LabState
+from .store import Lab, Store
+
+log = logging.getLogger("lablink.backend.labs")
+
+DRIVERS: dict[str, type[Driver]] = {"local": LocalDriver}
+
+INTERNAL_ERROR = (
+    "An internal error stopped the lab; the site's admins can find the details in the backend log."
+)
+
+
+class LabManager:
+    def __init__(self, settings: Settings, store: Store, http: httpx.AsyncClient):
+        self.settings = settings
+        self.store = store
+        self.drivers: dict[str, Driver] = {kind: cls(http) for kind, cls in DRIVERS.items()}
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Task[None]] = {}
+
+    # -- contexts -----------------------------------------------------------
+
+    def driver_for(self, lab: Lab) -> Driver:
+        return self.drivers[self.settings.systems[lab.system].kind]
+
+    def context(self, lab: Lab, env: dict[str, str] | None = None) -> LabContext:
+        async def report(
+            state: LabState, message: str, *, detail: str = "", progress: int | None = None
+        ) -> None:
+            await self.store.record(lab.id, state, message, detail=detail, progress=progress)
+
+        async def save(handle: dict[str, Any]) -> None:
+            await self.store.save_handle(lab.id, handle)
+
+        return LabContext(
+            lab_id=lab.id,
+            user_name=lab.user_name,
+            server_name=lab.server_name,
+            system_name=lab.system,
+            system=self.settings.systems[lab.system],
+            options=lab.options,
+            handle=dict(lab.handle),
+            state_dir=self.settings.state_dir.resolve(),
+            report=report,
+            save_handle=save,
+            env=dict(env or {}),
+        )
+
+    # -- public operations ---------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        user_name: str,
+        server_name: str,
+        vo: str | None,
+        options: dict[str, Any],
+        env: dict[str, str],
+    ) -> Lab:
+        """Validate, store (state ``accepted``) and start a lab in the background.
+
+        Raises OptionError for bad options and ServerNameBusy if the user has an
+        active lab with this server name; nothing is stored then.
+        """
+        system_name, clean = validate_options(self.settings, options)
+        lab = await self.store.create_lab(
+            user_name=user_name,
+            server_name=server_name,
+            system=system_name,
+            vo=vo,
+            options=clean,
+            message=f"Lab accepted for system {system_name}.",
+        )
+        log.info("%s: accepted on system %s", _name(lab), system_name)
+        self._runs[lab.id] = asyncio.create_task(
+            self._start_then_watch(lab, env), name=f"lab-{lab.id}"
+        )
+        return lab
+
+    async def stop(self, lab: Lab) -> Lab:
+        """Begin stopping a lab (idempotent); the stop finishes in the background."""
+        if not lab.active:
+            return lab
+        if lab.state != LabState.STOPPING:
+            try:
+                lab = await self.store.record(lab.id, LabState.STOPPING, "Stopping the lab.")
+            except InvalidTransition:
+                current = await self.store.get_lab(lab.id)
+                assert current is not None
+                if current.state != LabState.STOPPING:
+                    return current  # it ended meanwhile
+                lab = current
+        if lab.id not in self._stops:
+            task = asyncio.create_task(self._stop(lab), name=f"stop-{lab.id}")
+            self._stops[lab.id] = task
+            task.add_done_callback(lambda _t, i=lab.id: self._stops.pop(i, None))
+        return lab
+
+    async def recover_all(self) -> None:
+        """Re-attach to every active lab after a (re)start of the backend."""
+        for lab in await self.store.list_labs(active_only=True):
+            if lab.system not in self.settings.systems:
+                await self._finish(
+                    lab,
+                    LabState.FAILED,
+                    f"System {lab.system!r} is no longer offered by this site; the lab was "
+                    "given up.",
+                )
+                continue
+            if lab.state == LabState.STOPPING:
+                await self.stop(lab)
+            else:
+                self._runs[lab.id] = asyncio.create_task(
+                    self._recover_then_watch(lab), name=f"recover-{lab.id}"
+                )
+        log.info("re-attached to %d active labs", len(self._runs) + len(self._stops))
+
+    async def close(self) -> None:
+        """Stop following labs (they keep running) and release the drivers."""
+        tasks = [*self._runs.values(), *self._stops.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for driver in self.drivers.values():
+            await driver.close()
+
+    # -- background work -----------------------------------------------------
+
+    async def _start_then_watch(self, lab: Lab, env: dict[str, str]) -> None:
+        ctx = self.context(lab, env)
+        driver = self.driver_for(lab)
+        try:
+            url = await driver.start(ctx)
+            await self.store.record(
+                lab.id, LabState.RUNNING, "JupyterLab is ready.", url=url, allowed_from=STARTING_UP
+            )
+            log.info("%s: running at %s", ctx.log_name, url)
+        except LabFailed as exc:
+            log.warning("%s: failed to start: %s", ctx.log_name, exc.message)
+            await self._finish(lab, LabState.FAILED, exc.message, exc.detail)
+            return
+        except InvalidTransition:
+            return  # a stop came first; it owns the lab now
+        except Exception:
+            log.exception("%s: start broke", ctx.log_name)
+            with contextlib.suppress(Exception):
+                await driver.stop(ctx)
+            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
+            return
+        await self._watch(ctx, driver)
+
+    async def _recover_then_watch(self, lab: Lab) -> None:
+        ctx = self.context(lab)
+        driver = self.driver_for(lab)
+        try:
+            url = await driver.recover(ctx)
+        except LabEnded as exc:
+            log.info("%s: ended while the backend was down", ctx.log_name)
+            await driver.stop(ctx)
+            await self._finish(lab, LabState.STOPPED, exc.message, exc.detail)
+            return
+        except LabFailed as exc:
+            await self._finish(lab, LabState.FAILED, exc.message, exc.detail)
+            return
+        except Exception:
+            log.exception("%s: recovery broke", ctx.log_name)
+            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
+            return
+        if url is None:
+            await self._finish(
+                lab,
+                LabState.FAILED,
+                "The backend restarted before the lab was launched; please start it again.",
+            )
+            return
+        log.info("%s: re-attached (%s)", ctx.log_name, url)
+        if lab.state != LabState.RUNNING:
+            try:
+                await self.store.record(
+                    lab.id,
+                    LabState.RUNNING,
+                    "JupyterLab is ready.",
+                    url=url,
+                    allowed_from=STARTING_UP,
+                )
+            except InvalidTransition:
+                return
+        await self._watch(ctx, driver)
+
+    async def _watch(self, ctx: LabContext, driver: Driver) -> None:
+        status = await driver.wait_ended(ctx)
+        output = await driver.stop(ctx)  # clears what the lab left behind
+        code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
+        log.info("%s: ended by itself%s", ctx.log_name, code)
+        with contextlib.suppress(InvalidTransition):
+            await self.store.record(
+                ctx.lab_id,
+                LabState.STOPPED,
+                f"The lab ended by itself{code}.",
+                detail=output,
+                allowed_from=(LabState.RUNNING,),
+            )
+
+    async def _stop(self, lab: Lab) -> None:
+        run = self._runs.pop(lab.id, None)
+        if run is not None and run is not asyncio.current_task():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+        current = await self.store.get_lab(lab.id) or lab
+        ctx = self.context(current)
+        try:
+            output = await self.driver_for(lab).stop(ctx)
+        except Exception:
+            log.exception("%s: stop broke", ctx.log_name)
+            await self._finish(current, LabState.FAILED, INTERNAL_ERROR)
+            return
+        log.info("%s: stopped", ctx.log_name)
+        await self._finish(current, LabState.STOPPED, "The lab was stopped.", output)
+
+    async def _finish(self, lab: Lab, state: LabState, message: str, detail: str = "") -> None:
+        with contextlib.suppress(InvalidTransition):
+            await self.store.record(lab.id, state, message, detail=detail)
+        self._runs.pop(lab.id, None)
+
+
+def _name(lab: Lab) -> str:
+    server = f":{lab.server_name}" if lab.server_name else ""
+    return f"{lab.user_name}{server} lab {lab.id[:8]}"

@@ -1,0 +1,137 @@
+"""The hub's client for the backend API: one shared HTTP connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("lablink.spawner")
+
+FINAL = ("stopped", "failed")
+
+
+class BackendError(Exception):
+    """The backend refused a request (4xx) or could not be reached / failed (5xx)."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class BackendClient:
+    def __init__(self, url: str, token: str, timeout: float = 10.0):
+        self.url = url.rstrip("/") + "/api/v1"
+        self._token = token
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            trust_env=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    def _headers(self, user: str | None, admin: bool = False) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if user is not None:
+            headers["X-Lablink-User"] = user
+        if admin:
+            headers["X-Lablink-Admin"] = "true"
+        return headers
+
+    async def _request(
+        self, method: str, path: str, user: str | None, admin: bool = False, **kw: Any
+    ) -> httpx.Response:
+        try:
+            resp = await self._http.request(
+                method, self.url + path, headers=self._headers(user, admin), **kw
+            )
+        except httpx.TransportError as exc:
+            raise BackendError(503, f"The Lablink backend cannot be reached ({exc!r}).") from None
+        if resp.status_code >= 400:
+            try:
+                detail = str(resp.json().get("detail", resp.reason_phrase))
+            except ValueError:
+                detail = resp.reason_phrase
+            raise BackendError(resp.status_code, detail)
+        return resp
+
+    async def catalog(self, user: str) -> dict[str, Any]:
+        return (await self._request("GET", "/catalog", user)).json()  # type: ignore[no-any-return]
+
+    async def create(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
+        resp = await self._request("POST", "/labs", user, admin, json=body)
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def get(self, lab_id: str, user: str, admin: bool) -> dict[str, Any] | None:
+        try:
+            return (await self._request("GET", f"/labs/{lab_id}", user, admin)).json()  # type: ignore[no-any-return]
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete(self, lab_id: str, user: str, admin: bool) -> dict[str, Any] | None:
+        try:
+            return (await self._request("DELETE", f"/labs/{lab_id}", user, admin)).json()  # type: ignore[no-any-return]
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def follow(
+        self, lab_id: str, user: str, admin: bool, after: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the lab's events as the backend stores them, until a final state.
+
+        Reconnects (with ``after``) when the stream breaks, for example while
+        the backend restarts; the caller bounds the total time.
+        """
+        delay = 0.1
+        url = f"{self.url}/labs/{lab_id}/events/stream"
+        timeout = httpx.Timeout(self.timeout, read=60.0)
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    url,
+                    params={"after": after},
+                    headers=self._headers(user, admin),
+                    timeout=timeout,
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        if resp.status_code < 500:
+                            detail = resp.json().get("detail", "") if resp.content else ""
+                            raise BackendError(resp.status_code, detail)
+                        raise httpx.RemoteProtocolError(f"status {resp.status_code}")
+                    delay = 0.1
+                    data: list[str] = []
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data:"):
+                            data.append(line[5:].lstrip())
+                        elif line == "" and data:
+                            event = json.loads("\n".join(data))
+                            data = []
+                            after = max(after, int(event["seq"]))
+                            yield event
+                            if event["state"] in FINAL:
+                                return
+                # the stream ended without a final event: the backend restarted, or
+                # the final event came before ``after``; ask which
+                lab = await self.get(lab_id, user, admin)
+                if lab is None or lab["state"] in FINAL:
+                    return
+            except (httpx.TransportError, httpx.RemoteProtocolError, BackendError) as exc:
+                if isinstance(exc, BackendError) and exc.status < 500:
+                    raise
+                log.debug("lab %s: event stream broke (%r); reconnecting", lab_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,38 @@
+# JupyterHub configuration for Lablink, used by `lablink hub` and `lablink up`.
+#
+# Every value comes from an environment variable so that `lablink up` (and a
+# container) can set it without editing this file; a site with its own
+# jupyterhub_config.py sets the same traits directly.
+import os
+from pathlib import Path
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
+
+state = Path(os.environ.get("LABLINK_STATE_DIR", ".lablink")).resolve()
+hub_dir = state / "hub"
+hub_dir.mkdir(parents=True, exist_ok=True)
+
+c.JupyterHub.bind_url = os.environ.get("LABLINK_HUB_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ.get('LABLINK_HUB_API_PORT', '8081')}"
+c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(hub_dir / "jupyterhub.pid")
+
+c.ConfigurableHTTPProxy.api_url = (
+    f"http://127.0.0.1:{os.environ.get('LABLINK_PROXY_API_PORT', '8001')}"
+)
+c.ConfigurableHTTPProxy.command = [
+    os.environ.get("LABLINK_PROXY_COMMAND", "configurable-http-proxy")
+]
+c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "jupyterhub-proxy.pid")
+
+c.JupyterHub.authenticator_class = "lablink-demo"
+c.JupyterHub.spawner_class = "lablink"
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 5
+c.JupyterHub.cleanup_servers = True
+
+# labs on HPC systems wait in queues; the backend bounds each wait itself
+c.Spawner.start_timeout = 900
+c.Spawner.http_timeout = 60
+c.Spawner.default_url = "/lab"

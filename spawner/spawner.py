@@ -1,0 +1,250 @@
+"""LablinkSpawner: a JupyterHub spawner that asks the Lablink backend.
+
+It decides nothing: the backend validates options, runs the lab and owns its
+state. The spawner sends the start request, follows the lab's events (they
+become the spawn page's progress bar), and maps the backend's answers onto
+JupyterHub's contract:
+
+- ``start()`` returns the URL the proxy routes to once the lab is running,
+  and raises a ``SpawnException`` with the backend's sentence when the backend
+  refuses the request (4xx, shown to the person with the same status) or the
+  lab fails to start (its last output is shown on the spawn page).
+- ``poll()`` returns None while the lab is active, 0 once it stopped, 1 if it
+  failed, and None if the backend cannot be asked right now (a backend that
+  restarts does not make the hub drop running labs).
+- ``stop()`` asks the backend to stop the lab and waits until it has.
+- ``get_state()`` / ``load_state()`` keep the lab id, so a restarted hub finds
+  its labs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jupyterhub.spawner import Spawner, SpawnException
+from traitlets import Float, Unicode, default
+
+from .client import FINAL, BackendClient, BackendError
+from .form import options_form_html
+
+
+class LabSpawnError(SpawnException):
+    """A refused or failed start, with the sentence JupyterHub shows the person."""
+
+    def __init__(self, message: str, *, reason: str, status_code: int, detail: str = ""):
+        message_html = html.escape(message)
+        if detail:
+            message_html += f"<pre class='lablink-output'>{html.escape(detail)}</pre>"
+        super().__init__(message, reason=reason, status_code=status_code, message_html=message_html)
+        self.jupyterhub_message = message
+        self.jupyterhub_html_message = message_html
+
+
+class LablinkSpawner(Spawner):
+    backend_url = Unicode(
+        help="""URL of the Lablink backend, for example http://127.0.0.1:8010.
+
+        Defaults to the environment variable LABLINK_BACKEND_URL.""",
+    ).tag(config=True)
+
+    @default("backend_url")
+    def _default_backend_url(self) -> str:
+        return os.environ.get("LABLINK_BACKEND_URL", "http://127.0.0.1:8010")
+
+    backend_token = Unicode(
+        help="""Bearer token with role 'hub' in the backend's site file.
+
+        Defaults to the environment variable LABLINK_BACKEND_TOKEN. Keep it out
+        of jupyterhub_config.py when that file is shared.""",
+    ).tag(config=True)
+
+    @default("backend_token")
+    def _default_backend_token(self) -> str:
+        return os.environ.get("LABLINK_BACKEND_TOKEN", "")
+
+    backend_timeout = Float(
+        10.0, help="Seconds to wait for one answer of the backend before giving up on it."
+    ).tag(config=True)
+
+    stop_wait = Float(
+        120.0,
+        help="""Seconds stop() waits for the backend to report the lab stopped.
+
+        After that the hub considers the server stopped; the backend goes on
+        stopping it.""",
+    ).tag(config=True)
+
+    lab_id = Unicode(None, allow_none=True, help="The backend's id of the current lab (state).")
+
+    _clients: dict[tuple[str, str], BackendClient] = {}
+
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        # the lab runs elsewhere: the hub's own PATH and friends mean nothing there
+        return []
+
+    @default("options_form")
+    def _default_options_form(self) -> Any:
+        return _render_form
+
+    @property
+    def backend(self) -> BackendClient:
+        key = (self.backend_url, self.backend_token)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = BackendClient(*key, timeout=self.backend_timeout)
+        return client
+
+    @property
+    def _who(self) -> tuple[str, bool]:
+        return self.user.name, bool(getattr(self.user, "admin", False))
+
+    # -- state ------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.lab_id:
+            state["lab_id"] = self.lab_id
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.lab_id = state.get("lab_id")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.lab_id = None
+
+    # -- options ----------------------------------------------------------------
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        system = (formdata.get("system") or [""])[0].strip()
+        if system:
+            options["system"] = system
+        return options
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def _request_body(self) -> dict[str, Any]:
+        auth_state = await self.user.get_auth_state() or {}
+        return {
+            "user": {
+                "name": self.user.name,
+                "groups": sorted(g.name for g in getattr(self.user, "groups", [])),
+                "admin": bool(getattr(self.user, "admin", False)),
+                "access_token": auth_state.get("access_token"),
+            },
+            "server_name": self.name or "",
+            "vo": None,
+            "options": dict(self.user_options or {}),
+            "env": {k: str(v) for k, v in self.get_env().items()},
+        }
+
+    async def start(self) -> str:
+        user, admin = self._who
+        body = await self._request_body()
+        try:
+            try:
+                lab = await self.backend.create(body, user, admin)
+            except BackendError as exc:
+                if exc.status != 409:
+                    raise
+                # the backend still has an active lab for this server the hub has
+                # forgotten (a hub that lost its database): stop it, then start anew
+                await self._stop_existing(user, admin)
+                lab = await self.backend.create(body, user, admin)
+        except BackendError as exc:
+            self.log.warning("%s: start refused by the backend: %s", self._log_name, exc.detail)
+            status = exc.status if exc.status < 500 else 503
+            raise LabSpawnError(exc.detail, reason="backend", status_code=status) from None
+        self.lab_id = lab["id"]
+        self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
+        async for event in self.backend.follow(self.lab_id, user, admin):
+            if event["state"] == "running":
+                current = await self.backend.get(self.lab_id, user, admin)
+                if current and current.get("url"):
+                    return str(current["url"])
+            if event["state"] in FINAL:
+                raise LabSpawnError(
+                    event["message"],
+                    reason="lab-failed",
+                    status_code=502,
+                    detail=event.get("detail", ""),
+                )
+        raise LabSpawnError(
+            "The lab ended before it was ready.", reason="lab-failed", status_code=502
+        )
+
+    async def _stop_existing(self, user: str, admin: bool) -> None:
+        for lab in await self._labs_of_this_server(user, admin):
+            await self.backend.delete(lab["id"], user, admin)
+            async for _event in self.backend.follow(lab["id"], user, admin):
+                pass
+
+    async def _labs_of_this_server(self, user: str, admin: bool) -> list[dict[str, Any]]:
+        resp = await self.backend._request(
+            "GET", "/labs", user, admin, params={"user": user, "active": "true"}
+        )
+        return [lab for lab in resp.json() if lab["server_name"] == (self.name or "")]
+
+    async def poll(self) -> int | None:
+        if not self.lab_id:
+            return 0
+        user, admin = self._who
+        try:
+            lab = await self.backend.get(self.lab_id, user, admin)
+        except BackendError as exc:
+            self.log.warning("%s: cannot poll the backend: %s", self._log_name, exc.detail)
+            return None
+        if lab is None:
+            return 0
+        return lab["exit_status"]  # type: ignore[no-any-return]
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.lab_id:
+            return
+        user, admin = self._who
+        lab_id = self.lab_id
+        try:
+            lab = await self.backend.delete(lab_id, user, admin)
+            if lab is None or lab["state"] in FINAL:
+                return
+            await asyncio.wait_for(self._drain(lab_id, user, admin), self.stop_wait)
+        except (BackendError, TimeoutError) as exc:
+            self.log.warning("%s: stop of lab %s not confirmed: %s", self._log_name, lab_id, exc)
+
+    async def _drain(self, lab_id: str, user: str, admin: bool) -> None:
+        async for _event in self.backend.follow(lab_id, user, admin):
+            pass
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        # the lab id exists once the backend accepted the request
+        while not self.lab_id:
+            if not self._spawn_pending:
+                return
+            await asyncio.sleep(0.05)
+        user, admin = self._who
+        async for event in self.backend.follow(self.lab_id, user, admin):
+            item = {"progress": event["progress"], "message": event["message"]}
+            if event.get("detail"):
+                item["html_message"] = (
+                    f"{html.escape(event['message'])}"
+                    f"<pre class='lablink-output'>{html.escape(event['detail'])}</pre>"
+                )
+            yield item
+            if event["state"] == "running":
+                return
+
+
+async def _render_form(spawner: LablinkSpawner) -> str:
+    try:
+        catalog = await spawner.backend.catalog(spawner.user.name)
+    except BackendError as exc:
+        spawner.log.warning("cannot load the catalog: %s", exc.detail)
+        catalog = None
+    return options_form_html(catalog)

@@ -1,0 +1,1 @@
+"""Lablink's SSH tunnel service (asyncssh port forwards through login nodes)."""

@@ -1,0 +1,1 @@
+"""Lablink's UserLab Manager: lab pods on Kubernetes for cloud systems."""
