@@ -31,6 +31,17 @@ from .drivers import procs
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW before giving up
 RESTART_WINDOW = 60.0
+SECRET_VARIABLES = frozenset(
+    {
+        "LABLINK_HUB_TOKEN",
+        "LABLINK_ADMIN_TOKEN",
+        "LABLINK_BACKEND_TOKEN",
+        "LABLINK_DEMO_PASSWORD",
+        "LABLINK_DATABASE_URL",  # may hold a database password
+        "CONFIGPROXY_AUTH_TOKEN",
+        "JUPYTERHUB_CRYPT_KEY",
+    }
+)
 
 
 def become_subreaper() -> bool:
@@ -108,12 +119,10 @@ class Embedded:
         if not password:
             password = secrets.token_urlsafe(12)
         self.password = password
-        base = {k: v for k, v in os.environ.items() if not k.startswith("LABLINK_")}
+        # the children get this environment minus every secret; each service then
+        # gets only the secrets it needs
+        base = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         base["LABLINK_STATE_DIR"] = str(self.state)
-        if "LABLINK_PROXY_COMMAND" in os.environ:
-            base["LABLINK_PROXY_COMMAND"] = os.environ["LABLINK_PROXY_COMMAND"]
-        if "LABLINK_DEMO_USERS" in os.environ:
-            base["LABLINK_DEMO_USERS"] = os.environ["LABLINK_DEMO_USERS"]
         base.setdefault("LABLINK_PROXY_COMMAND", default_proxy_command())
         me = [sys.executable, "-m", "backend.cli"]
         backend_env = {

@@ -36,3 +36,5 @@ c.JupyterHub.cleanup_servers = True
 c.Spawner.start_timeout = 900
 c.Spawner.http_timeout = 60
 c.Spawner.default_url = "/lab"
+# how often the hub asks the backend whether each lab still runs (seconds)
+c.Spawner.poll_interval = int(os.environ.get("LABLINK_POLL_INTERVAL", "30"))

@@ -87,6 +87,10 @@ class LablinkSpawner(Spawner):
         # the lab runs elsewhere: the hub's own PATH and friends mean nothing there
         return []
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        return _backend_decides
+
     @default("options_form")
     def _default_options_form(self) -> Any:
         return _render_form
@@ -239,6 +243,10 @@ class LablinkSpawner(Spawner):
             yield item
             if event["state"] == "running":
                 return
+
+
+def _backend_decides(spawner: Spawner, user_options: dict[str, Any]) -> None:
+    """user_options travel to the backend as they are; it validates them."""
 
 
 async def _render_form(spawner: LablinkSpawner) -> str:

@@ -137,7 +137,11 @@ class LocalDriver(Driver):
         while True:
             st = await self.status(ctx)
             if not st.alive:
-                code = f" with exit code {st.exit_code}" if st.exit_code is not None else ""
+                exit_code = st.exit_code
+                child = self._children.get(ctx.lab_id)
+                if exit_code is None and child is not None:
+                    exit_code = await child.wait()  # ended, maybe not yet reaped
+                code = f" with exit code {exit_code}" if exit_code is not None else ""
                 await self.stop(ctx)
                 raise LabFailed(
                     f"The lab process ended during start{code}; its last output is below.",

@@ -1,0 +1,116 @@
+"""Run the whole stack (`lablink up`) as a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from backend.drivers.procs import free_port
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    password: str
+    users: list[str]
+    site: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['hub']}"
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "up.log"
+
+    def start(self, timeout: float = 90) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ports = {
+            name: free_port() for name in ("hub", "backend", "hub_api", "proxy_api")
+        }
+        argv = [
+            sys.executable, "-m", "backend.cli", "up",
+            "--state-dir", str(self.state_dir),
+            "--port", str(self.ports["hub"]),
+            "--backend-port", str(self.ports["backend"]),
+            "--hub-api-port", str(self.ports["hub_api"]),
+            "--proxy-api-port", str(self.ports["proxy_api"]),
+        ]  # fmt: skip
+        if self.site:
+            argv += ["--site", str(self.site)]
+        env = {
+            **os.environ,
+            "LABLINK_DEMO_PASSWORD": self.password,
+            "LABLINK_DEMO_USERS": ",".join(self.users),
+            **self.extra_env,
+        }
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lablink up exited early:\n{self.log.read_text()[-4000:]}")
+            if "JupyterHub is at" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"lablink up did not come up:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 90) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def processes(self) -> list[tuple[int, str]]:
+        """Live processes that belong to this stack (by state directory or ports)."""
+        marks = [str(self.state_dir)] + [f"127.0.0.1:{p}" for p in self.ports.values()]
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if stat[stat.rindex(")") + 2] in "ZX":
+                    continue
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(entry / "cwd")
+                if any(m in cmd for m in marks) or cwd.startswith(str(self.state_dir)):
+                    found.append((int(entry.name), cmd))
+        return found
+
+    def lab_pids(self, user: str) -> list[int]:
+        """The jupyterhub-singleuser processes running in a user's directory."""
+        home = str(self.state_dir / "users" / user)
+        pids = []
+        for pid, cmd in self.processes():
+            with contextlib.suppress(OSError):
+                if "jupyterhub-singleuser" in cmd and os.readlink(f"/proc/{pid}/cwd") == home:
+                    pids.append(pid)
+        return pids
+
+    def backend_pid(self) -> int | None:
+        for pid, cmd in self.processes():
+            if "backend.cli backend" in cmd:
+                return pid
+        return None
+
+    def hub_answers(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/hub/api/", timeout=2, trust_env=False).status_code == 200
+        return False

@@ -1,0 +1,212 @@
+"""End to end: the real stack (`lablink up`: hub, proxy, backend) and real labs
+(jupyterhub-singleuser), driven over HTTP as a person with a browser would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.hub import HubUser
+from tests.helpers.stack import Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+PASSWORD = "e2e-password-0123"
+USERS = ["demo", "alice", "bob", "carol"]
+
+
+def write_site(path: Path) -> Path:
+    """The embedded site plus a system whose lab command fails at once."""
+    site = yaml.safe_load((Path("backend/data/embedded.yaml")).read_text())
+    site["systems"]["broken"] = {
+        "kind": "local",
+        "display_name": "A broken system",
+        "command": [
+            sys.executable,
+            "-c",
+            "import sys; [print(f'starting step {i}') for i in range(40)]; "
+            "print('ImportError: the lab image lacks jupyterlab', flush=True); sys.exit(4)",
+        ],
+    }
+    path.write_text(yaml.safe_dump(site))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    s = Stack(
+        state_dir=root / "state",
+        password=PASSWORD,
+        users=USERS,
+        site=write_site(root / "site.yaml"),
+        extra_env={"LABLINK_POLL_INTERVAL": "1"},
+    )
+    s.start()
+    yield s
+    code = s.stop(signal.SIGINT)
+    left = s.processes()
+    assert code == 0, s.log.read_text()[-3000:]
+    assert not left, f"processes left behind after Ctrl-C: {left}"
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+async def test_demo_starts_a_lab_sees_progress_and_stops_it(stack: Stack) -> None:
+    async with HubUser(stack.url, "demo", PASSWORD) as demo:
+        await demo.login()
+        # an empty start request uses the site's default system, as the API allows
+        starting = asyncio.create_task(demo.start())
+        await wait_until(lambda: bool(stack.lab_pids("demo")) or starting.done(), 30, "a lab")
+        events = await demo.progress()
+        response = await starting
+        assert response.status_code in (201, 202), response.text
+        messages = [e.get("message", "") for e in events]
+        assert any("waiting for JupyterLab" in m for m in messages), messages
+        assert events[-1].get("ready") is True, events
+        progress = [e["progress"] for e in events if "progress" in e]
+        assert progress == sorted(progress), progress
+
+        took = await demo.wait_lab()
+        assert took < 30
+        model = await demo.model()
+        assert model["servers"][""]["ready"] is True
+        assert model["servers"][""]["user_options"] == {}
+        pids = stack.lab_pids("demo")
+        assert len(pids) == 1, pids
+
+        response = await demo.stop()
+        assert response.status_code in (202, 204), response.text
+        await demo.wait_stopped()
+        await wait_until(lambda: not alive(pids[0]), 10, "the lab process to end")
+        assert stack.lab_pids("demo") == []
+        response = await demo.open_lab()
+        assert response.status_code != 200 or "jupyter" not in response.text.lower()
+
+
+async def test_named_servers_run_side_by_side(stack: Stack) -> None:
+    async with HubUser(stack.url, "carol", PASSWORD) as carol:
+        await carol.login()
+        first, second = await asyncio.gather(
+            carol.start("first", {"system": "local"}), carol.start("second", {"system": "local"})
+        )
+        assert first.status_code in (201, 202), first.text
+        assert second.status_code in (201, 202), second.text
+        await carol.wait_lab("first")
+        await carol.wait_lab("second")
+        assert len(stack.lab_pids("carol")) == 2
+        await asyncio.gather(carol.stop("first"), carol.stop("second"))
+        await carol.wait_stopped("first")
+        await carol.wait_stopped("second")
+        await wait_until(lambda: not stack.lab_pids("carol"), 10, "carol's labs to end")
+
+
+async def test_backend_killed_and_restarted_while_a_lab_runs(stack: Stack) -> None:
+    async with HubUser(stack.url, "alice", PASSWORD) as alice:
+        await alice.login()
+        response = await alice.start()
+        assert response.status_code in (201, 202), response.text
+        await alice.wait_lab()
+        lab_pid = stack.lab_pids("alice")[0]
+        old_backend = stack.backend_pid()
+        assert old_backend is not None
+
+        os.kill(old_backend, signal.SIGKILL)
+        await wait_until(
+            lambda: (stack.backend_pid() or old_backend) != old_backend, 30, "a new backend"
+        )
+        backend_log = stack.state_dir / "logs" / "backend.log"
+        await wait_until(
+            lambda: "re-attached" in backend_log.read_text(), 30, "the backend to re-attach"
+        )
+        # the hub polls every second: a few polls later the lab is still its server
+        await asyncio.sleep(3)
+        model = await alice.model()
+        assert model["servers"][""]["ready"] is True, model
+        assert alive(lab_pid)
+        response = await alice.open_lab()
+        assert response.status_code == 200
+
+        response = await alice.stop()
+        assert response.status_code in (202, 204), response.text
+        await alice.wait_stopped()
+        await wait_until(lambda: not alive(lab_pid), 10, "the lab process to end")
+
+
+async def test_lab_that_dies_is_noticed_by_poll(stack: Stack) -> None:
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        response = await bob.start("short", {"system": "local"})
+        assert response.status_code in (201, 202), response.text
+        await bob.wait_lab("short")
+        (pid,) = stack.lab_pids("bob")
+        os.kill(pid, signal.SIGKILL)
+        # the backend sees the process end, and the hub's next poll drops the server
+        await bob.wait_stopped("short", timeout=15)
+
+
+async def test_failed_start_shows_the_lab_output_on_the_spawn_page(stack: Stack) -> None:
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        response = await bob.start("broken", {"system": "broken"})
+        assert response.status_code == 502, response.text
+        assert "ended during start" in response.json()["message"]
+        events = await bob.progress("broken")
+        failed = events[-1]
+        assert failed.get("failed") is True, events
+        assert "exit code 4" in failed["message"]
+        assert "ImportError: the lab image lacks jupyterlab" in failed["html_message"]
+        assert "starting step 39" in failed["html_message"]
+        assert "starting step 0<" not in failed["html_message"]  # only the last lines
+        assert stack.lab_pids("bob") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"system": "nope"}, "options.system"),
+        ({"system": "local", "partition": "batch"}, "options.partition"),
+    ],
+)
+async def test_bad_options_are_refused_with_a_sentence(
+    stack: Stack, options: dict[str, str], field: str
+) -> None:
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        response = await bob.start("bad", options)
+        assert response.status_code == 422, response.text
+        message = response.json()["message"]
+        assert message.startswith(field), message
+        assert "Traceback" not in response.text
+        assert stack.lab_pids("bob") == []
+        model = await bob.model()
+        assert "bad" not in model["servers"] or not model["servers"]["bad"]["ready"]
+
+
+async def test_wrong_password_is_refused(stack: Stack) -> None:
+    async with HubUser(stack.url, "demo", "not-the-password") as intruder:
+        with pytest.raises(AssertionError, match="login of demo failed"):
+            await intruder.login()
