@@ -9,10 +9,11 @@ CHP_DIR := $(VENV)/proxy
 CHP := $(CHP_DIR)/node_modules/.bin/configurable-http-proxy
 CHP_VERSION ?= 5
 ARGS ?=
+LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint bench-spawn venv proxy test-deps peers-start peers-stop clean
+.PHONY: up test lint docs bench-spawn venv proxy test-deps peers-start peers-stop clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -20,6 +21,7 @@ up: venv proxy
 
 ## test: install test dependencies, start the peers, run pytest (ARGS go to pytest), stop the peers
 test: venv proxy test-deps
+	@$(VENV)/bin/ruff check --quiet $(LINTED) && $(VENV)/bin/ruff format --check --quiet $(LINTED)
 	@bash .ci/peers.sh start
 	@set -o pipefail; status=0; \
 	  $(VENV)/bin/python -m pytest $(ARGS) || status=$$?; \
@@ -27,8 +29,12 @@ test: venv proxy test-deps
 	  exit $$status
 
 lint: test-deps
-	$(VENV)/bin/ruff check spawner backend tunnel userlab_manager tests benchmarks
-	$(VENV)/bin/ruff format --check spawner backend tunnel userlab_manager tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+## docs: regenerate docs/config-reference.md from the code
+docs: venv
+	$(PY) docs/generate_reference.py
 
 ## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
 bench-spawn: venv proxy

@@ -114,8 +114,13 @@ class LabManager:
         if lab.id not in self._stops:
             task = asyncio.create_task(self._stop(lab), name=f"stop-{lab.id}")
             self._stops[lab.id] = task
-            task.add_done_callback(lambda _t, i=lab.id: self._stops.pop(i, None))
+            task.add_done_callback(self._forget_stop)
         return lab
+
+    def _forget_stop(self, task: asyncio.Task[None]) -> None:
+        for lab_id, t in list(self._stops.items()):
+            if t is task:
+                del self._stops[lab_id]
 
     async def recover_all(self) -> None:
         """Re-attach to every active lab after a (re)start of the backend."""

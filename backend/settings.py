@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 
@@ -37,29 +45,46 @@ class TokenSettings(_Strict):
     ``role: admin`` tokens see and stop every lab.
     """
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(
+        pattern=NAME_PATTERN, description="a name for logs: lower-case letters, digits, '-'"
+    )
     secret_env: str = Field(
         pattern=r"^[A-Z_][A-Z0-9_]*$",
-        description="environment variable holding the token",
+        description="the environment variable that holds the token (16 characters or more)",
     )
-    role: Literal["hub", "admin"] = "hub"
+    role: Literal["hub", "admin"] = Field(
+        default="hub",
+        description="'hub': acts for the user named in each request; 'admin': sees and stops "
+        "every lab",
+    )
 
 
 class LocalSystem(_Strict):
     """Labs as processes on the backend's own machine (demo and development)."""
 
-    kind: Literal["local"]
-    display_name: str = ""
-    description: str = ""
-    command: list[str] = Field(default_factory=lambda: ["jupyterhub-singleuser"], min_length=1)
-    args: list[str] = Field(default_factory=list)
+    kind: Literal["local"] = Field(description="'local': each lab is a process on this machine")
+    display_name: str = Field(default="", description="the name people see in the form")
+    description: str = Field(default="", description="one line shown beside the name")
+    command: list[str] = Field(
+        default_factory=lambda: ["jupyterhub-singleuser"],
+        min_length=1,
+        description="the lab's command; a bare name is looked up beside the backend's Python "
+        "first, then on PATH",
+    )
+    args: list[str] = Field(default_factory=list, description="extra arguments for the command")
     allow_root: bool | None = Field(
         default=None,
-        description="pass --allow-root to the lab; by default only when the backend runs as root",
+        description="pass --allow-root to the lab; unset: only when the backend runs as root",
     )
-    start_timeout: float = Field(default=120, gt=0, le=3600)
-    stop_grace: float = Field(default=5, ge=0, le=300)
-    output_lines: int = Field(default=20, ge=1, le=500)
+    start_timeout: float = Field(
+        default=120, gt=0, le=3600, description="seconds a lab may take to answer before it fails"
+    )
+    stop_grace: float = Field(
+        default=5, ge=0, le=300, description="seconds between SIGTERM and SIGKILL on stop"
+    )
+    output_lines: int = Field(
+        default=20, ge=1, le=500, description="lines of the lab's output kept in its last event"
+    )
 
 
 SystemSettings = Annotated[LocalSystem, Field(discriminator="kind")]
@@ -67,12 +92,30 @@ SYSTEM_KINDS = ("local",)
 
 
 class Settings(_Strict):
-    site_name: str = "Lablink"
-    state_dir: Path = Path(".lablink")
-    database_url: str = ""
-    tokens: list[TokenSettings] = Field(min_length=1)
-    default_system: str
-    systems: dict[str, SystemSettings] = Field(min_length=1)
+    """The site file: what the backend offers and how it is reached."""
+
+    site_name: str = Field(default="Lablink", description="the site's name, shown to people")
+    state_dir: Path = Field(
+        default=Path(".lablink"),
+        description="where the SQLite database and lab directories live (`--state-dir` "
+        "overrides it)",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL, e.g. postgresql://user@host/db; empty: SQLite in "
+        "state_dir; LABLINK_DATABASE_URL overrides it",
+    )
+    tokens: list[TokenSettings] = Field(
+        min_length=1, description="who may call the backend (bearer tokens)"
+    )
+    systems: dict[str, SystemSettings] = Field(
+        min_length=1,
+        description="the systems labs run on, by name (lower-case letters, digits, '-')",
+    )
+    # after systems, so that its validator can see them
+    default_system: str = Field(
+        description="the system of a start request that names none (one of `systems`)"
+    )
 
     @field_validator("systems")
     @classmethod
@@ -85,13 +128,16 @@ class Settings(_Strict):
                 )
         return systems
 
+    @field_validator("default_system")
+    @classmethod
+    def _default_system(cls, name: str, info: ValidationInfo) -> str:
+        systems = info.data.get("systems")  # absent when the systems are invalid
+        if systems is not None and name not in systems:
+            raise ValueError(f"{name!r} is not one of the systems ({', '.join(sorted(systems))})")
+        return name
+
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
-        if self.default_system not in self.systems:
-            raise ValueError(
-                f"default_system {self.default_system!r} is not one of the systems "
-                f"({', '.join(sorted(self.systems))})"
-            )
         names = [t.name for t in self.tokens]
         if len(names) != len(set(names)):
             raise ValueError("tokens: every token needs its own name")
@@ -132,7 +178,7 @@ def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...]
             _key_lines(item, sub, out)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "not a known setting"
@@ -186,6 +232,10 @@ def load_settings(
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"site file {p}: cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"site file {p}: cannot be read: not UTF-8 (byte {exc.start})"
+        ) from None
     return parse_settings(text, str(p), overrides)
 
 

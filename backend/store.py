@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -223,7 +223,7 @@ class Store:
         detail: str = "",
         progress: int | None = None,
         url: str | None = None,
-        allowed_from: Sequence[LabState] | None = None,
+        allowed_from: Collection[LabState] | None = None,
     ) -> Lab:
         """Move a lab to ``state`` (or stay in it) and store the event.
 

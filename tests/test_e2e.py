@@ -156,6 +156,33 @@ async def test_backend_killed_and_restarted_while_a_lab_runs(stack: Stack) -> No
         await wait_until(lambda: not alive(lab_pid), 10, "the lab process to end")
 
 
+async def test_hub_killed_and_restarted_keeps_the_lab(stack: Stack) -> None:
+    async with HubUser(stack.url, "carol", PASSWORD) as carol:
+        await carol.login()
+        response = await carol.start("kept", {"system": "local"})
+        assert response.status_code in (201, 202), response.text
+        await carol.wait_lab("kept")
+        (lab_pid,) = stack.lab_pids("carol")
+        old_hub = stack.hub_pid()
+        assert old_hub is not None
+
+        os.kill(old_hub, signal.SIGKILL)
+        await wait_until(lambda: (stack.hub_pid() or old_hub) != old_hub, 30, "a new hub")
+        await wait_until(stack.hub_answers, 60, "the new hub to answer")
+        # the restarted hub loaded the lab id from its database and polled the backend
+        await asyncio.sleep(2)
+        model = await carol.model()
+        assert model["servers"]["kept"]["ready"] is True, model
+        assert alive(lab_pid)
+        response = await carol.open_lab("kept")
+        assert response.status_code == 200
+
+        response = await carol.stop("kept")
+        assert response.status_code in (202, 204), response.text
+        await carol.wait_stopped("kept")
+        await wait_until(lambda: not alive(lab_pid), 10, "the lab process to end")
+
+
 async def test_lab_that_dies_is_noticed_by_poll(stack: Stack) -> None:
     async with HubUser(stack.url, "bob", PASSWORD) as bob:
         await bob.login()

@@ -94,7 +94,12 @@ async def wait_exit(pid: int, started: int | None, timeout: float | None = None)
         if not is_alive(pid, started):
             return True
         done = loop.create_future()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+
+        def readable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, readable)
         try:
             await asyncio.wait_for(done, timeout)
         except TimeoutError:

@@ -56,14 +56,24 @@ class HubUser:
         headers = {"X-XSRFToken": self.xsrf, **kw.pop("headers", {})}
         return await self.http.request(method, f"/hub/api{path}", headers=headers, **kw)
 
-    async def start(self, server_name: str = "", options: dict[str, Any] | None = None) -> httpx.Response:
-        path = f"/users/{self.name}/servers/{server_name}" if server_name else f"/users/{self.name}/server"
+    async def start(
+        self, server_name: str = "", options: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        path = (
+            f"/users/{self.name}/servers/{server_name}"
+            if server_name
+            else f"/users/{self.name}/server"
+        )
         if options is None:
             return await self.api("POST", path)
         return await self.api("POST", path, json=options)
 
     async def stop(self, server_name: str = "") -> httpx.Response:
-        path = f"/users/{self.name}/servers/{server_name}" if server_name else f"/users/{self.name}/server"
+        path = (
+            f"/users/{self.name}/servers/{server_name}"
+            if server_name
+            else f"/users/{self.name}/server"
+        )
         return await self.api("DELETE", path)
 
     async def model(self) -> dict[str, Any]:

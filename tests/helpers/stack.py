@@ -36,9 +36,7 @@ class Stack:
 
     def start(self, timeout: float = 90) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {
-            name: free_port() for name in ("hub", "backend", "hub_api", "proxy_api")
-        }
+        self.ports = {name: free_port() for name in ("hub", "backend", "hub_api", "proxy_api")}
         argv = [
             sys.executable, "-m", "backend.cli", "up",
             "--state-dir", str(self.state_dir),
@@ -107,6 +105,12 @@ class Stack:
     def backend_pid(self) -> int | None:
         for pid, cmd in self.processes():
             if "backend.cli backend" in cmd:
+                return pid
+        return None
+
+    def hub_pid(self) -> int | None:
+        for pid, cmd in self.processes():
+            if "-m jupyterhub -f" in cmd:
                 return pid
         return None
 
