@@ -22,6 +22,7 @@ up: venv proxy
 ## test: install test dependencies, start the peers, run pytest (ARGS go to pytest), stop the peers
 test: venv proxy test-deps
 	@$(VENV)/bin/ruff check --quiet $(LINTED) && $(VENV)/bin/ruff format --check --quiet $(LINTED)
+	@$(VENV)/bin/mypy
 	@bash .ci/peers.sh start
 	@set -o pipefail; status=0; \
 	  $(VENV)/bin/python -m pytest $(ARGS) || status=$$?; \

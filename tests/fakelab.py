@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b'{"version": "fake"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -76,10 +76,7 @@ async def test_client_resumes_after_a_backend_restart(
                 seen.append(event["seq"])
 
         follower = asyncio.create_task(follow())
-        while (
-            not any(True for _ in seen)
-            or (await client.get(lab["id"], "alice", False))["state"] != "running"
-        ):
+        while (await client.get(lab["id"], "alice", False))["state"] != "running":  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await first.stop()
         await start_backend(settings, port=port)
