@@ -21,7 +21,10 @@ from .store import Event, Lab, ServerNameBusy, Store
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
+LAB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # text the database can store and a log can show
 HEARTBEAT_SECONDS = 15.0
+MAX_SEQ = 2**31 - 1  # event numbers are 32-bit integers in the database
 
 router = APIRouter(prefix="/api/v1")
 Auth = Annotated[Principal, Depends(authenticate)]
@@ -40,7 +43,7 @@ class UserIn(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not USER_NAME.match(v):
+        if not USER_NAME.fullmatch(v):
             raise ValueError(f"must be {USER_NAME_HELP}")
         return v
 
@@ -51,7 +54,7 @@ class LabRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: UserIn
     server_name: str = Field(default="", pattern=SERVER_NAME)
-    vo: str | None = Field(default=None, max_length=255)
+    vo: str | None = Field(default=None, max_length=255, pattern=NO_CONTROL)
     options: dict[str, Any] = Field(default_factory=dict, max_length=64)
     env: dict[str, str] = Field(default_factory=dict, max_length=200)
 
@@ -59,7 +62,7 @@ class LabRequest(BaseModel):
     @classmethod
     def _env(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
-            if not re.match(ENV_NAME, key):
+            if not re.fullmatch(ENV_NAME, key):
                 raise ValueError(
                     f"variable name {key[:64]!r} must be letters, digits and '_', not starting "
                     "with a digit"
@@ -152,7 +155,7 @@ def acting_user(who: Principal) -> str:
 
 
 async def visible_lab(request: Request, who: Principal, lab_id: str) -> Lab:
-    lab = await store_of(request).get_lab(lab_id) if len(lab_id) <= 64 else None
+    lab = await store_of(request).get_lab(lab_id) if LAB_ID.fullmatch(lab_id) else None
     if lab is None or not who.may_see(lab.user_name):
         raise HTTPException(404, f"No lab with id {lab_id[:64]!r} is visible to you.")
     return lab
@@ -208,7 +211,7 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
 async def list_labs(
     request: Request,
     who: Auth,
-    user: Annotated[str | None, Query(max_length=128)] = None,
+    user: Annotated[str | None, Query(max_length=128, pattern=USER_NAME.pattern)] = None,
     active: bool = False,
 ) -> list[LabOut]:
     """Labs of one user (yours by default); admins may list everybody's."""
@@ -237,7 +240,7 @@ async def list_events(
     request: Request,
     lab_id: str,
     who: Auth,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
 ) -> list[EventOut]:
     """The lab's events with a sequence number above ``after``, oldest first."""
     await visible_lab(request, who, lab_id)
@@ -253,14 +256,14 @@ async def stream_events(
     request: Request,
     lab_id: str,
     who: Auth,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
 ) -> StreamingResponse:
     """Server-sent events: every event after ``after`` (or ``Last-Event-ID``) as it is
     stored; the stream ends after the lab reaches a final state."""
     await visible_lab(request, who, lab_id)
     last = request.headers.get("last-event-id", "")
-    if last.isdigit():
-        after = max(after, int(last))
+    if last.isascii() and last.isdigit():
+        after = max(after, min(int(last), MAX_SEQ))
     store = store_of(request)
     return StreamingResponse(
         _sse(store, lab_id, after),

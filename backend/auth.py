@@ -60,7 +60,7 @@ def authenticate(request: Request) -> Principal:
     if tok is None:
         raise unauthorized("The bearer token is not valid for this service.")
     user = request.headers.get("x-lablink-user")
-    if user is not None and not USER_NAME.match(user):
+    if user is not None and not USER_NAME.fullmatch(user):
         raise HTTPException(400, f"The header X-Lablink-User must be {USER_NAME_HELP}.")
     hub_says_admin = request.headers.get("x-lablink-admin", "").lower() == "true"
     return Principal(

@@ -22,10 +22,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 
@@ -108,36 +108,43 @@ class Settings(_Strict):
     tokens: list[TokenSettings] = Field(
         min_length=1, description="who may call the backend (bearer tokens)"
     )
+    default_system: str = Field(
+        description="the system of a start request that names none (one of `systems`)"
+    )
     systems: dict[str, SystemSettings] = Field(
         min_length=1,
         description="the systems labs run on, by name (lower-case letters, digits, '-')",
-    )
-    # after systems, so that its validator can see them
-    default_system: str = Field(
-        description="the system of a start request that names none (one of `systems`)"
     )
 
     @field_validator("systems")
     @classmethod
     def _system_names(cls, systems: dict[str, Any]) -> dict[str, Any]:
         for name in systems:
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(
                     f"system name {name!r} must be lower-case letters, digits and '-', "
                     "starting with a letter"
                 )
         return systems
 
-    @field_validator("default_system")
-    @classmethod
-    def _default_system(cls, name: str, info: ValidationInfo) -> str:
-        systems = info.data.get("systems")  # absent when the systems are invalid
-        if systems is not None and name not in systems:
-            raise ValueError(f"{name!r} is not one of the systems ({', '.join(sorted(systems))})")
-        return name
-
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
+        if self.default_system not in self.systems:
+            # raised at the key, so that the error names default_system and its line
+            reason = (
+                f"{self.default_system!r} is not one of the systems "
+                f"({', '.join(sorted(self.systems))})"
+            )
+            raise ValidationError.from_exception_data(
+                "Settings",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("value_error", "{reason}", {"reason": reason}),
+                        loc=("default_system",),
+                        input=self.default_system,
+                    )
+                ],
+            )
         names = [t.name for t in self.tokens]
         if len(names) != len(set(names)):
             raise ValueError("tokens: every token needs its own name")

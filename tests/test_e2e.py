@@ -104,7 +104,7 @@ async def test_demo_starts_a_lab_sees_progress_and_stops_it(stack: Stack) -> Non
         await wait_until(lambda: not alive(pids[0]), 10, "the lab process to end")
         assert stack.lab_pids("demo") == []
         response = await demo.open_lab()
-        assert response.status_code != 200 or "jupyter" not in response.text.lower()
+        assert response.url.path != "/user/demo/lab", "a stopped lab still answers"
 
 
 async def test_named_servers_run_side_by_side(stack: Stack) -> None:
@@ -149,6 +149,7 @@ async def test_backend_killed_and_restarted_while_a_lab_runs(stack: Stack) -> No
         assert alive(lab_pid)
         response = await alice.open_lab()
         assert response.status_code == 200
+        assert response.url.path == "/user/alice/lab"
 
         response = await alice.stop()
         assert response.status_code in (202, 204), response.text
@@ -176,6 +177,7 @@ async def test_hub_killed_and_restarted_keeps_the_lab(stack: Stack) -> None:
         assert alive(lab_pid)
         response = await carol.open_lab("kept")
         assert response.status_code == 200
+        assert response.url.path == "/user/carol/kept/lab"
 
         response = await carol.stop("kept")
         assert response.status_code in (202, 204), response.text

@@ -113,15 +113,21 @@ class LocalDriver(Driver):
                     "system; ask the site's admins to check its configuration."
                 ) from None
         self._children[ctx.lab_id] = proc
-        await ctx.save(
-            {
-                "pid": proc.pid,
-                "started": procs.start_time(proc.pid),
-                "port": port,
-                "prefix": prefix,
-                "log": str(log_path),
-            }
-        )
+        try:
+            await ctx.save(
+                {
+                    "pid": proc.pid,
+                    "started": procs.start_time(proc.pid),
+                    "port": port,
+                    "prefix": prefix,
+                    "log": str(log_path),
+                }
+            )
+        except BaseException:
+            # not recorded (the backend is shutting down, or the database failed):
+            # nothing could find this process again, so it must not outlive us
+            procs.signal_group(proc.pid, signal.SIGKILL)
+            raise
         log.info("%s: process %s on port %s", ctx.log_name, proc.pid, port)
         await ctx.report(
             LabState.STARTING, "The lab process is running; waiting for JupyterLab to answer."
@@ -160,7 +166,7 @@ class LocalDriver(Driver):
                     detail=self._output(ctx),
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, 0.1)
 
     async def status(self, ctx: LabContext) -> LabStatus:
         child = self._children.get(ctx.lab_id)

@@ -127,5 +127,6 @@ def tail(path: Path, lines: int, max_bytes: int = 16384) -> str:
             data = f.read()
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace")
+    # NUL is valid UTF-8 but no text column (PostgreSQL) can hold it
+    text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     return "\n".join(text.splitlines()[-lines:])

@@ -103,19 +103,26 @@ class HubUser:
         """GET /user/<name>/[server/]lab through the proxy, following the OAuth dance."""
         return await self.http.get(f"{self.server_path(server_name)}lab", follow_redirects=True)
 
-    async def wait_lab(self, server_name: str = "", timeout: float = 120) -> float:
-        """Poll until the lab page answers 200; return the seconds it took."""
+    async def wait_lab(
+        self, server_name: str = "", timeout: float = 120, poll: float = 0.05
+    ) -> float:
+        """Poll until the lab itself answers /lab with 200; return the seconds it took.
+
+        While a spawn is pending the hub redirects to its spawn-pending page, which
+        answers 200 too: only a 200 at the lab's own path counts.
+        """
+        lab_path = f"{self.server_path(server_name)}lab"
         t0 = time.monotonic()
         while True:
             resp = await self.open_lab(server_name)
-            if resp.status_code == 200 and "jupyter" in resp.text.lower():
+            if resp.status_code == 200 and resp.url.path == lab_path:
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
                 raise AssertionError(
-                    f"{self.server_path(server_name)}lab did not answer 200 in {timeout}s: "
-                    f"{resp.status_code}"
+                    f"{lab_path} did not answer 200 in {timeout}s: "
+                    f"{resp.status_code} at {resp.url.path}"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll)
 
     async def wait_stopped(self, server_name: str = "", timeout: float = 60) -> None:
         t0 = time.monotonic()
