@@ -171,11 +171,21 @@ def normalize_database_url(url: str) -> str:
 
 
 def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    """Record the line (1-based) of every key and list item in the composed YAML."""
+    """Record the line (1-based) of every key and list item in the composed YAML.
+
+    A key given twice in one mapping is an error (YAML would keep the last one
+    silently, hiding a mistake).
+    """
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             sub = (*path, key.value)
+            if sub in out and out[sub] != key.start_mark.line + 1:
+                dotted = ".".join(str(p) for p in sub)
+                raise SettingsError(
+                    f"line {key.start_mark.line + 1}: {dotted}: given twice "
+                    f"(first on line {out[sub]})"
+                )
             out[sub] = key.start_mark.line + 1
             _key_lines(value, sub, out)
     elif isinstance(node, yaml.SequenceNode):
@@ -210,7 +220,10 @@ def parse_settings(
         raise SettingsError(f"site file {source}: the top level must be a mapping of settings")
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
-        _key_lines(node, (), lines)
+        try:
+            _key_lines(node, (), lines)
+        except SettingsError as exc:
+            raise SettingsError(f"site file {source}, {exc}") from None
     data.update(overrides or {})
     try:
         return Settings.model_validate(data)

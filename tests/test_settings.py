@@ -348,3 +348,9 @@ def test_environment_overrides_database_url(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.resolved_database_url == "postgresql+asyncpg://prod@db/lablink"
     monkeypatch.setenv("LABLINK_DATABASE_URL", "")
     assert settings.resolved_database_url == "sqlite+aiosqlite:///file.sqlite"
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    text = "site_name: a\ndefault_system: local\nsite_name: b\n"
+    with pytest.raises(SettingsError, match=r"line 3: site_name: given twice \(first on line 1\)"):
+        parse_settings(text, "dup.yaml")
