@@ -222,6 +222,16 @@ def lab_request(user: str = "alice", server_name: str = "", **extra: Any) -> dic
     return body
 
 
+@pytest.fixture(autouse=True)
+def _kill_leftover_fakelabs() -> Iterator[None]:
+    """Set up first, torn down last: after no_leftover_processes has had its say, so
+    one failing test cannot make the next ones fail too."""
+    from tests.helpers.labs import kill_fakelabs
+
+    yield
+    kill_fakelabs()
+
+
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a fakelab or lab process behind."""

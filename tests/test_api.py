@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,12 @@ from tests.helpers.labs import (
     alive,
     assert_error,
     fakelab_processes,
-    kill_fakelabs,
     lab_process,
     process_environment,
     sse_events,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers() -> Iterator[None]:
-    """Set up first, torn down last: after no_leftover_processes has had its say."""
-    yield
-    kill_fakelabs()
 
 
 async def start_lab(client: httpx.AsyncClient, body: dict[str, Any] | None = None) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,12 @@ from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dic
 from tests.helpers.labs import (
     alive,
     fakelab_processes,
-    kill_fakelabs,
     lab_process,
     spawn_fakelab,
     stored_lab,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers() -> Iterator[None]:
-    """Set up first, torn down last: after no_leftover_processes has had its say."""
-    yield
-    kill_fakelabs()
 
 
 async def restart(
