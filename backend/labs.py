@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from .catalog import validate_options
-from .drivers.base import Driver, LabContext, LabEnded, LabFailed
+from .drivers.base import Driver, LabContext, LabEnded, LabFailed, lab_log_name
 from .drivers.local import LocalDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
@@ -92,7 +92,11 @@ class LabManager:
             options=clean,
             message=f"Lab accepted for system {system_name}.",
         )
-        log.info("%s: accepted on system %s", _name(lab), system_name)
+        log.info(
+            "%s: accepted on system %s",
+            lab_log_name(lab.user_name, lab.server_name, lab.id),
+            system_name,
+        )
         self._runs[lab.id] = asyncio.create_task(
             self._start_then_watch(lab, env), name=f"lab-{lab.id}"
         )
@@ -250,8 +254,3 @@ class LabManager:
         with contextlib.suppress(InvalidTransition):
             await self.store.record(lab.id, state, message, detail=detail)
         self._runs.pop(lab.id, None)
-
-
-def _name(lab: Lab) -> str:
-    server = f":{lab.server_name}" if lab.server_name else ""
-    return f"{lab.user_name}{server} lab {lab.id[:8]}"

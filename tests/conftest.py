@@ -235,13 +235,8 @@ def _kill_leftover_fakelabs() -> Iterator[None]:
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
     """Fail a test that leaves a fakelab or lab process behind."""
+    from tests.helpers.labs import fakelab_processes
+
     yield
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                stat = (entry / "stat").read_text()
-                if "fakelab.py" in cmd and stat.split(")")[1].split()[0] not in ("Z", "X"):
-                    leftovers.append(cmd)
+    leftovers = fakelab_processes()
     assert not leftovers, f"processes left behind: {leftovers}"

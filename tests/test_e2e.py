@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backend.drivers import procs
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
 
@@ -68,11 +69,7 @@ async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ign
 
 
 def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
+    return procs.is_alive(pid, None)
 
 
 async def test_demo_starts_a_lab_sees_progress_and_stops_it(stack: Stack) -> None:

@@ -43,6 +43,12 @@ from typing import Any, ClassVar
 import httpx
 
 
+def lab_log_name(user_name: str, server_name: str, lab_id: str) -> str:
+    """How logs name a lab: ``user[:server] lab <id prefix>``."""
+    server = f":{server_name}" if server_name else ""
+    return f"{user_name}{server} lab {lab_id[:8]}"
+
+
 class LabFailed(Exception):
     """The lab could not start. ``message`` is one sentence for the person."""
 
@@ -90,8 +96,7 @@ class LabContext:
 
     @property
     def log_name(self) -> str:
-        server = f":{self.server_name}" if self.server_name else ""
-        return f"{self.user_name}{server} lab {self.lab_id[:8]}"
+        return lab_log_name(self.user_name, self.server_name, self.lab_id)
 
     async def save(self, handle: dict[str, Any]) -> None:
         self.handle = dict(handle)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from backend.drivers.procs import free_port
+from backend.drivers.procs import free_port, start_time
 
 
 @dataclass
@@ -83,8 +83,7 @@ class Stack:
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if stat[stat.rindex(")") + 2] in "ZX":
+                if start_time(int(entry.name)) is None:
                     continue
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 cwd = os.readlink(entry / "cwd")
