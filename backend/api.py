@@ -173,9 +173,15 @@ async def health(request: Request, who: Auth) -> Health:
 
 
 @router.get("/catalog")
-async def get_catalog(request: Request, who: Auth) -> dict[str, Any]:
-    """The systems this user may start labs on, with their options."""
-    return catalog(request.app.state.settings)
+async def get_catalog(
+    request: Request,
+    who: Auth,
+    group: Annotated[list[str], Query(max_length=1000)] = [],  # noqa: B006
+) -> dict[str, Any]:
+    """The systems the acting user may start labs on, with their options (partitions,
+    ranges, the user's accounts and projects). ``group`` names the user's hub groups."""
+    user = acting_user(who) if who.user is not None or not who.admin else ""
+    return catalog(request.app.state.settings, user, frozenset(g[:255] for g in group))
 
 
 @router.post("/labs", status_code=202, response_model=LabOut)
@@ -192,6 +198,10 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
             vo=body.vo,
             options=body.options,
             env=body.env,
+            groups=body.user.groups,
+            access_token=(
+                body.user.access_token.get_secret_value() if body.user.access_token else None
+            ),
         )
     except OptionError as exc:
         raise HTTPException(422, str(exc)) from None

@@ -18,7 +18,7 @@ from .api import router
 from .auth import TokenChecker
 from .db import create_engine, migrate
 from .labs import LabManager
-from .settings import Settings, token_secrets
+from .settings import Settings, system_secrets, token_secrets
 from .store import Store
 
 log = logging.getLogger("lablink.backend")
@@ -75,7 +75,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
-    tokens = TokenChecker(token_secrets(settings, dict(environ) if environ is not None else None))
+    env = dict(environ) if environ is not None else None
+    tokens = TokenChecker(token_secrets(settings, env))
+    secrets = system_secrets(settings, env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +86,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         await migrate(engine)
         store = Store(engine)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
-        manager = LabManager(settings, store, http)
+        manager = LabManager(settings, store, http, secrets)
         app.state.store = store
         app.state.manager = manager
         await manager.recover_all()

@@ -9,35 +9,155 @@ from __future__ import annotations
 from typing import Any
 
 from .settings import LocalSystem, Settings
+from .unicore.config import Partition, Range, UnicoreSystem
+
+UNICORE_KEYS = (
+    "system",
+    "account",
+    "project",
+    "partition",
+    "nodes",
+    "runtime",
+    "gpus",
+    "reservation",
+)
 
 
 class OptionError(ValueError):
     """A start option is not acceptable; the message is for the person."""
 
 
-def system_entry(name: str, system: LocalSystem) -> dict[str, Any]:
+def _range(r: Range) -> dict[str, int]:
+    return {"min": r.min, "max": r.max, "default": r.initial}
+
+
+def _partition_entry(system: UnicoreSystem, name: str, part: Partition) -> dict[str, Any]:
     return {
+        "name": name,
+        "display_name": part.display_name or name,
+        "description": part.description,
+        "interactive": part.interactive,
+        "nodes": _range(part.nodes),
+        "runtime": _range(part.runtime),
+        "gpus": _range(part.gpus),
+        "reservations": [r for r, res in system.reservations.items() if name in res.partitions],
+    }
+
+
+def system_entry(
+    name: str, system: LocalSystem | UnicoreSystem, user: str, groups: frozenset[str]
+) -> dict[str, Any] | None:
+    """The catalog entry of one system for this person; None if it is not theirs."""
+    entry: dict[str, Any] = {
         "name": name,
         "kind": system.kind,
         "display_name": system.display_name or name,
         "description": system.description,
-        "options": {},
     }
+    if isinstance(system, UnicoreSystem):
+        accounts, projects = system.grants_for(user, groups)
+        if not accounts:
+            return None
+        entry["accounts"] = accounts
+        entry["projects"] = projects
+        entry["partitions"] = [
+            _partition_entry(system, p, part) for p, part in system.partitions.items()
+        ]
+    return entry
 
 
-def catalog(settings: Settings) -> dict[str, Any]:
+def catalog(settings: Settings, user: str, groups: frozenset[str] = frozenset()) -> dict[str, Any]:
+    systems = []
+    for name, system in settings.systems.items():
+        entry = system_entry(name, system, user, groups)
+        if entry is not None:
+            systems.append(entry)
     return {
         "site_name": settings.site_name,
         "default_system": settings.default_system,
-        "systems": [system_entry(n, s) for n, s in settings.systems.items()],
+        "systems": systems,
     }
 
 
-def allowed_keys(system: LocalSystem) -> tuple[str, ...]:
+def allowed_keys(system: LocalSystem | UnicoreSystem) -> tuple[str, ...]:
+    if isinstance(system, UnicoreSystem):
+        return UNICORE_KEYS
     return ("system",)
 
 
-def validate_options(settings: Settings, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _text(value: Any) -> str:
+    return repr(value)[:64] if isinstance(value, str) else str(value)[:64]
+
+
+def _choose(key: str, value: Any, allowed: list[str], where: str) -> str:
+    """One of ``allowed``; the first when the request leaves it out."""
+    if value in (None, ""):
+        if not allowed:
+            raise OptionError(f"options.{key}: {where} offers you none.")
+        return allowed[0]
+    if not isinstance(value, str) or value not in allowed:
+        listed = ", ".join(allowed) if allowed else "none"
+        raise OptionError(
+            f"options.{key}: {_text(value)} is not offered {where}; allowed: {listed}."
+        )
+    return value
+
+
+def _number(key: str, value: Any, r: Range, where: str) -> int:
+    if value in (None, ""):
+        return r.initial
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 10:
+        number = int(value.strip())
+    if number is None:
+        raise OptionError(
+            f"options.{key}: {_text(value)} is not a whole number; allowed: {r.min} to {r.max}."
+        )
+    if not r.min <= number <= r.max:
+        raise OptionError(
+            f"options.{key}: {number} is out of range {where}; allowed: {r.min} to {r.max}."
+        )
+    return number
+
+
+def _unicore_options(
+    name: str, system: UnicoreSystem, options: dict[str, Any], user: str, groups: frozenset[str]
+) -> dict[str, Any]:
+    accounts, projects = system.grants_for(user, groups)
+    if not accounts:
+        raise OptionError(
+            f"options.system: you have no account on system {name!r}; ask the site's admins "
+            "for access or choose another system."
+        )
+    on = f"to you on system {name!r}"
+    clean: dict[str, Any] = {"system": name}
+    clean["account"] = _choose("account", options.get("account"), accounts, on)
+    if projects or options.get("project") not in (None, ""):
+        clean["project"] = _choose("project", options.get("project"), projects, on)
+    partition = _choose(
+        "partition", options.get("partition"), list(system.partitions), f"on system {name!r}"
+    )
+    part = system.partitions[partition]
+    clean["partition"] = partition
+    where = f"for partition {partition!r}"
+    clean["nodes"] = _number("nodes", options.get("nodes"), part.nodes, where)
+    clean["runtime"] = _number("runtime", options.get("runtime"), part.runtime, where)
+    clean["gpus"] = _number("gpus", options.get("gpus"), part.gpus, where)
+    reservation = options.get("reservation")
+    if reservation not in (None, ""):
+        offered = [r for r, res in system.reservations.items() if partition in res.partitions]
+        clean["reservation"] = _choose("reservation", reservation, offered, where)
+    return clean
+
+
+def validate_options(
+    settings: Settings,
+    options: dict[str, Any],
+    user: str = "",
+    groups: frozenset[str] = frozenset(),
+) -> tuple[str, dict[str, Any]]:
     """Return the system name and the normalized options, or raise OptionError."""
     system_name = options.get("system", None)
     if system_name in (None, ""):
@@ -56,4 +176,6 @@ def validate_options(settings: Settings, options: dict[str, Any]) -> tuple[str, 
                 f"options.{str(key)[:64]}: not an option of system {system_name!r}; "
                 f"allowed: {', '.join(keys)}."
             )
+    if isinstance(system, UnicoreSystem):
+        return system_name, _unicore_options(system_name, system, options, user, groups)
     return system_name, {"system": system_name}

@@ -18,13 +18,14 @@ import httpx
 from .catalog import validate_options
 from .drivers.base import Driver, LabContext, LabEnded, LabFailed, lab_log_name
 from .drivers.local import LocalDriver
+from .drivers.unicore import UnicoreDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Lab, Store
 
 log = logging.getLogger("lablink.backend.labs")
 
-DRIVERS: dict[str, type[Driver]] = {"local": LocalDriver}
+DRIVERS: dict[str, type[Driver]] = {"local": LocalDriver, "unicore": UnicoreDriver}
 
 INTERNAL_ERROR = (
     "An internal error stopped the lab; the site's admins can find the details in the backend log."
@@ -32,9 +33,18 @@ INTERNAL_ERROR = (
 
 
 class LabManager:
-    def __init__(self, settings: Settings, store: Store, http: httpx.AsyncClient):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        http: httpx.AsyncClient,
+        system_secrets: dict[str, str] | None = None,
+    ):
         self.settings = settings
         self.store = store
+        self.system_secrets = dict(system_secrets or {})
+        # the person's OIDC access token per lab, in memory only (never stored)
+        self._access_tokens: dict[str, str] = {}
         self.drivers: dict[str, Driver] = {kind: cls(http) for kind, cls in DRIVERS.items()}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
@@ -65,6 +75,8 @@ class LabManager:
             report=report,
             save_handle=save,
             env=dict(env or {}),
+            access_token=self._access_tokens.get(lab.id),
+            site_secret=self.system_secrets.get(lab.system),
         )
 
     # -- public operations ---------------------------------------------------
@@ -77,13 +89,17 @@ class LabManager:
         vo: str | None,
         options: dict[str, Any],
         env: dict[str, str],
+        groups: list[str] | None = None,
+        access_token: str | None = None,
     ) -> Lab:
         """Validate, store (state ``accepted``) and start a lab in the background.
 
         Raises OptionError for bad options and ServerNameBusy if the user has an
         active lab with this server name; nothing is stored then.
         """
-        system_name, clean = validate_options(self.settings, options)
+        system_name, clean = validate_options(
+            self.settings, options, user_name, frozenset(groups or ())
+        )
         lab = await self.store.create_lab(
             user_name=user_name,
             server_name=server_name,
@@ -92,6 +108,8 @@ class LabManager:
             options=clean,
             message=f"Lab accepted for system {system_name}.",
         )
+        if access_token:
+            self._access_tokens[lab.id] = access_token
         log.info(
             "%s: accepted on system %s",
             lab_log_name(lab.user_name, lab.server_name, lab.id),
@@ -221,14 +239,19 @@ class LabManager:
 
     async def _watch(self, ctx: LabContext, driver: Driver) -> None:
         status = await driver.wait_ended(ctx)
-        output = await driver.stop(ctx)  # clears what the lab left behind
+        try:
+            output = await driver.stop(ctx)  # clears what the lab left behind
+        except LabFailed as exc:
+            output = exc.message
+        self._access_tokens.pop(ctx.lab_id, None)
         code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
+        why = f" {status.message.rstrip('.')}." if status.message else ""
         log.info("%s: ended by itself%s", ctx.log_name, code)
         with contextlib.suppress(InvalidTransition):
             await self.store.record(
                 ctx.lab_id,
                 LabState.STOPPED,
-                f"The lab ended by itself{code}.",
+                f"The lab ended by itself{code}.{why}",
                 detail=output,
                 allowed_from=(LabState.RUNNING,),
             )
@@ -243,6 +266,10 @@ class LabManager:
         ctx = self.context(current)
         try:
             output = await self.driver_for(lab).stop(ctx)
+        except LabFailed as exc:
+            log.warning("%s: stop failed: %s", ctx.log_name, exc.message)
+            await self._finish(current, LabState.FAILED, exc.message, exc.detail)
+            return
         except Exception:
             log.exception("%s: stop broke", ctx.log_name)
             await self._finish(current, LabState.FAILED, INTERNAL_ERROR)
@@ -254,3 +281,4 @@ class LabManager:
         with contextlib.suppress(InvalidTransition):
             await self.store.record(lab.id, state, message, detail=detail)
         self._runs.pop(lab.id, None)
+        self._access_tokens.pop(lab.id, None)

@@ -18,8 +18,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -27,18 +25,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+from .config_base import NAME_PATTERN, Strict
+from .unicore.config import UnicoreSystem
 
 
 class SettingsError(Exception):
     """The site file is missing, unreadable or invalid; the message is for the admin."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TokenSettings(_Strict):
+class TokenSettings(Strict):
     """A bearer token that may call the backend.
 
     ``role: hub`` tokens act for the user the hub names in each request;
@@ -59,7 +54,7 @@ class TokenSettings(_Strict):
     )
 
 
-class LocalSystem(_Strict):
+class LocalSystem(Strict):
     """Labs as processes on the backend's own machine (demo and development)."""
 
     kind: Literal["local"] = Field(description="'local': each lab is a process on this machine")
@@ -87,11 +82,11 @@ class LocalSystem(_Strict):
     )
 
 
-SystemSettings = Annotated[LocalSystem, Field(discriminator="kind")]
-SYSTEM_KINDS = ("local",)
+SystemSettings = Annotated[LocalSystem | UnicoreSystem, Field(discriminator="kind")]
+SYSTEM_KINDS = ("local", "unicore")
 
 
-class Settings(_Strict):
+class Settings(Strict):
     """The site file: what the backend offers and how it is reached."""
 
     site_name: str = Field(default="Lablink", description="the site's name, shown to people")
@@ -277,4 +272,25 @@ def token_secrets(
                 "a secret of at least 16 characters"
             )
         out[secret] = tok
+    return out
+
+
+def system_secrets(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The password of each system that logs in with site-wide basic credentials.
+
+    Read once at start from the environment; an unset variable is an error, so
+    a misconfigured system fails at start, not at a person's first lab.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for name, system in settings.systems.items():
+        auth = getattr(system, "auth", None)
+        if auth is not None and auth.method == "basic":
+            secret = env.get(auth.password_env, "")
+            if not secret:
+                raise SettingsError(
+                    f"systems.{name}.auth: the environment variable {auth.password_env} "
+                    "must hold the UNICORE password"
+                )
+            out[name] = secret
     return out

@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.settings import LocalSystem, Settings, TokenSettings  # noqa: E402
+from backend.unicore.config import (  # noqa: E402
+    AccessGrant,
+    BasicAuth,
+    Partition,
+    Range,
+    Reservation,
+    UnicoreSystem,
+)
 from spawner.auth import DemoAuthenticator  # noqa: E402
 from spawner.spawner import LablinkSpawner  # noqa: E402
 
@@ -78,6 +86,34 @@ def render() -> str:
         "### `systems.<name>` with `kind: local`",
         "",
         *model_table(LocalSystem),
+        "",
+        "### `systems.<name>` with `kind: unicore`",
+        "",
+        "An HPC system reached through UNICORE/X; each lab is a UNICORE job.",
+        "",
+        *model_table(UnicoreSystem),
+        "",
+        "#### `auth` with `method: basic`",
+        "",
+        *model_table(BasicAuth),
+        "",
+        "`auth: {method: bearer}` uses the person's OIDC access token from the hub.",
+        "",
+        "#### `partitions.<name>`",
+        "",
+        *model_table(Partition),
+        "",
+        "#### `nodes`, `runtime`, `gpus` (ranges)",
+        "",
+        *model_table(Range),
+        "",
+        "#### `reservations.<name>`",
+        "",
+        *model_table(Reservation),
+        "",
+        "#### `access[]`",
+        "",
+        *model_table(AccessGrant),
         "",
         "## Hub settings (`jupyterhub_config.py`)",
         "",

@@ -60,8 +60,10 @@ class BackendClient:
             raise BackendError(resp.status_code, detail)
         return resp
 
-    async def catalog(self, user: str) -> dict[str, Any]:
-        return (await self._request("GET", "/catalog", user)).json()  # type: ignore[no-any-return]
+    async def catalog(self, user: str, groups: list[str] | None = None) -> dict[str, Any]:
+        params = {"group": groups} if groups else None
+        resp = await self._request("GET", "/catalog", user, params=params)
+        return resp.json()  # type: ignore[no-any-return]
 
     async def create(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
         resp = await self._request("POST", "/labs", user, admin, json=body)

@@ -29,7 +29,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Float, Unicode, default
 
 from .client import FINAL, BackendClient, BackendError
-from .form import options_form_html
+from .form import options_form_html, options_from_form
 
 
 class LabSpawnError(SpawnException):
@@ -126,11 +126,7 @@ class LablinkSpawner(Spawner):
     # -- options ----------------------------------------------------------------
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        system = (formdata.get("system") or [""])[0].strip()
-        if system:
-            options["system"] = system
-        return options
+        return options_from_form(formdata)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -251,7 +247,8 @@ def _backend_decides(spawner: Spawner, user_options: dict[str, Any]) -> None:
 
 async def _render_form(spawner: LablinkSpawner) -> str:
     try:
-        catalog = await spawner.backend.catalog(spawner.user.name)
+        groups = sorted(g.name for g in getattr(spawner.user, "groups", []))
+        catalog = await spawner.backend.catalog(spawner.user.name, groups)
     except BackendError as exc:
         spawner.log.warning("cannot load the catalog: %s", exc.detail)
         catalog = None

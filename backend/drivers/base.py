@@ -93,6 +93,10 @@ class LabContext:
     report: Reporter
     save_handle: Saver
     env: dict[str, str] = field(default_factory=dict)
+    # held in memory only: the person's OIDC access token (from the start request)
+    # and the system's configured secret (from the backend's environment)
+    access_token: str | None = field(default=None, repr=False)
+    site_secret: str | None = field(default=None, repr=False)
 
     @property
     def log_name(self) -> str:
@@ -101,6 +105,15 @@ class LabContext:
     async def save(self, handle: dict[str, Any]) -> None:
         self.handle = dict(handle)
         await self.save_handle(self.handle)
+
+
+def service_prefix(ctx: LabContext) -> str:
+    """The URL prefix the hub routes to the lab (``/user/<name>/[<server>/]``)."""
+    prefix = ctx.env.get("JUPYTERHUB_SERVICE_PREFIX") or ctx.handle.get("prefix")
+    if not prefix:
+        server = f"{ctx.server_name}/" if ctx.server_name else ""
+        prefix = f"/user/{ctx.user_name}/{server}"
+    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 class Driver(abc.ABC):

@@ -22,7 +22,7 @@ import httpx
 from ..settings import LocalSystem
 from ..states import LabState
 from . import procs
-from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus
+from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
 
 log = logging.getLogger("lablink.backend.local")
 
@@ -56,14 +56,6 @@ def lab_environment(hub_env: dict[str, str], home: Path, port: int, prefix: str)
     env["SHELL"] = "/bin/bash"
     env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}{prefix}"
     return env
-
-
-def service_prefix(ctx: LabContext) -> str:
-    prefix = ctx.env.get("JUPYTERHUB_SERVICE_PREFIX") or ctx.handle.get("prefix")
-    if not prefix:
-        server = f"{ctx.server_name}/" if ctx.server_name else ""
-        prefix = f"/user/{ctx.user_name}/{server}"
-    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 class LocalDriver(Driver):

@@ -1,0 +1,423 @@
+"""The ``unicore`` driver: each lab is a UNICORE job on an HPC system.
+
+``start`` stores the job's tag before it submits (so a job whose URL was
+never stored is still found), submits the job description from
+``backend.unicore.jobs``, then follows the job: its status becomes the lab's
+state (queued, starting), ``lab.json`` in the job's working directory tells
+where JupyterLab listens, and the lab is running once it answers there.
+``stop`` aborts the job and keeps the end of its stdout and stderr.
+
+Calls to UNICORE carry the person's bearer token (or the system's basic
+login in development) and ``X-UNICORE-User-Preferences`` with the account
+and project. Network errors and 5xx answers are retried with backoff for the
+system's ``retry_for`` seconds; then the lab fails with a sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+import httpx
+
+from ..states import InvalidTransition, LabState
+from ..unicore import jobs
+from ..unicore.client import (
+    Credentials,
+    UnicoreClient,
+    UnicoreRefused,
+    UnicoreUnavailable,
+    link,
+)
+from ..unicore.config import UnicoreSystem
+from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
+
+log = logging.getLogger("lablink.backend.unicore")
+
+PROBE_INTERVAL = 0.1
+
+
+def _name(ctx: LabContext) -> str:
+    system: UnicoreSystem = ctx.system
+    return system.display_name or ctx.system_name
+
+
+def unavailable(ctx: LabContext) -> str:
+    return (
+        f"The HPC system {_name(ctx)!r} cannot be reached through UNICORE right now; "
+        "please try again later or choose another system."
+    )
+
+
+def refused(ctx: LabContext, exc: UnicoreRefused) -> str:
+    if exc.status in (401, 403):
+        return (
+            f"UNICORE on {_name(ctx)!r} did not accept your login or account "
+            f"({exc.message.rstrip('.')}); log out and in again, or choose another account."
+        )
+    return f"UNICORE on {_name(ctx)!r} refused the lab's job: {exc.message.rstrip('.')}."
+
+
+def summary(ctx: LabContext) -> str:
+    """What was asked for, in words: "partition batch, 1 node, 60 minutes"."""
+    opts = ctx.options
+    part = ctx.system.partitions[opts["partition"]]
+    if part.interactive:
+        return f"login node ({opts['partition']}), {opts['runtime']} minutes"
+    nodes = f"{opts['nodes']} node" + ("s" if opts["nodes"] != 1 else "")
+    text = f"partition {opts['partition']}, {nodes}, {opts['runtime']} minutes"
+    if opts.get("gpus"):
+        text += f", {opts['gpus']} GPUs per node"
+    if opts.get("reservation"):
+        text += f", reservation {opts['reservation']}"
+    return text
+
+
+def status_message(status: str, job: dict[str, Any], interactive: bool) -> str:
+    batch_id = job.get("batchSystemID") or "?"
+    queue = job.get("queue") or "?"
+    if status == "QUEUED":
+        return f"Waiting in the queue of partition {queue} (batch job {batch_id})."
+    if status in ("RUNNING", "STAGINGOUT"):
+        if interactive:
+            return "The job runs on a login node; JupyterLab is starting."
+        return f"Batch job {batch_id} runs on partition {queue}; JupyterLab is starting."
+    return "UNICORE accepted the job and prepares it."
+
+
+def ended_message(job: dict[str, Any]) -> str:
+    status = job.get("status", "?")
+    code = job.get("exitCode")
+    why = str(job.get("statusMessage") or "").strip().rstrip(".")
+    text = f"The job ended ({status}" + (f", exit code {code}" if code not in (None, "") else "")
+    text += f": {why[:200]})" if why else ")"
+    return text
+
+
+async def report(ctx: LabContext, state: LabState, message: str) -> None:
+    """Report progress; a lab that is already further along (re-followed after a
+    restart) or being stopped keeps its state."""
+    with contextlib.suppress(InvalidTransition):
+        await ctx.report(state, message)
+
+
+class UnicoreDriver(Driver):
+    kind = "unicore"
+
+    def __init__(self, http: httpx.AsyncClient):
+        super().__init__(http)
+        self._tls_clients: dict[str, httpx.AsyncClient] = {}
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _http_for(self, system: UnicoreSystem) -> httpx.AsyncClient:
+        if not system.ca_bundle:
+            return self.http
+        client = self._tls_clients.get(system.ca_bundle)
+        if client is None:
+            context = ssl.create_default_context(cafile=system.ca_bundle)
+            client = httpx.AsyncClient(verify=context, trust_env=False)
+            self._tls_clients[system.ca_bundle] = client
+        return client
+
+    def client(self, ctx: LabContext) -> UnicoreClient | None:
+        """A client acting for the lab's owner, or None without credentials."""
+        system: UnicoreSystem = ctx.system
+        if system.auth.method == "basic":
+            if not ctx.site_secret:
+                return None
+            creds = Credentials(basic=(system.auth.username, ctx.site_secret))
+        elif ctx.access_token:
+            creds = Credentials(bearer=ctx.access_token)
+        else:
+            return None
+        return UnicoreClient(
+            self._http_for(system),
+            creds,
+            preferences=jobs.user_preferences(ctx.options) if system.user_preferences else None,
+            timeout=system.request_timeout,
+            retry_for=system.retry_for,
+        )
+
+    @staticmethod
+    def jobs_url(ctx: LabContext) -> str:
+        return ctx.system.url.rstrip("/") + "/jobs"  # type: ignore[no-any-return]
+
+    async def _output(self, ctx: LabContext, uc: UnicoreClient, job: dict[str, Any]) -> str:
+        storage = link(job, "workingDirectory")
+        if storage is None:
+            return ""
+        lines = ctx.system.output_lines
+        parts = []
+        try:
+            for name in ("stdout", "stderr"):
+                text = await uc.tail(storage, name)
+                tail = text.splitlines()[-lines:]
+                if tail:
+                    parts.append(f"[{name}]\n" + "\n".join(tail))
+        except (UnicoreUnavailable, UnicoreRefused) as exc:
+            log.warning("%s: cannot read the job's output: %s", ctx.log_name, exc)
+        return "\n".join(parts)
+
+    async def _abort(
+        self, ctx: LabContext, uc: UnicoreClient, job_url: str
+    ) -> dict[str, Any] | None:
+        """Abort a job and wait (bounded) until it has ended; return its last view."""
+        job = await uc.job(job_url)
+        if job is None:
+            return None
+        if job.get("status") not in jobs.ENDED_STATUSES:
+            await uc.action(job, "abort")
+            deadline = time.monotonic() + ctx.system.stop_timeout
+            delay = 0.1
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+                current = await uc.job(job_url)
+                if current is None:
+                    return job
+                job = current
+                if job.get("status") in jobs.ENDED_STATUSES:
+                    break
+            else:
+                log.warning("%s: job %s did not end after abort", ctx.log_name, job_url)
+        return job
+
+    async def _abort_quietly(self, ctx: LabContext, uc: UnicoreClient, job_url: str) -> None:
+        try:
+            await self._abort(ctx, uc, job_url)
+        except (UnicoreUnavailable, UnicoreRefused) as exc:
+            log.warning("%s: could not abort job %s: %s", ctx.log_name, job_url, exc)
+
+    # -- the contract -----------------------------------------------------------
+
+    async def start(self, ctx: LabContext) -> str:
+        system: UnicoreSystem = ctx.system
+        uc = self.client(ctx)
+        if uc is None:
+            raise LabFailed(
+                f"Starting a lab on {_name(ctx)!r} needs your login token; please log out and "
+                "in again."
+            )
+        prefix = service_prefix(ctx)
+        tag = jobs.job_tag(ctx.lab_id)
+        await ctx.save({"tag": tag, "prefix": prefix})
+        description = jobs.job_description(
+            system,
+            ctx.options,
+            lab_id=ctx.lab_id,
+            user_name=ctx.user_name,
+            server_name=ctx.server_name,
+            env=ctx.env,
+            prefix=prefix,
+        )
+        await ctx.report(LabState.SUBMITTED, f"Submitting a job to {_name(ctx)} ({summary(ctx)}).")
+        try:
+            job_url = await uc.submit(self.jobs_url(ctx), description)
+        except UnicoreRefused as exc:
+            log.warning("%s: job refused: %s", ctx.log_name, exc)
+            raise LabFailed(refused(ctx, exc)) from None
+        except UnicoreUnavailable:
+            raise LabFailed(unavailable(ctx)) from None
+        await ctx.save({**ctx.handle, "job": job_url})
+        log.info("%s: job %s", ctx.log_name, job_url)
+        await self._drop_duplicates(ctx, uc, job_url)
+        return await self._follow(ctx, uc)
+
+    async def _drop_duplicates(self, ctx: LabContext, uc: UnicoreClient, keep: str) -> None:
+        """A retried submit may have created the job twice: abort all but ``keep``."""
+        try:
+            tagged = await uc.jobs_tagged(self.jobs_url(ctx), ctx.handle["tag"])
+        except (UnicoreUnavailable, UnicoreRefused):
+            return
+        for url in tagged:
+            if url.rstrip("/") != keep.rstrip("/"):
+                log.warning("%s: aborting duplicate job %s", ctx.log_name, url)
+                await self._abort_quietly(ctx, uc, url)
+
+    async def _follow(self, ctx: LabContext, uc: UnicoreClient) -> str:
+        """Follow the job until JupyterLab answers; raise LabFailed otherwise."""
+        system: UnicoreSystem = ctx.system
+        job_url = ctx.handle["job"]
+        interactive = system.partitions[ctx.options["partition"]].interactive
+        last_status = None
+        queued_at = running_at = None
+        next_look = 0.0
+        job: dict[str, Any] = {}
+        while True:
+            now = time.monotonic()
+            if now >= next_look:
+                next_look = now + system.poll_interval
+                try:
+                    found = await uc.job(job_url)
+                except UnicoreUnavailable:
+                    raise LabFailed(unavailable(ctx)) from None
+                except UnicoreRefused as exc:
+                    raise LabFailed(refused(ctx, exc)) from None
+                if found is None:
+                    raise LabFailed(
+                        "The lab's job disappeared from UNICORE before JupyterLab was ready; "
+                        "please start it again."
+                    )
+                job = found
+                status = str(job.get("status", "UNDEFINED"))
+                state = jobs.lab_state_for(status)
+                if state is None:
+                    detail = await self._output(ctx, uc, job)
+                    raise LabFailed(
+                        f"{ended_message(job)} before JupyterLab was ready; the end of its "
+                        "output is below.",
+                        detail=detail,
+                    )
+                if status != last_status:
+                    last_status = status
+                    await report(ctx, state, status_message(status, job, interactive))
+                if state == LabState.QUEUED:
+                    queued_at = queued_at or now
+                    if now - queued_at > system.queue_timeout:
+                        await self._abort_quietly(ctx, uc, job_url)
+                        raise LabFailed(
+                            f"The job waited in the queue for more than "
+                            f"{system.queue_timeout / 3600:g} hours and was given up; try "
+                            "another partition or a shorter run time."
+                        )
+                if state == LabState.STARTING:
+                    running_at = running_at or now
+                    if "host" not in ctx.handle:
+                        await self._read_address(ctx, uc, job)
+            if "host" in ctx.handle:
+                url = f"http://{ctx.handle['host']}:{ctx.handle['port']}"
+                if await self._answers(url + ctx.handle["prefix"] + "api"):
+                    return url
+            if running_at is not None and now - running_at > system.start_timeout:
+                detail = await self._output(ctx, uc, job)
+                await self._abort_quietly(ctx, uc, job_url)
+                raise LabFailed(
+                    f"JupyterLab did not answer within {system.start_timeout:g} seconds of the "
+                    "job starting; the job was ended and the end of its output is below.",
+                    detail=detail,
+                )
+            wait = PROBE_INTERVAL if "host" in ctx.handle else max(0.0, next_look - now)
+            await asyncio.sleep(min(wait, system.poll_interval))
+
+    async def _read_address(self, ctx: LabContext, uc: UnicoreClient, job: dict[str, Any]) -> None:
+        storage = link(job, "workingDirectory")
+        if storage is None:
+            return
+        data = await uc.read_file(storage, jobs.LAB_FILE)
+        if not data:
+            return
+        try:
+            address = jobs.parse_lab_file(data, ctx.system)
+        except jobs.BadLabFile as exc:
+            log.warning("%s: refusing lab.json: %s", ctx.log_name, exc)
+            await self._abort_quietly(ctx, uc, ctx.handle["job"])
+            raise LabFailed(
+                "The lab's job reported an address this site does not allow; the job was "
+                "ended. Please tell the site's admins."
+            ) from None
+        await ctx.save({**ctx.handle, "host": address.host, "port": address.port})
+        await report(
+            ctx, LabState.STARTING, f"JupyterLab is starting on {address.host}:{address.port}."
+        )
+
+    async def _answers(self, probe: str) -> bool:
+        try:
+            resp = await self.http.get(probe, timeout=2.0)
+        except httpx.TransportError:
+            return False
+        return resp.status_code == 200
+
+    async def status(self, ctx: LabContext) -> LabStatus:
+        uc = self.client(ctx)
+        job_url = ctx.handle.get("job")
+        if uc is None or not job_url:
+            return LabStatus(alive=bool(job_url))
+        try:
+            job = await uc.job(job_url)
+        except (UnicoreUnavailable, UnicoreRefused) as exc:
+            log.warning("%s: cannot look at the job: %s", ctx.log_name, exc)
+            return LabStatus(alive=True)  # unknown: keep the lab
+        if job is None:
+            return LabStatus(alive=False, message="The job is gone from UNICORE.")
+        if job.get("status") in jobs.ENDED_STATUSES:
+            code = str(job.get("exitCode") or "")
+            return LabStatus(
+                alive=False,
+                exit_code=int(code) if code.lstrip("-").isdigit() else None,
+                message=str(job.get("statusMessage") or "")[:200],
+            )
+        return LabStatus(alive=True)
+
+    async def wait_ended(self, ctx: LabContext) -> LabStatus:
+        while True:
+            st = await self.status(ctx)
+            if not st.alive:
+                return st
+            await asyncio.sleep(ctx.system.watch_interval)
+
+    async def stop(self, ctx: LabContext) -> str:
+        uc = self.client(ctx)
+        if uc is None:
+            log.warning("%s: no credentials to end its job", ctx.log_name)
+            raise LabFailed(
+                "The lab's job could not be ended without your login token; it ends at its "
+                "wall time. Log in again to stop labs."
+            )
+        urls: list[str] = []
+        try:
+            if ctx.handle.get("job"):
+                urls = [ctx.handle["job"]]
+            elif ctx.handle.get("tag"):
+                urls = await uc.jobs_tagged(self.jobs_url(ctx), ctx.handle["tag"])
+            output = ""
+            for url in urls:
+                job = await self._abort(ctx, uc, url)
+                if job is not None:
+                    output = await self._output(ctx, uc, job)
+        except UnicoreUnavailable:
+            raise LabFailed(
+                unavailable(ctx).replace(
+                    "right now;", "to end the lab's job; it may run until its wall time;"
+                )
+            ) from None
+        except UnicoreRefused as exc:
+            raise LabFailed(refused(ctx, exc)) from None
+        return output
+
+    async def recover(self, ctx: LabContext) -> str | None:
+        uc = self.client(ctx)
+        if uc is None:
+            if ctx.handle.get("job") or ctx.handle.get("tag"):
+                raise LabFailed(
+                    "The backend restarted and needs your login token to follow this lab; "
+                    "please start it again."
+                )
+            return None
+        try:
+            if not ctx.handle.get("job"):
+                tag = ctx.handle.get("tag")
+                found = await uc.jobs_tagged(self.jobs_url(ctx), tag) if tag else []
+                if not found:
+                    return None  # never submitted
+                await ctx.save({**ctx.handle, "job": found[0]})
+                await self._drop_duplicates(ctx, uc, found[0])
+            job = await uc.job(ctx.handle["job"])
+        except UnicoreUnavailable:
+            raise LabFailed(unavailable(ctx)) from None
+        except UnicoreRefused as exc:
+            raise LabFailed(refused(ctx, exc)) from None
+        if job is None or job.get("status") in jobs.ENDED_STATUSES:
+            detail = await self._output(ctx, uc, job) if job else ""
+            raise LabEnded("The lab's job ended while the backend was not running.", detail)
+        return await self._follow(ctx, uc)
+
+    async def close(self) -> None:
+        for client in self._tls_clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._tls_clients.clear()

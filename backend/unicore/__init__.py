@@ -1,0 +1,1 @@
+"""HPC systems reached through UNICORE's REST API: settings, job descriptions, client."""

@@ -1,0 +1,213 @@
+"""A small async client for the parts of UNICORE/X's REST API that labs need.
+
+Why not pyunicore's async client: its errors are plain ``httpx.HTTPError``
+with the status only in the message text (the driver must tell "retry, the
+site is down" from "the site refused this job"), its transport turns TLS
+verification off by default, closing a resource closes the shared HTTP
+client, and properties are cached for five seconds (the person would see
+state changes late). This client uses one shared ``httpx.AsyncClient`` per
+system, retries what can be retried within a time budget, and turns every
+answer into data or one of two exceptions. pyunicore itself drives the
+development site in the tests, which keeps both honest about the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("lablink.backend.unicore")
+
+RETRY_STATUS = frozenset({429, 502, 503, 504, 500})
+
+
+class UnicoreUnavailable(Exception):
+    """UNICORE could not be reached (or kept failing) within the retry budget."""
+
+
+class UnicoreRefused(Exception):
+    """UNICORE answered 4xx: ``status`` and its ``errorMessage``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How one request authenticates: a bearer token or basic login (never logged)."""
+
+    bearer: str | None = None
+    basic: tuple[str, str] | None = None
+
+    def header(self) -> str:
+        if self.bearer is not None:
+            return f"Bearer {self.bearer}"
+        if self.basic is not None:
+            raw = f"{self.basic[0]}:{self.basic[1]}".encode()
+            return "Basic " + base64.b64encode(raw).decode("ascii")
+        raise ValueError("no credentials")
+
+    def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
+        kind = "bearer" if self.bearer is not None else "basic" if self.basic else "none"
+        return f"Credentials({kind})"
+
+
+def error_message(resp: httpx.Response) -> str:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.reason_phrase or f"HTTP {resp.status_code}"
+    if isinstance(doc, dict) and isinstance(doc.get("errorMessage"), str):
+        return doc["errorMessage"][:500]
+    return resp.reason_phrase or f"HTTP {resp.status_code}"
+
+
+class UnicoreClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        credentials: Credentials,
+        *,
+        preferences: str | None = None,
+        timeout: float = 20.0,
+        retry_for: float = 60.0,
+    ):
+        self.http = http
+        self.credentials = credentials
+        self.preferences = preferences
+        self.timeout = timeout
+        self.retry_for = retry_for
+
+    def _headers(self, accept: str, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {"Accept": accept, "Authorization": self.credentials.header()}
+        if self.preferences:
+            headers["X-UNICORE-User-Preferences"] = self.preferences
+        headers.update(extra or {})
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        accept: str = "application/json",
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 201, 204, 206),
+        missing_ok: bool = False,
+    ) -> httpx.Response | None:
+        """One call with retries on network errors and 5xx/429, within ``retry_for``.
+
+        Returns None for 404 when ``missing_ok``; raises UnicoreRefused for other
+        4xx and UnicoreUnavailable when the budget is spent. POST is retried too:
+        a job created twice is found again by its tag and the extra one aborted.
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self.http.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=self._headers(accept, headers),
+                    timeout=self.timeout,
+                )
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code in ok:
+                    return resp
+                if resp.status_code == 404 and missing_ok:
+                    return None
+                if resp.status_code not in RETRY_STATUS:
+                    raise UnicoreRefused(resp.status_code, error_message(resp))
+                problem = f"HTTP {resp.status_code}: {error_message(resp)}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("%s %s: giving up after %d attempts: %s", method, url, attempt, problem)
+                raise UnicoreUnavailable(problem)
+            log.info("%s %s: %s; retrying", method, url, problem)
+            await asyncio.sleep(min(remaining, delay * (0.5 + random.random())))  # noqa: S311
+            delay = min(delay * 2, 10.0)
+
+    async def get_json(self, url: str, **kw: Any) -> dict[str, Any] | None:
+        resp = await self.request("GET", url, **kw)
+        if resp is None:
+            return None
+        doc = resp.json()
+        if not isinstance(doc, dict):
+            raise UnicoreRefused(resp.status_code, "the answer is not a JSON object")
+        return doc
+
+    async def submit(self, jobs_url: str, description: dict[str, Any]) -> str:
+        resp = await self.request("POST", jobs_url, json=description, ok=(201,))
+        assert resp is not None
+        location = resp.headers.get("location")
+        if not location:
+            raise UnicoreRefused(resp.status_code, "UNICORE created the job but sent no Location")
+        return location
+
+    async def job(self, job_url: str) -> dict[str, Any] | None:
+        return await self.get_json(job_url, missing_ok=True)
+
+    async def jobs_tagged(self, jobs_url: str, tag: str) -> list[str]:
+        doc = await self.get_json(jobs_url, params={"tags": tag})
+        jobs = (doc or {}).get("jobs", [])
+        return [j for j in jobs if isinstance(j, str)]
+
+    async def action(self, job: dict[str, Any], name: str) -> bool:
+        """POST ``action:<name>`` of a job; False if the job has no such action."""
+        href = link(job, f"action:{name}")
+        if href is None:
+            return False
+        await self.request("POST", href, json={}, ok=(200, 204), missing_ok=True)
+        return True
+
+    async def read_file(
+        self, storage_url: str, path: str, *, start: int | None = None
+    ) -> bytes | None:
+        """A file of a job's working directory (from byte ``start``); None if absent."""
+        headers = {"Range": f"bytes={start}-"} if start is not None else None
+        resp = await self.request(
+            "GET",
+            f"{storage_url.rstrip('/')}/files/{path}",
+            accept="application/octet-stream",
+            headers=headers,
+            missing_ok=True,
+            ok=(200, 206, 416),
+        )
+        if resp is None or resp.status_code == 416:
+            return None if resp is None else b""
+        return resp.content
+
+    async def stat(self, storage_url: str, path: str) -> dict[str, Any] | None:
+        return await self.get_json(f"{storage_url.rstrip('/')}/files/{path}", missing_ok=True)
+
+    async def tail(self, storage_url: str, path: str, max_bytes: int = 16384) -> str:
+        info = await self.stat(storage_url, path)
+        if not info or info.get("isDirectory"):
+            return ""
+        size = int(info.get("size") or 0)
+        if size == 0:
+            return ""
+        data = await self.read_file(storage_url, path, start=max(0, size - max_bytes))
+        return (data or b"").decode("utf-8", "replace")
+
+
+def link(doc: dict[str, Any], name: str) -> str | None:
+    href = (doc.get("_links") or {}).get(name, {}).get("href")
+    return href if isinstance(href, str) else None

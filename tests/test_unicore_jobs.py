@@ -1,0 +1,273 @@
+"""HPC systems as data: settings, catalog, option checks and job descriptions (pure)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.catalog import OptionError, catalog, validate_options
+from backend.settings import Settings, SettingsError, parse_settings
+from backend.unicore import jobs
+from backend.unicore.config import UnicoreSystem
+from backend.unicore.jobs import BadLabFile, job_description, parse_lab_file, start_script
+
+pytestmark = pytest.mark.unicore
+
+
+def hpc_system(**overrides: Any) -> dict[str, Any]:
+    system: dict[str, Any] = {
+        "kind": "unicore",
+        "display_name": "Test HPC",
+        "url": "http://127.0.0.1:8040/DEVSITE/rest/core",
+        "auth": {"method": "basic", "username": "lablink", "password_env": "UNICORE_PW"},
+        "setup": ["module load JupyterLab"],
+        "environment": {"LABLINK_LAB_HOST": "127.0.0.1"},
+        "partitions": {
+            "batch": {
+                "nodes": {"min": 1, "max": 4},
+                "runtime": {"min": 10, "max": 120, "default": 30},
+            },
+            "gpus": {"gpus": {"min": 1, "max": 4, "default": 2}},
+            "login": {"interactive": True, "login_node": "login*"},
+        },
+        "reservations": {"workshop": {"partitions": ["batch"]}},
+        "access": [
+            {"users": ["alice"], "accounts": ["alice", "alice2"], "projects": ["p1", "p2"]},
+            {"groups": ["trainees"], "accounts": ["{user}"], "projects": ["training"]},
+        ],
+    }
+    system.update(overrides)
+    return system
+
+
+def site(tmp_path: Path, **system: Any) -> Settings:
+    doc = {
+        "tokens": [{"name": "hub", "secret_env": "HUB_TOKEN"}],
+        "default_system": "hpc",
+        "state_dir": str(tmp_path),
+        "systems": {"hpc": hpc_system(**system)},
+    }
+    return parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return site(tmp_path)
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+def test_a_reservation_for_an_unknown_partition_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"systems\.hpc: .*reservation 'x' names partition"):
+        site(tmp_path, reservations={"x": {"partitions": ["nope"]}})
+
+
+def test_a_range_upside_down_names_its_key_and_line(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as err:
+        site(tmp_path, partitions={"batch": {"nodes": {"min": 4, "max": 2}}})
+    assert "systems.hpc.partitions.batch.nodes" in str(err.value)
+    assert "line" in str(err.value)
+
+
+def test_the_url_must_be_a_unicore_base(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"systems\.hpc\.url"):
+        site(tmp_path, url="ftp://example.org/")
+
+
+# -- catalog ------------------------------------------------------------------------
+
+
+def test_the_catalog_gives_each_person_their_own_accounts(settings: Settings) -> None:
+    alice = catalog(settings, "alice")["systems"][0]
+    assert alice["accounts"] == ["alice", "alice2"]
+    assert alice["projects"] == ["p1", "p2"]
+    parts = {p["name"]: p for p in alice["partitions"]}
+    assert parts["batch"]["nodes"] == {"min": 1, "max": 4, "default": 1}
+    assert parts["batch"]["runtime"] == {"min": 10, "max": 120, "default": 30}
+    assert parts["batch"]["reservations"] == ["workshop"]
+    assert parts["login"]["interactive"] is True
+    bob = catalog(settings, "bob", frozenset({"trainees"}))["systems"][0]
+    assert bob["accounts"] == ["bob"] and bob["projects"] == ["training"]
+    assert catalog(settings, "mallory")["systems"] == []  # no account: not offered
+
+
+def test_defaults_fill_what_the_request_leaves_out(settings: Settings) -> None:
+    name, opts = validate_options(settings, {"system": "hpc"}, "alice")
+    assert name == "hpc"
+    assert opts == {
+        "system": "hpc",
+        "account": "alice",
+        "project": "p1",
+        "partition": "batch",
+        "nodes": 1,
+        "runtime": 30,
+        "gpus": 0,
+    }
+    _, opts = validate_options(
+        settings,
+        {"partition": "batch", "nodes": "3", "runtime": 120, "reservation": "workshop"},
+        "alice",
+    )
+    assert (opts["nodes"], opts["runtime"], opts["reservation"]) == (3, 120, "workshop")
+
+
+@pytest.mark.parametrize(
+    ("options", "user", "words"),
+    [
+        ({"account": "root"}, "alice", ["options.account", "'root'", "allowed: alice, alice2"]),
+        ({"project": "other"}, "alice", ["options.project", "allowed: p1, p2"]),
+        ({"partition": "huge"}, "alice", ["options.partition", "allowed: batch, gpus, login"]),
+        ({"nodes": 9}, "alice", ["options.nodes", "9 is out of range", "allowed: 1 to 4"]),
+        ({"nodes": "two"}, "alice", ["options.nodes", "not a whole number"]),
+        ({"nodes": True}, "alice", ["options.nodes", "not a whole number"]),
+        ({"nodes": -1}, "alice", ["options.nodes", "allowed: 1 to 4"]),
+        ({"runtime": 5}, "alice", ["options.runtime", "allowed: 10 to 120"]),
+        ({"gpus": 1}, "alice", ["options.gpus", "for partition 'batch'", "allowed: 0 to 0"]),
+        ({"partition": "gpus", "gpus": 5}, "alice", ["options.gpus", "allowed: 1 to 4"]),
+        (
+            {"partition": "gpus", "reservation": "workshop"},
+            "alice",
+            ["options.reservation", "for partition 'gpus'", "allowed: none"],
+        ),
+        ({"reservation": "other"}, "alice", ["options.reservation", "allowed: workshop"]),
+        ({"queue": "batch"}, "alice", ["options.queue", "not an option", "allowed: system"]),
+        ({}, "mallory", ["options.system", "no account on system 'hpc'"]),
+        ({"account": "alice"}, "bob", ["options.account", "allowed: bob"]),
+    ],
+)
+def test_options_not_offered_are_refused_by_name(
+    settings: Settings, options: dict[str, Any], user: str, words: list[str]
+) -> None:
+    with pytest.raises(OptionError) as err:
+        groups = frozenset({"trainees"}) if user == "bob" else frozenset()
+        validate_options(settings, {"system": "hpc", **options}, user, groups)
+    message = str(err.value)
+    for word in words:
+        assert word in message
+    assert message.endswith(".") and "\n" not in message
+
+
+# -- job descriptions -----------------------------------------------------------------
+
+
+def describe(settings: Settings, options: dict[str, Any], env: dict[str, str] | None = None):
+    system = settings.systems["hpc"]
+    assert isinstance(system, UnicoreSystem)
+    _, clean = validate_options(settings, {"system": "hpc", **options}, "alice")
+    return clean, job_description(
+        system,
+        clean,
+        lab_id="lab-1",
+        user_name="alice",
+        server_name="gpu",
+        env=env or {"JUPYTERHUB_API_TOKEN": "tok", "PATH": "/evil"},
+        prefix="/user/alice/gpu/",
+    )
+
+
+def test_a_batch_job_description(settings: Settings) -> None:
+    clean, desc = describe(
+        settings,
+        {"project": "p2", "nodes": 2, "runtime": 45, "reservation": "workshop"},
+    )
+    assert desc["Executable"] == "bash"
+    assert desc["Arguments"] == ["start.sh"]
+    assert desc["Job type"] == "BATCH"
+    assert desc["Resources"] == {
+        "Queue": "batch",
+        "Nodes": "2",
+        "Runtime": "2700",
+        "Reservation": "workshop",
+    }
+    assert desc["Project"] == "p2"
+    assert desc["Tags"] == ["lablink", "lablink-lab-1"]
+    assert desc["Name"] == "lablink-alice-gpu"
+    [imp] = desc["Imports"]
+    assert imp["To"] == "start.sh" and imp["From"] == "inline://dummy"
+    env = desc["Environment"]
+    assert env["JUPYTERHUB_API_TOKEN"] == "tok"
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/user/alice/gpu/"
+    assert env["LABLINK_LAB_HOST"] == "127.0.0.1"  # the admin's variable
+    assert "PATH" not in env  # the hub's PATH means nothing on the compute node
+    assert jobs.user_preferences(clean) == "uid:alice,group:p2"
+
+
+def test_gpus_use_the_sites_resource_name(tmp_path: Path) -> None:
+    settings = site(tmp_path, gpu_resource="GPUsPerNode")
+    _, desc = describe(settings, {"partition": "gpus", "gpus": 3})
+    assert desc["Resources"]["GPUsPerNode"] == "3"
+    assert "GPUS" not in desc["Resources"]
+
+
+def test_an_interactive_partition_runs_on_a_login_node(settings: Settings) -> None:
+    _, desc = describe(settings, {"partition": "login"})
+    assert desc["Job type"] == "ON_LOGIN_NODE"
+    assert desc["Login node"] == "login*"
+    assert "Queue" not in desc["Resources"] and "Nodes" not in desc["Resources"]
+
+
+def test_nothing_a_person_sends_reaches_the_script(settings: Settings) -> None:
+    hostile = "$(touch /tmp/pwned); `id` \"'\n"
+    _, desc = describe(settings, {}, env={"JUPYTERHUB_USER": hostile, "X": hostile})
+    script = desc["Imports"][0]["Data"]
+    assert script == start_script(settings.systems["hpc"])  # type: ignore[arg-type]
+    assert hostile not in script and "alice" not in script
+    assert desc["Environment"]["X"] == hostile  # it travels as data
+
+
+def test_the_start_script_writes_lab_json_and_runs_the_command(tmp_path: Path) -> None:
+    settings = site(
+        tmp_path,
+        setup=["export MARK=from-setup"],
+        lab_command=["/bin/sh", "-c", 'echo "$MARK $JUPYTERHUB_SERVICE_URL" > out.txt'],
+    )
+    system = settings.systems["hpc"]
+    assert isinstance(system, UnicoreSystem)
+    (tmp_path / "start.sh").write_text(start_script(system))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JUPYTERHUB_SERVICE_PREFIX": "/user/a/",
+        "LABLINK_LAB_HOST": "h1",
+    }
+    subprocess.run(["bash", "start.sh"], cwd=tmp_path, env=env, check=True, timeout=20)
+    lab = json.loads((tmp_path / "lab.json").read_text())
+    assert lab["host"] == "h1" and 1024 <= lab["port"] <= 65535
+    assert (tmp_path / "out.txt").read_text().strip() == (
+        f"from-setup http://0.0.0.0:{lab['port']}/user/a/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"host": "a;b", "port": 8888}', "host"),
+        (b'{"host": "node1", "port": "8888"}', "port"),
+        (b'{"host": "node1", "port": 80}', "port"),
+        (b'{"host": "node1", "port": true}', "port"),
+        (b'{"host": "evil.example.org", "port": 8888}', "lab_hosts"),
+    ],
+)
+def test_lab_json_is_checked(tmp_path: Path, data: bytes, words: str) -> None:
+    system = site(tmp_path, lab_hosts=["node*", "127.0.0.1"]).systems["hpc"]
+    assert isinstance(system, UnicoreSystem)
+    with pytest.raises(BadLabFile, match=words):
+        parse_lab_file(data, system)
+    address = parse_lab_file(b'{"host": "node7", "port": 9999}', system)
+    assert (address.host, address.port) == ("node7", 9999)
+
+
+def test_job_status_to_lab_state() -> None:
+    assert jobs.lab_state_for("READY") == "submitted"
+    assert jobs.lab_state_for("STAGINGIN") == "submitted"
+    assert jobs.lab_state_for("QUEUED") == "queued"
+    assert jobs.lab_state_for("RUNNING") == "starting"
+    assert jobs.lab_state_for("SUCCESSFUL") is None
+    assert jobs.lab_state_for("FAILED") is None
