@@ -13,7 +13,7 @@ LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs bench-spawn venv proxy test-deps peers-start peers-stop clean
+.PHONY: up test lint docs bench-spawn venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -62,6 +62,14 @@ $(CHP):
 	@mkdir -p $(CHP_DIR)
 	@npm install --silent --no-audit --no-fund --prefix $(CHP_DIR) configurable-http-proxy@$(CHP_VERSION) >/dev/null
 	@test -x $@
+
+## slurm-up: start only the one-node Slurm cluster the tests use (SLURM_CONF=/tmp/lablink-slurm/slurm.conf)
+slurm-up:
+	@bash .ci/peers.sh slurm-start
+
+## slurm-down: stop it (its jobs too); logs stay in /tmp/lablink-slurm/log
+slurm-down:
+	@bash .ci/peers.sh slurm-stop
 
 clean:
 	rm -rf $(VENV) .lablink .pytest_cache .ruff_cache .mypy_cache

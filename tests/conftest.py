@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -240,3 +241,57 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     leftovers = fakelab_processes()
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+# -- Slurm: the one-node cluster that .ci/peers.sh starts -------------------------
+
+SLURM_DIR = Path(os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm"))
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """Where the cluster is: run Slurm commands with ``env`` (it sets SLURM_CONF)."""
+
+    conf: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> SlurmCluster:
+    what = "Slurm (one-node cluster from .ci/peers.sh)"
+    conf = SLURM_DIR / "slurm.conf"
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    why = ""
+    if not conf.is_file():
+        why = f"no {conf} (run `make slurm-up`)"
+    else:
+        try:
+            result = subprocess.run(
+                ["sinfo", "--noheader", "--format=%T"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = f"sinfo: {exc!r}"
+        else:
+            if result.returncode != 0 or not result.stdout.strip():
+                why = f"sinfo exited {result.returncode}: {result.stderr.strip()[-300:]}"
+    if why:
+        peer_missing(what, why)
+    return SlurmCluster(str(conf), env)
+
+
+def squeue_ids(slurm: SlurmCluster) -> set[str]:
+    """The ids of the jobs squeue knows now (pending, running, completing)."""
+    result = subprocess.run(
+        ["squeue", "--noheader", "--format=%i"],
+        env=slurm.env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
