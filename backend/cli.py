@@ -85,7 +85,50 @@ def cmd_up(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"lablink up: {exc}", file=sys.stderr)
         return 2
-    return Embedded(args, site).run()
+    return Embedded(args, args.site, Path(str(EMBEDDED_SITE))).run()
+
+
+def cmd_unicore_devsite(args: argparse.Namespace) -> int:
+    """A development site that speaks UNICORE/X's REST API (see backend/devsite)."""
+    import asyncio
+
+    from .devsite import DevsiteConfig, parse_token, parse_user
+    from .devsite.app import create_app
+    from .devsite.slurm import SlurmRunner
+
+    environ = dict(os.environ)
+    try:
+        users = [parse_user(spec, environ) for spec in args.user]
+        tokens = [parse_token(spec, environ, False) for spec in args.token]
+        tokens += [parse_token(spec, environ, True) for spec in args.token_env]
+        if not users and not tokens:
+            raise ValueError("give at least one --user NAME:PASSWORD or --token TOKEN:NAME")
+        names = [u.name for u in users]
+        twice = {n for n in names if names.count(n) > 1}
+        if twice:
+            raise ValueError(f"the user {sorted(twice)[0]} is given twice")
+        if not args.gpu_resource.isidentifier():
+            raise ValueError(f"--gpu-resource '{args.gpu_resource}' is not a resource name")
+        config = DevsiteConfig(
+            users={u.name: u for u in users},
+            tokens=dict(tokens),
+            site=args.site,
+            slurm=args.slurm,
+            workdir=args.workdir,
+            gpu_resource=args.gpu_resource,
+            queues=tuple(q for q in args.queues.split(",") if q) or ("local",),
+            environ=environ,
+        )
+        app = create_app(config)
+        if args.slurm:
+            try:
+                asyncio.run(SlurmRunner(environ).partitions())
+            except RuntimeError as exc:
+                raise ValueError(f"Slurm does not answer (is SLURM_CONF right?): {exc}") from None
+    except ValueError as exc:
+        print(f"lablink unicore-devsite: {exc}", file=sys.stderr)
+        return 2
+    return _serve(app, args.host, args.port, args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--proxy-api-port", type=int, default=8001, help="proxy API port (default 8001)"
     )
+    up.add_argument(
+        "--devsite-port",
+        type=int,
+        default=8040,
+        help="port of the UNICORE development site for system 'hpc' (default 8040)",
+    )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     up.set_defaults(func=cmd_up)
 
@@ -135,6 +184,48 @@ def build_parser() -> argparse.ArgumentParser:
     common(ulm, 8030)
     ulm.add_argument("--token-env", default="LABLINK_USERLAB_MANAGER_TOKEN")
     ulm.set_defaults(func=cmd_userlab_manager)
+
+    dev = sub.add_parser(
+        "unicore-devsite",
+        help="a development site speaking UNICORE/X's REST API (jobs as processes or on Slurm)",
+    )
+    common(dev, 8040)
+    dev.add_argument("--site", default="DEVSITE", help="site name: URLs are /SITE/rest/core")
+    dev.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD[:UID,...]",
+        help="a user for HTTP basic login; PASSWORD may be env:VAR; UIDs default to NAME",
+    )
+    dev.add_argument(
+        "--token", action="append", default=[], metavar="TOKEN:NAME", help="a bearer token"
+    )
+    dev.add_argument(
+        "--token-env",
+        action="append",
+        default=[],
+        metavar="VAR:NAME",
+        help="a bearer token read from the environment variable VAR",
+    )
+    dev.add_argument("--slurm", action="store_true", help="run BATCH jobs through Slurm")
+    dev.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".lablink/devsite"),
+        help="where job directories are made (default .lablink/devsite)",
+    )
+    dev.add_argument(
+        "--gpu-resource", default="GPUS", help="the job resource that asks for GPUs (GPUS)"
+    )
+    dev.add_argument(
+        "--queues",
+        default="local",
+        metavar="Q1,Q2",
+        help="without --slurm: the queue names jobs may ask for (default local); they all "
+        "run as local processes",
+    )
+    dev.set_defaults(func=cmd_unicore_devsite)
     return parser
 
 

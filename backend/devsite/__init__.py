@@ -1,0 +1,87 @@
+"""A development site that speaks UNICORE/X's REST API (``lablink unicore-devsite``).
+
+UNICORE/X cannot be installed everywhere Lablink is developed or tested, so this
+package serves the part of its REST API that Lablink and pyunicore use, field for
+field, and runs the jobs as local processes or through a real Slurm:
+
+- ``app``: the HTTP API (``create_app(config)``), authentication and errors;
+- ``jobs``: job descriptions, the job model and store, the local-process runner;
+- ``slurm``: the Slurm runner (sbatch, squeue, scancel);
+- ``storage``: the job working directories as UNICORE storages (files API).
+
+Jobs live in memory only: a restart of the development site forgets them (their
+directories stay on disk).
+
+This module holds the site's configuration and the parsing of its command line
+(``lablink unicore-devsite``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UID_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str | None  # None: only tokens log in as this user
+    uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DevsiteConfig:
+    users: Mapping[str, User]
+    tokens: Mapping[str, str] = field(default_factory=dict)  # token -> user name
+    site: str = "DEVSITE"
+    slurm: bool = False
+    workdir: Path = Path(".lablink/devsite")
+    gpu_resource: str = "GPUS"
+    queues: tuple[str, ...] = ("local",)  # what local mode offers (Slurm has its partitions)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    grace: float = 3.0  # seconds between SIGTERM and SIGKILL for local jobs
+    lifetime_check: float = 60.0  # seconds between looks for expired jobs
+
+
+def _secret(value: str, environ: Mapping[str, str], what: str) -> str:
+    if value.startswith("env:"):
+        var = value[4:]
+        if not environ.get(var):
+            raise ValueError(f"the environment variable {var} for {what} is not set")
+        return environ[var]
+    if not value:
+        raise ValueError(f"{what} is empty")
+    return value
+
+
+def parse_user(spec: str, environ: Mapping[str, str]) -> User:
+    """``NAME:PASSWORD[:UID[,UID...]]``; ``PASSWORD`` may be ``env:VAR``."""
+    name, _, rest = spec.partition(":")
+    if rest.startswith("env:"):
+        var, _, uids = rest[4:].partition(":")
+        password = "env:" + var
+    else:
+        password, _, uids = rest.partition(":")
+    if not NAME_PATTERN.match(name) or not password:
+        raise ValueError(f"--user '{name}:…' must be NAME:PASSWORD[:UID,…]")
+    uid_list = tuple(u for u in uids.split(",") if u) or (name,)
+    bad = [u for u in uid_list if not UID_PATTERN.match(u)]
+    if bad or ":" in uids:
+        raise ValueError(f"--user {name}: '{(bad or [uids])[0]}' is not a Unix user name")
+    return User(name, _secret(password, environ, f"the password of {name}"), uid_list)
+
+
+def parse_token(spec: str, environ: Mapping[str, str], from_env: bool) -> tuple[str, str]:
+    """``TOKEN:NAME`` (or ``VAR:NAME`` for --token-env): (token, user name)."""
+    value, _, name = spec.rpartition(":")
+    option = "--token-env" if from_env else "--token"
+    if not value or not NAME_PATTERN.match(name):
+        raise ValueError(f"{option} must be {'VAR' if from_env else 'TOKEN'}:NAME")
+    token = _secret(("env:" if from_env else "") + value, environ, f"the token of {name}")
+    return token, name

@@ -1,0 +1,142 @@
+"""Run the UNICORE development site (``lablink unicore-devsite``) as a subprocess, as
+an admin would, and talk to it with pyunicore or plain HTTP."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pyunicore import client as unicore
+from pyunicore.credentials import OIDCToken, UsernamePassword
+
+from backend.drivers.procs import free_port
+
+REPO = Path(__file__).resolve().parent.parent.parent
+USERS = {"alice": ("alice", "alice2"), "bob": ("bob",)}
+
+
+@dataclass
+class Devsite:
+    """A running development site with the users alice (uids alice, alice2) and bob,
+    and a bearer token for alice."""
+
+    workdir: Path
+    log: Path
+    site: str = "TESTSITE"
+    passwords: dict[str, str] = field(default_factory=dict)
+    token: str = ""
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.site}/rest/core"
+
+    def credential(self, user: str = "alice") -> UsernamePassword:
+        return UsernamePassword(user, self.passwords[user])
+
+    def token_credential(self) -> OIDCToken:
+        return OIDCToken(self.token)
+
+    def client(self, user: str = "alice") -> unicore.Client:
+        return unicore.Client(self.credential(user), self.url)
+
+    def http(self, user: str | None = "alice") -> httpx.Client:
+        auth = (user, self.passwords[user]) if user else None
+        return httpx.Client(base_url=self.url, auth=auth, timeout=30, trust_env=False)
+
+    def start(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 30) -> None:
+        self.passwords = {name: secrets.token_urlsafe(12) for name in USERS}
+        self.token = secrets.token_urlsafe(24)
+        self.port = free_port()
+        secrets_env = {f"DEVSITE_PW_{n.upper()}": pw for n, pw in self.passwords.items()}
+        argv = [
+            sys.executable, "-m", "backend.cli", "unicore-devsite",
+            "--port", str(self.port), "--site", self.site, "--workdir", str(self.workdir),
+            "--token-env", "DEVSITE_TOKEN:alice", "--log-level", "debug", *args,
+        ]  # fmt: skip
+        for name, uids in USERS.items():
+            argv += ["--user", f"{name}:env:DEVSITE_PW_{name.upper()}:{','.join(uids)}"]
+        environ = {**(env if env is not None else os.environ), **secrets_env}
+        environ["DEVSITE_TOKEN"] = self.token
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the devsite exited early:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url, timeout=1, trust_env=False).status_code == 401:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the devsite did not come up:\n{self.log_text()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_text(self, last: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""
+
+
+def wait_status(job: Any, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
+    """Poll a pyunicore Job (sync) until its status is one of ``statuses``."""
+    job.cache_time = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        props: dict[str, Any] = job.properties
+        if props["status"] in statuses:
+            return props
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {props['status']}, wanted {statuses}: {props['log']}")
+        time.sleep(0.1)
+
+
+async def wait_status_async(job: Any, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
+    """Poll a pyunicore.aio Job until its status is one of ``statuses``."""
+    import asyncio
+
+    job.cache_time = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        props: dict[str, Any] = await job.properties
+        if props["status"] in statuses:
+            return props
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {props['status']}, wanted {statuses}: {props['log']}")
+        await asyncio.sleep(0.1)
+
+
+def local_pid(props: Mapping[str, Any]) -> int:
+    """The pid of a local job from its batchSystemID (INTERACTIVE_<host>_<pid>)."""
+    bss_id = str(props["batchSystemID"])
+    assert bss_id.startswith("INTERACTIVE_"), bss_id
+    return int(bss_id.rsplit("_", 1)[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
