@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 from .drivers import procs
 
@@ -40,8 +44,60 @@ SECRET_VARIABLES = frozenset(
         "LABLINK_DATABASE_URL",  # may hold a database password
         "CONFIGPROXY_AUTH_TOKEN",
         "JUPYTERHUB_CRYPT_KEY",
+        "LABLINK_DEVSITE_PASSWORD",
     }
 )
+DEVSITE_PASSWORD_ENV = "LABLINK_DEVSITE_PASSWORD"  # noqa: S105 (a variable name)
+DEVSITE_USER = "lablink"
+DEVSITE_NAME = "DEVSITE"
+# where `make slurm-up` (.ci/peers.sh) runs its cluster
+SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
+
+
+def embedded_site(path: Path, devsite_port: int) -> dict[str, Any]:
+    """The embedded site file as data, its ``hpc`` system pointed at the development
+    site on ``devsite_port`` and at this Python's environment for the lab."""
+    doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for system in doc.get("systems", {}).values():
+        auth = system.get("auth") or {}
+        if system.get("kind") != "unicore" or auth.get("password_env") != DEVSITE_PASSWORD_ENV:
+            continue
+        system["url"] = f"http://127.0.0.1:{devsite_port}/{DEVSITE_NAME}/rest/core"
+        bin_dirs = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+        system.setdefault("environment", {})["PATH"] = os.pathsep.join(dict.fromkeys(bin_dirs))
+        if os.geteuid() == 0:
+            system["lab_args"] = [*system.get("lab_args", []), "--allow-root"]
+    return doc
+
+
+def uses_devsite(site: str) -> bool:
+    """Whether a system of the site logs in to the development site `lablink up` runs."""
+    try:
+        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return any(
+        isinstance(s, dict) and (s.get("auth") or {}).get("password_env") == DEVSITE_PASSWORD_ENV
+        for s in (doc.get("systems") or {}).values()
+    )
+
+
+def slurm_conf() -> str | None:
+    """The Slurm configuration of a cluster that answers on this machine, if any."""
+    candidates = [os.environ.get("SLURM_CONF", ""), f"{SLURM_DIR}/slurm.conf"]
+    for conf in candidates:
+        if not conf or not Path(conf).exists():
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                ["sinfo", "-h", "-o", "%P"],
+                env={**os.environ, "SLURM_CONF": conf},
+                capture_output=True,
+                timeout=5,
+            )
+            if done.returncode == 0 and done.stdout.strip():
+                return conf
+    return None
 
 
 def become_subreaper() -> bool:
@@ -98,16 +154,32 @@ class Service:
 
 
 class Embedded:
-    def __init__(self, args: argparse.Namespace, site: str):
+    def __init__(self, args: argparse.Namespace, site: str | None, embedded_template: Path):
         self.args = args
-        self.site = site
+        self.site = site or ""
+        self.template = embedded_template
         self.state = Path(args.state_dir).resolve()
         self.logs = self.state / "logs"
         self.ip = args.ip
         self.hub_url = f"http://{args.ip}:{args.port}"
         self.backend_url = f"http://127.0.0.1:{args.backend_port}"
         self.admin_token = secrets.token_urlsafe(32)
+        self.devsite_port = args.devsite_port
         self.services: dict[str, Service] = {}
+        self.slurm: str | None = None
+
+    def _write_site(self) -> None:
+        """Without --site: the embedded site file, made concrete for this machine."""
+        if self.site:
+            return
+        doc = embedded_site(self.template, self.devsite_port)
+        path = self.state / "site.yaml"
+        path.write_text(
+            "# written by `lablink up` from the embedded site file; changes are overwritten\n"
+            + yaml.safe_dump(doc, sort_keys=False),
+            encoding="utf-8",
+        )
+        self.site = str(path)
 
     def say(self, text: str) -> None:
         print(f"lablink up: {text}", flush=True)
@@ -142,7 +214,12 @@ class Embedded:
             "LABLINK_DEMO_PASSWORD": password,
         }
         level = self.args.log_level
-        return {
+        services: dict[str, Service] = {}
+        if uses_devsite(self.site):
+            devsite_password = secrets.token_urlsafe(24)
+            backend_env[DEVSITE_PASSWORD_ENV] = devsite_password
+            services["devsite"] = self._devsite(base, devsite_password, level)
+        return services | {
             "backend": Service(
                 "backend",
                 [
@@ -170,6 +247,28 @@ class Embedded:
             ),
         }
 
+    def _devsite(self, base: dict[str, str], password: str, level: str) -> Service:
+        """The UNICORE development site; its jobs run as the hub's users' accounts."""
+        users = ["demo", *os.environ.get("LABLINK_DEMO_USERS", "").split(",")]
+        uids = ",".join(dict.fromkeys(u.strip() for u in users if u.strip()))
+        env = {**base, DEVSITE_PASSWORD_ENV: password}
+        argv = [
+            sys.executable, "-m", "backend.cli", "unicore-devsite",
+            "--host", "127.0.0.1",
+            "--port", str(self.devsite_port),
+            "--site", DEVSITE_NAME,
+            "--user", f"{DEVSITE_USER}:env:{DEVSITE_PASSWORD_ENV}:{uids}",
+            "--workdir", str(self.state / "devsite"),
+            "--log-level", level,
+        ]  # fmt: skip
+        self.slurm = slurm_conf()
+        if self.slurm:
+            argv.append("--slurm")
+            env["SLURM_CONF"] = self.slurm
+        else:
+            argv += ["--queues", "batch,devel"]  # the partitions of the embedded site
+        return Service("devsite", argv, env, self.state, self.logs / "devsite.log")
+
     # -- readiness ---------------------------------------------------------------
 
     async def _wait_http(
@@ -191,7 +290,16 @@ class Embedded:
     async def _start(self, name: str) -> bool:
         svc = self.services[name]
         await svc.start()
-        if name == "backend":
+        if name == "devsite":
+            password = svc.env[DEVSITE_PASSWORD_ENV]
+            token = base64.b64encode(f"{DEVSITE_USER}:{password}".encode()).decode()
+            ok = await self._wait_http(
+                svc,
+                f"http://127.0.0.1:{self.devsite_port}/{DEVSITE_NAME}/rest/core",
+                {"Authorization": f"Basic {token}"},
+                30,
+            )
+        elif name == "backend":
             ok = await self._wait_http(
                 svc,
                 f"{self.backend_url}/api/v1/health",
@@ -288,12 +396,22 @@ class Embedded:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self._write_site()
         self.services = self._services()
         reaper = asyncio.create_task(self._reap_orphans())
         code = 1
         try:
             self.say(f"state in {self.state}, logs in {self.logs}")
-            if await self._start("backend") and await self._start("hub"):
+            if "devsite" in self.services:
+                runs = f"Slurm ({self.slurm})" if self.slurm else "local processes"
+                self.say(
+                    f"UNICORE development site at http://127.0.0.1:{self.devsite_port}/"
+                    f"{DEVSITE_NAME}/rest/core; its jobs run as {runs}"
+                )
+            started = True
+            for name in self.services:
+                started = started and await self._start(name)
+            if started:
                 self.say(f"JupyterHub is at {self.hub_url}")
                 if self.generated_password:
                     self.say(f"log in as 'demo' with the password {self.password}")
@@ -307,6 +425,8 @@ class Embedded:
             await self.services["hub"].stop(60)
             await self._stop_active_labs()
             await self.services["backend"].stop(15)
+            if "devsite" in self.services:
+                await self.services["devsite"].stop(30)  # it ends its jobs
             reaper.cancel()
             self._kill_leftovers()
             self.say("stopped")

@@ -204,7 +204,8 @@ def base_env(proxy: str) -> dict[str, str]:
 
 def lablink_hub(root: Path, proxy: str, log_level: str) -> Hub:
     state = root / "state"
-    ports = {name: free_port() for name in ("hub", "backend", "hub_api", "proxy_api")}
+    names = ("hub", "backend", "hub_api", "proxy_api", "devsite")
+    ports = {name: free_port() for name in names}
     argv = [
         sys.executable, "-m", "backend.cli", "up",
         "--state-dir", str(state),
@@ -212,6 +213,7 @@ def lablink_hub(root: Path, proxy: str, log_level: str) -> Hub:
         "--backend-port", str(ports["backend"]),
         "--hub-api-port", str(ports["hub_api"]),
         "--proxy-api-port", str(ports["proxy_api"]),
+        "--devsite-port", str(ports["devsite"]),
         "--log-level", log_level,
     ]  # fmt: skip
     return Hub(

@@ -78,14 +78,17 @@ def summary(ctx: LabContext) -> str:
 
 
 def status_message(status: str, job: dict[str, Any], interactive: bool) -> str:
-    batch_id = job.get("batchSystemID") or "?"
+    batch_id = str(job.get("batchSystemID") or "")
+    known = batch_id not in ("", "N/A")
     queue = job.get("queue") or "?"
     if status == "QUEUED":
-        return f"Waiting in the queue of partition {queue} (batch job {batch_id})."
+        which = f" (batch job {batch_id})" if known else ""
+        return f"Waiting in the queue of partition {queue}{which}."
     if status in ("RUNNING", "STAGINGOUT"):
         if interactive:
             return "The job runs on a login node; JupyterLab is starting."
-        return f"Batch job {batch_id} runs on partition {queue}; JupyterLab is starting."
+        which = f"Batch job {batch_id}" if known else "The batch job"
+        return f"{which} runs on partition {queue}; JupyterLab is starting."
     return "UNICORE accepted the job and prepares it."
 
 
@@ -244,7 +247,7 @@ class UnicoreDriver(Driver):
         system: UnicoreSystem = ctx.system
         job_url = ctx.handle["job"]
         interactive = system.partitions[ctx.options["partition"]].interactive
-        last_status = None
+        last_status: tuple[Any, ...] | None = None
         queued_at = running_at = None
         next_look = 0.0
         job: dict[str, Any] = {}
@@ -273,8 +276,9 @@ class UnicoreDriver(Driver):
                         "output is below.",
                         detail=detail,
                     )
-                if status != last_status:
-                    last_status = status
+                seen = (status, job.get("batchSystemID"), job.get("queue"))
+                if seen != last_status:
+                    last_status = seen
                     await report(ctx, state, status_message(status, job, interactive))
                 if state == LabState.QUEUED:
                     queued_at = queued_at or now

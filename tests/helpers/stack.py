@@ -34,9 +34,12 @@ class Stack:
     def log(self) -> Path:
         return self.state_dir / "up.log"
 
+    def __post_init__(self) -> None:
+        names = ("hub", "backend", "hub_api", "proxy_api", "devsite")
+        self.ports = {name: free_port() for name in names}
+
     def start(self, timeout: float = 90) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in ("hub", "backend", "hub_api", "proxy_api")}
         argv = [
             sys.executable, "-m", "backend.cli", "up",
             "--state-dir", str(self.state_dir),
@@ -44,6 +47,7 @@ class Stack:
             "--backend-port", str(self.ports["backend"]),
             "--hub-api-port", str(self.ports["hub_api"]),
             "--proxy-api-port", str(self.ports["proxy_api"]),
+            "--devsite-port", str(self.ports["devsite"]),
         ]  # fmt: skip
         if self.site:
             argv += ["--site", str(self.site)]

@@ -1,0 +1,188 @@
+"""End to end on an HPC system: hub → backend → UNICORE development site → Slurm.
+
+`lablink up` runs the stack with the embedded site (plus one broken HPC
+system), starts the development site itself, and the development site runs
+BATCH jobs through `sbatch` on the one-node cluster of .ci/peers.sh. People
+act through the hub's public port only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import backend
+from backend.embedded import embedded_site
+from tests.conftest import squeue_ids
+from tests.helpers.hub import HubUser
+from tests.helpers.stack import Stack
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.unicore,
+    pytest.mark.slurm,
+]
+
+PASSWORD = "e2e-hpc-password-0123"
+USERS = ["demo", "alice", "bob"]
+TEMPLATE = Path(backend.__file__).parent / "data" / "embedded.yaml"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, slurm: Any) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("hpc-stack")
+    s = Stack(
+        state_dir=root / "state",
+        password=PASSWORD,
+        users=USERS,
+        extra_env={"SLURM_CONF": slurm.conf, "LABLINK_POLL_INTERVAL": "1"},
+    )
+    site = embedded_site(TEMPLATE, s.ports["devsite"])
+    broken = dict(site["systems"]["hpc"], display_name="Broken HPC")
+    broken["setup"] = [
+        "echo 'lmod: module JupyterLab/4.2 is not available on this system' >&2",
+        "exit 3",
+    ]
+    site["systems"]["hpc-broken"] = broken
+    s.site = root / "site.yaml"
+    s.site.write_text(yaml.safe_dump(site))
+    s.start()
+    yield s
+    code = s.stop(signal.SIGINT)
+    left = s.processes()
+    assert code == 0, s.log.read_text()[-3000:]
+    assert not left, f"processes left behind after Ctrl-C: {left}"
+
+
+def squeue(slurm: Any) -> list[dict[str, str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%T|%j|%P"],
+        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    return [{"id": r[0], "state": r[1], "name": r[2], "partition": r[3]} for r in rows]
+
+
+def jobs_named(slurm: Any, name: str) -> list[dict[str, str]]:
+    return [j for j in squeue(slurm) if j["name"] == name]
+
+
+def block_the_node(slurm: Any) -> str:
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
+         "--job-name=blocker", "--output=/dev/null", "--wrap", "sleep 300"],
+        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
+def scancel(slurm: Any, job_id: str) -> None:
+    subprocess.run(["scancel", job_id], env=slurm.env, check=False, timeout=10)
+
+
+async def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+HPC = {"system": "hpc", "partition": "batch", "runtime": "30"}
+
+
+async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) -> None:
+    blocker = block_the_node(slurm)
+    try:
+        async with HubUser(stack.url, "alice", PASSWORD) as alice:
+            await alice.login()
+            starting = asyncio.create_task(alice.start(options=HPC))
+            await wait_until(lambda: jobs_named(slurm, "lablink-alice"), 30, "alice's job")
+            [job] = jobs_named(slurm, "lablink-alice")
+            assert job["state"] == "PENDING" and job["partition"] == "batch"
+            progress = asyncio.create_task(alice.progress())
+            await asyncio.sleep(1.5)  # the person watches the queue for a moment
+            scancel(slurm, blocker)
+            events = await progress
+            response = await starting
+            assert response.status_code in (201, 202), response.text
+
+            messages = [e.get("message", "") for e in events]
+            queued = f"Waiting in the queue of partition batch (batch job {job['id']})."
+            runs = f"Batch job {job['id']} runs on partition batch; JupyterLab is starting."
+            assert queued in messages and runs in messages, messages
+            assert messages.index(queued) < messages.index(runs)
+            assert events[-1].get("ready") is True, events
+
+            await alice.wait_lab(timeout=30)
+            assert [j["state"] for j in jobs_named(slurm, "lablink-alice")] == ["RUNNING"]
+            model = await alice.model()
+            assert model["servers"][""]["user_options"]["partition"] == "batch"
+
+            async with HubUser(stack.url, "bob", PASSWORD) as bob:
+                await bob.login()
+                assert (await bob.api("GET", "/users/alice")).status_code in (403, 404)
+                stop = await bob.api("DELETE", "/users/alice/server")
+                assert stop.status_code in (403, 404)
+            assert job["id"] in squeue_ids(slurm)
+
+            response = await alice.stop()
+            assert response.status_code in (202, 204), response.text
+            await alice.wait_stopped()
+            await wait_until(lambda: job["id"] not in squeue_ids(slurm), 10, "scancel")
+            response = await alice.open_lab()
+            assert response.url.path != "/user/alice/lab", "a stopped lab still answers"
+    finally:
+        scancel(slurm, blocker)
+
+
+async def test_a_job_that_fails_shows_its_stderr(stack: Stack) -> None:
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        response = await bob.start("broken", {"system": "hpc-broken", "partition": "devel"})
+        # 502 when it fails within the hub's slow_spawn_timeout, 202 if later
+        assert response.status_code in (202, 502), response.text
+        events = await bob.progress("broken")
+        failed = events[-1]
+        assert failed.get("failed") is True, events
+        assert "exit code 3" in failed["message"], failed
+        assert "module JupyterLab/4.2 is not available" in failed["html_message"]
+
+
+async def test_the_backend_restarted_mid_spawn_still_brings_the_lab_up(
+    stack: Stack, slurm: Any
+) -> None:
+    blocker = block_the_node(slurm)
+    try:
+        async with HubUser(stack.url, "demo", PASSWORD) as demo:
+            await demo.login()
+            starting = asyncio.create_task(demo.start("restart", HPC))
+            await wait_until(lambda: jobs_named(slurm, "lablink-demo-restart"), 30, "the job")
+            old = stack.backend_pid()
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            await wait_until(lambda: (stack.backend_pid() or old) != old, 30, "a new backend")
+            scancel(slurm, blocker)
+            response = await starting
+            assert response.status_code in (201, 202), response.text
+            await demo.wait_lab("restart", timeout=60)
+            assert len(jobs_named(slurm, "lablink-demo-restart")) == 1  # not submitted twice
+            await demo.stop("restart")
+            await demo.wait_stopped("restart")
+            await wait_until(
+                lambda: not jobs_named(slurm, "lablink-demo-restart"), 10, "the job to end"
+            )
+    finally:
+        scancel(slurm, blocker)

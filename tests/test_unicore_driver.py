@@ -1,0 +1,380 @@
+"""HPC labs through the backend: the unicore driver against the development site.
+
+The backend runs for real (uvicorn), the UNICORE development site runs as the
+`lablink unicore-devsite` command, jobs run as local processes or on the
+one-node Slurm cluster, and the lab is tests/fakelab.py started by the real
+start script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from backend.settings import Settings, parse_settings
+from tests.conftest import (
+    FAKELAB,
+    BackendFactory,
+    lab_request,
+    site_dict,
+    squeue_ids,
+    wait_state,
+)
+from tests.helpers.devsite import Devsite, pid_alive
+from tests.helpers.labs import assert_error, stored_lab
+
+pytestmark = [pytest.mark.unicore, pytest.mark.integration]
+
+PASSWORD_ENV = "LABLINK_TEST_UNICORE_PASSWORD"
+PASSWORD = "devsite-password-0123456789"
+
+
+def hpc(url: str, **overrides: Any) -> dict[str, Any]:
+    system: dict[str, Any] = {
+        "kind": "unicore",
+        "display_name": "Test HPC",
+        "url": url,
+        "auth": {"method": "basic", "username": "lablink", "password_env": PASSWORD_ENV},
+        "lab_command": FAKELAB,
+        "environment": {
+            "LABLINK_LAB_HOST": "127.0.0.1",
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        },
+        "lab_hosts": ["127.0.0.1"],
+        "poll_interval": 0.2,
+        "watch_interval": 0.3,
+        "retry_for": 1,
+        "request_timeout": 5,
+        "start_timeout": 30,
+        "stop_timeout": 15,
+        "partitions": {
+            "batch": {"nodes": {"max": 1}, "runtime": {"min": 1, "max": 60, "default": 10}},
+            "devel": {"runtime": {"min": 1, "max": 60, "default": 10}},
+        },
+        "access": [{"users": ["alice", "bob"], "accounts": ["{user}"], "projects": ["p1"]}],
+    }
+    system.update(overrides)
+    return system
+
+
+def hpc_settings(tmp_path: Path, database_url: str, **systems: dict[str, Any]) -> Settings:
+    doc = site_dict(tmp_path / "state", database_url, **systems)
+    doc["default_system"] = next(iter(systems))
+    return parse_settings(yaml.safe_dump(doc), "test")
+
+
+def run_devsite(tmp_path: Path, environ: dict[str, str], *args: str) -> Devsite:
+    """The development site with a site-wide login ``lablink`` that may run jobs as
+    alice or bob (the accounts the backend asks for)."""
+    site = Devsite(workdir=tmp_path / "devsite", log=tmp_path / "devsite.log")
+    login = f"lablink:env:{PASSWORD_ENV}:alice,bob"
+    site.start(*args, "--user", login, env={**environ, PASSWORD_ENV: PASSWORD})
+    site.passwords["lablink"] = PASSWORD
+    return site
+
+
+def site_jobs(site: Devsite) -> list[str]:
+    with site.http("lablink") as http:
+        return http.get("/jobs").json()["jobs"]  # type: ignore[no-any-return]
+
+
+def job_processes(site: Devsite) -> list[int]:
+    """Live processes working in one of the site's job directories."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd").startswith(str(site.workdir)):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def devsite(tmp_path: Path) -> Iterator[Devsite]:
+    site = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def backend_env(token_env: dict[str, str]) -> dict[str, str]:
+    token_env[PASSWORD_ENV] = PASSWORD  # the backend reads the system's password from here
+    return token_env
+
+
+def hpc_request(user: str = "alice", **options: Any) -> dict[str, Any]:
+    return lab_request(user, options={"system": "hpc", **options})
+
+
+async def events(client: httpx.AsyncClient, lab_id: str) -> list[dict[str, Any]]:
+    return (await client.get(f"/labs/{lab_id}/events")).json()  # type: ignore[no-any-return]
+
+
+async def job_of(settings: Settings, lab_id: str, devsite: Devsite) -> dict[str, Any]:
+    handle = (await stored_lab(settings, lab_id)).handle
+    with devsite.http("lablink") as http:
+        return http.get(handle["job"]).json()  # type: ignore[no-any-return]
+
+
+# -- local processes -------------------------------------------------------------------
+
+
+async def test_a_lab_runs_as_a_job_and_stops(
+    tmp_path: Path,
+    devsite: Devsite,
+    start_backend: BackendFactory,
+    backend_env: dict[str, str],
+) -> None:
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        resp = await alice.post("/labs", json=hpc_request(runtime=5))
+        assert resp.status_code == 202, resp.text
+        lab = await wait_state(alice, resp.json()["id"], {"running", "failed"})
+        assert lab["state"] == "running", (await events(alice, lab["id"]))[-1]
+        assert (await httpx.AsyncClient().get(lab["url"] + "/user/alice/api")).status_code == 200
+        job = await job_of(settings, lab["id"], devsite)
+        assert job["status"] == "RUNNING"
+        assert "lablink-" + lab["id"] in job["tags"]
+        states = [e["state"] for e in await events(alice, lab["id"])]
+        assert states[:2] == ["accepted", "submitted"] and states[-1] == "running"
+        assert "starting" in states
+
+        await alice.delete(f"/labs/{lab['id']}")
+        lab = await wait_state(alice, lab["id"], {"stopped", "failed"})
+        assert lab["state"] == "stopped"
+        last = (await events(alice, lab["id"]))[-1]
+        assert "[stdout]" in last["detail"] and "fakelab" in last["detail"]
+        job = await job_of(settings, lab["id"], devsite)
+        assert job["status"] == "FAILED"  # aborted
+        assert job_processes(devsite) == []
+
+
+async def test_a_job_that_fails_to_start_shows_its_output(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    system = hpc(devsite.url)
+    system["environment"]["FAKELAB_MODE"] = "crash"
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running", "failed"})
+        assert lab["state"] == "failed"
+        last = (await events(alice, lab_id))[-1]
+        assert "exit code 3" in last["message"], last
+        assert "before JupyterLab was ready" in last["message"]
+        assert "ModuleNotFoundError" in last["detail"]
+
+
+async def test_a_lab_whose_job_ends_by_itself_is_stopped(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    system = hpc(devsite.url)
+    system["environment"].update({"FAKELAB_MODE": "exit-later", "FAKELAB_SECONDS": "2"})
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        assert (await wait_state(alice, lab_id, {"running", "failed"}))["state"] == "running"
+        lab = await wait_state(alice, lab_id, {"stopped", "failed"}, timeout=20)
+        assert lab["state"] == "stopped" and lab["exit_status"] == 0
+        assert "ended by itself" in lab["message"]
+
+
+async def test_an_unreachable_site_fails_the_lab_with_a_sentence(
+    tmp_path: Path, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    from backend.drivers.procs import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/NOWHERE/rest/core"
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(url))
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running", "failed"}, timeout=15)
+        assert lab["state"] == "failed"
+        assert "cannot be reached through UNICORE right now" in lab["message"]
+
+
+async def test_a_wrong_password_fails_the_lab_with_a_sentence(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    backend_env[PASSWORD_ENV] = "not-the-password-at-all"
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running", "failed"})
+        assert lab["state"] == "failed"
+        assert "did not accept your login or account" in lab["message"]
+        assert "not-the-password" not in lab["message"]
+
+
+async def test_a_lab_address_outside_the_allowed_hosts_is_refused(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    system = hpc(devsite.url, lab_hosts=["node*"])
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running", "failed"})
+        assert lab["state"] == "failed"
+        assert "address this site does not allow" in lab["message"]
+        job = await job_of(settings, lab_id, devsite)
+        assert job["status"] == "FAILED"
+        assert job_processes(devsite) == []
+
+
+async def test_other_users_cannot_see_or_stop_an_hpc_lab(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice, backend.client("bob") as bob:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        await wait_state(alice, lab_id, {"running"})
+        assert_error(await bob.get(f"/labs/{lab_id}"), 404, lab_id)
+        assert_error(await bob.delete(f"/labs/{lab_id}"), 404, lab_id)
+        assert_error(await bob.get(f"/labs/{lab_id}/events"), 404)
+        assert (await bob.get("/labs")).json() == []
+        forged = hpc_request("alice")
+        assert_error(await bob.post("/labs", json=forged), 403, "another user")
+        assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "running"
+        await alice.delete(f"/labs/{lab_id}")
+        await wait_state(alice, lab_id, {"stopped"})
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"partition": "huge"}, ["options.partition", "allowed: batch, devel"]),
+        ({"account": "bob"}, ["options.account", "allowed: alice"]),
+        ({"runtime": 61}, ["options.runtime", "allowed: 1 to 60"]),
+        ({"nodes": 2}, ["options.nodes", "allowed: 1 to 1"]),
+    ],
+)
+async def test_options_not_offered_change_nothing(
+    tmp_path: Path,
+    devsite: Devsite,
+    start_backend: BackendFactory,
+    backend_env: dict[str, str],
+    options: dict[str, Any],
+    words: list[str],
+) -> None:
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        assert_error(await alice.post("/labs", json=hpc_request(**options)), 422, *words)
+        assert (await alice.get("/labs")).json() == []
+    assert site_jobs(devsite) == []
+
+
+async def test_the_catalog_shows_the_users_accounts(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice, backend.client("mallory") as mallory:
+        [system] = (await alice.get("/catalog")).json()["systems"]
+        assert system["accounts"] == ["alice"] and system["projects"] == ["p1"]
+        assert [p["name"] for p in system["partitions"]] == ["batch", "devel"]
+        assert (await mallory.get("/catalog")).json()["systems"] == []
+
+
+# -- Slurm -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slurm_devsite(tmp_path: Path, slurm: Any) -> Iterator[Devsite]:
+    site = run_devsite(tmp_path, slurm.env, "--slurm")
+    yield site
+    site.stop()
+
+
+def block_the_node(slurm: Any) -> str:
+    """A job that takes every CPU of the one node, so the next job waits in the queue."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
+         "--output=/dev/null", "--wrap", "sleep 300"],
+        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
+def scancel(slurm: Any, job_id: str) -> None:
+    subprocess.run(["scancel", job_id], env=slurm.env, check=True, timeout=10)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("restart", [False, True], ids=["plain", "backend-restart"])
+async def test_a_slurm_lab_waits_in_the_queue_then_runs(
+    tmp_path: Path,
+    slurm: Any,
+    slurm_devsite: Devsite,
+    start_backend: BackendFactory,
+    backend_env: dict[str, str],
+    database_url: str,
+    restart: bool,
+) -> None:
+    settings = hpc_settings(tmp_path, database_url, hpc=hpc(slurm_devsite.url))
+    backend = await start_backend(settings)
+    blocker = block_the_node(slurm)
+    try:
+        async with backend.client("alice") as alice:
+            lab_id = (await alice.post("/labs", json=hpc_request(partition="batch"))).json()["id"]
+            lab = await wait_state(alice, lab_id, {"queued", "failed"}, timeout=20)
+            assert lab["state"] == "queued", lab
+            for _ in range(100):  # sbatch's job id follows the QUEUED status shortly
+                lab = (await alice.get(f"/labs/{lab_id}")).json()
+                if "batch job" in lab["message"]:
+                    break
+                await asyncio.sleep(0.05)
+            job = await job_of(settings, lab_id, slurm_devsite)
+            batch_id = job["batchSystemID"]
+            assert batch_id in squeue_ids(slurm)
+            assert (
+                lab["message"] == f"Waiting in the queue of partition batch (batch job {batch_id})."
+            )
+        if restart:
+            await backend.stop()
+        scancel(slurm, blocker)
+        if restart:
+            backend = await start_backend(settings)
+        async with backend.client("alice") as alice:
+            lab = await wait_state(alice, lab_id, {"running", "failed"}, timeout=30)
+            assert lab["state"] == "running", (await events(alice, lab_id))[-1]
+            assert (
+                await httpx.AsyncClient().get(lab["url"] + "/user/alice/api")
+            ).status_code == 200
+            await alice.delete(f"/labs/{lab_id}")
+            lab = await wait_state(alice, lab_id, {"stopped", "failed"}, timeout=30)
+            assert lab["state"] == "stopped"
+        for _ in range(50):
+            if batch_id not in squeue_ids(slurm):
+                break
+            await asyncio.sleep(0.1)
+        assert batch_id not in squeue_ids(slurm)
+    finally:
+        scancel(slurm, blocker)
