@@ -53,3 +53,72 @@ def test_options_from_form_takes_only_the_system() -> None:
     spawner = LablinkSpawner()
     assert spawner.options_from_form({"system": [" local "], "evil": ["x"]}) == {"system": "local"}
     assert spawner.options_from_form({}) == {}
+
+
+HPC_CATALOG = {
+    "default_system": "local",
+    "systems": [
+        {"name": "local", "kind": "local", "display_name": "This machine"},
+        {
+            "name": "hpc",
+            "kind": "unicore",
+            "display_name": "HPC",
+            "accounts": ["alice", "alice2"],
+            "projects": ["p1"],
+            "partitions": [
+                {
+                    "name": "batch",
+                    "display_name": "Batch <fast>",
+                    "interactive": False,
+                    "nodes": {"min": 1, "max": 4, "default": 1},
+                    "runtime": {"min": 10, "max": 120, "default": 60},
+                    "gpus": {"min": 0, "max": 0, "default": 0},
+                    "reservations": ["workshop"],
+                },
+                {
+                    "name": "login",
+                    "display_name": "Login",
+                    "interactive": True,
+                    "nodes": {"min": 1, "max": 1, "default": 1},
+                    "runtime": {"min": 10, "max": 480, "default": 120},
+                    "gpus": {"min": 0, "max": 0, "default": 0},
+                    "reservations": [],
+                },
+            ],
+        },
+    ],
+}
+
+
+def test_form_offers_an_hpc_systems_accounts_partitions_and_ranges() -> None:
+    html = options_form_html(HPC_CATALOG)
+    assert '<fieldset class="lablink-system-fields" data-system="hpc">' in html
+    assert 'name="hpc.account"' in html and '<option value="alice2">alice2</option>' in html
+    assert 'name="hpc.project"' in html
+    assert 'name="hpc.partition"' in html and "Batch &lt;fast&gt;" in html
+    assert "Login (login node)" in html
+    assert 'name="hpc.nodes"' in html and 'min="1" max="4" value="1"' in html
+    assert 'name="hpc.runtime"' in html and 'min="10" max="120" value="60"' in html
+    assert '<option value="workshop" data-partitions="batch">workshop</option>' in html
+    assert "<script>" in html  # shows the chosen system's fields only
+
+
+def test_options_from_form_takes_the_chosen_systems_fields() -> None:
+    spawner = LablinkSpawner()
+    form = {
+        "system": ["hpc"],
+        "hpc.account": ["alice"],
+        "hpc.partition": ["batch"],
+        "hpc.nodes": ["2"],
+        "hpc.runtime": ["30"],
+        "hpc.reservation": [""],
+        "other.partition": ["x"],
+        "hpc.evil": ["x"],
+    }
+    assert spawner.options_from_form(form) == {
+        "system": "hpc",
+        "account": "alice",
+        "partition": "batch",
+        "nodes": "2",
+        "runtime": "30",
+    }

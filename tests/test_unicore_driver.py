@@ -21,7 +21,9 @@ import httpx
 import pytest
 import yaml
 
+from backend.db import create_engine, migrate
 from backend.settings import Settings, parse_settings
+from backend.store import Store
 from tests.conftest import (
     FAKELAB,
     BackendFactory,
@@ -378,3 +380,83 @@ async def test_a_slurm_lab_waits_in_the_queue_then_runs(
         assert batch_id not in squeue_ids(slurm)
     finally:
         scancel(slurm, blocker)
+
+
+async def test_a_job_whose_url_was_never_stored_is_found_by_its_tag(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    """The backend died after UNICORE created the job but before it stored the job's
+    URL: the restarted backend finds the job by the tag it stored first."""
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        await wait_state(alice, lab_id, {"running"})
+    await backend.stop()
+    handle = (await stored_lab(settings, lab_id)).handle
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await Store(engine).save_handle(lab_id, {"tag": handle["tag"], "prefix": handle["prefix"]})
+    finally:
+        await engine.dispose()
+
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        lab = await wait_state(alice, lab_id, {"running", "failed", "stopped"})
+        assert lab["state"] == "running", lab
+        assert (await stored_lab(settings, lab_id)).handle["job"] == handle["job"]
+        assert len(site_jobs(devsite)) == 1
+        await alice.delete(f"/labs/{lab_id}")
+        await wait_state(alice, lab_id, {"stopped"})
+    assert job_processes(devsite) == []
+
+
+async def test_a_lab_accepted_but_never_submitted_fails_cleanly_after_a_restart(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    settings = hpc_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
+    )
+    engine = create_engine(settings.resolved_database_url)
+    await migrate(engine)
+    try:
+        lab = await Store(engine).create_lab(
+            user_name="alice", server_name="", system="hpc", vo=None,
+            options={"system": "hpc", "account": "alice", "project": "p1", "partition": "batch",
+                     "nodes": 1, "runtime": 10, "gpus": 0},
+            message="Lab accepted for system hpc.",
+        )  # fmt: skip
+        await Store(engine).save_handle(lab.id, {"tag": f"lablink-{lab.id}", "prefix": "/u/"})
+    finally:
+        await engine.dispose()
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        failed = await wait_state(alice, lab.id, {"failed", "running"})
+        assert failed["state"] == "failed"
+        assert "please start it again" in failed["message"]
+    assert site_jobs(devsite) == []
+
+
+async def test_bearer_systems_use_the_persons_token(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> None:
+    system = hpc(devsite.url, auth={"method": "bearer"})
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    backend = await start_backend(settings)
+    async with backend.client("alice") as alice:
+        body = hpc_request()
+        body["user"]["access_token"] = devsite.token  # what the hub hands over from auth_state
+        lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running", "failed"})
+        assert lab["state"] == "running", lab
+        with devsite.http("alice") as http:  # the job is alice's own at the site
+            assert len(http.get("/jobs").json()["jobs"]) == 1
+        await alice.delete(f"/labs/{lab_id}")
+        assert (await wait_state(alice, lab_id, {"stopped", "failed"}))["state"] == "stopped"
+
+        without = (await alice.post("/labs", json=hpc_request())).json()["id"]
+        lab = await wait_state(alice, without, {"running", "failed"})
+        assert lab["state"] == "failed" and "needs your login token" in lab["message"]
+    assert devsite.token not in (tmp_path / "devsite.log").read_text()
