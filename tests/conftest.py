@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -295,3 +296,28 @@ def squeue_ids(slurm: SlurmCluster) -> set[str]:
         check=True,
     )
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+
+def block_the_node(slurm: SlurmCluster) -> str:
+    """Submit a job that takes the whole node, so that the next job waits in the queue;
+    return its id (end it with ``scancel``)."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
+         "--job-name=blocker", "--output=/dev/null", "--wrap", "sleep 300"],
+        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    return out.stdout.strip().split(";")[0]
+
+
+def scancel(slurm: SlurmCluster, job_id: str) -> None:
+    subprocess.run(["scancel", job_id], env=slurm.env, check=False, timeout=10)
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s until it is true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {what}")

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from backend.drivers import procs
+from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
 
@@ -54,19 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     s.start()
     yield s
-    code = s.stop(signal.SIGINT)
-    left = s.processes()
-    assert code == 0, s.log.read_text()[-3000:]
-    assert not left, f"processes left behind after Ctrl-C: {left}"
-
-
-async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {what}")
+    s.stop_cleanly()
 
 
 def alive(pid: int) -> bool:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import yaml
 
 import backend
 from backend.embedded import embedded_site
-from tests.conftest import squeue_ids
+from tests.conftest import block_the_node, scancel, squeue_ids, wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
 
@@ -59,10 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slurm: Any) -> Iterator[Stac
     s.site.write_text(yaml.safe_dump(site))
     s.start()
     yield s
-    code = s.stop(signal.SIGINT)
-    left = s.processes()
-    assert code == 0, s.log.read_text()[-3000:]
-    assert not left, f"processes left behind after Ctrl-C: {left}"
+    s.stop_cleanly()
 
 
 def squeue(slurm: Any) -> list[dict[str, str]]:
@@ -76,28 +72,6 @@ def squeue(slurm: Any) -> list[dict[str, str]]:
 
 def jobs_named(slurm: Any, name: str) -> list[dict[str, str]]:
     return [j for j in squeue(slurm) if j["name"] == name]
-
-
-def block_the_node(slurm: Any) -> str:
-    out = subprocess.run(
-        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
-         "--job-name=blocker", "--output=/dev/null", "--wrap", "sleep 300"],
-        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
-    )  # fmt: skip
-    return out.stdout.strip().split(";")[0]
-
-
-def scancel(slurm: Any, job_id: str) -> None:
-    subprocess.run(["scancel", job_id], env=slurm.env, check=False, timeout=10)
-
-
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {what}")
 
 
 HPC = {"system": "hpc", "partition": "batch", "runtime": "30"}

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,10 @@ from backend.store import Store
 from tests.conftest import (
     FAKELAB,
     BackendFactory,
+    RunningBackend,
+    block_the_node,
     lab_request,
+    scancel,
     site_dict,
     squeue_ids,
     wait_state,
@@ -118,6 +120,26 @@ def hpc_request(user: str = "alice", **options: Any) -> dict[str, Any]:
     return lab_request(user, options={"system": "hpc", **options})
 
 
+HpcBackend = Callable[..., Awaitable[tuple[Settings, RunningBackend]]]
+
+
+@pytest.fixture
+def hpc_backend(
+    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+) -> HpcBackend:
+    """Start a backend (SQLite) whose system ``hpc`` submits to the development site."""
+
+    async def start(
+        url: str | None = None, lab_env: dict[str, str] | None = None, **overrides: Any
+    ) -> tuple[Settings, RunningBackend]:
+        system = hpc(url or devsite.url, **overrides)
+        system["environment"].update(lab_env or {})
+        settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+        return settings, await start_backend(settings)
+
+    return start
+
+
 async def events(client: httpx.AsyncClient, lab_id: str) -> list[dict[str, Any]]:
     return (await client.get(f"/labs/{lab_id}/events")).json()  # type: ignore[no-any-return]
 
@@ -131,16 +153,8 @@ async def job_of(settings: Settings, lab_id: str, devsite: Devsite) -> dict[str,
 # -- local processes -------------------------------------------------------------------
 
 
-async def test_a_lab_runs_as_a_job_and_stops(
-    tmp_path: Path,
-    devsite: Devsite,
-    start_backend: BackendFactory,
-    backend_env: dict[str, str],
-) -> None:
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+async def test_a_lab_runs_as_a_job_and_stops(hpc_backend: HpcBackend, devsite: Devsite) -> None:
+    settings, backend = await hpc_backend()
     async with backend.client("alice") as alice:
         resp = await alice.post("/labs", json=hpc_request(runtime=5))
         assert resp.status_code == 202, resp.text
@@ -164,13 +178,8 @@ async def test_a_lab_runs_as_a_job_and_stops(
         assert job_processes(devsite) == []
 
 
-async def test_a_job_that_fails_to_start_shows_its_output(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
-) -> None:
-    system = hpc(devsite.url)
-    system["environment"]["FAKELAB_MODE"] = "crash"
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
-    backend = await start_backend(settings)
+async def test_a_job_that_fails_to_start_shows_its_output(hpc_backend: HpcBackend) -> None:
+    _, backend = await hpc_backend(lab_env={"FAKELAB_MODE": "crash"})
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         lab = await wait_state(alice, lab_id, {"running", "failed"})
@@ -181,13 +190,9 @@ async def test_a_job_that_fails_to_start_shows_its_output(
         assert "ModuleNotFoundError" in last["detail"]
 
 
-async def test_a_lab_whose_job_ends_by_itself_is_stopped(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
-) -> None:
-    system = hpc(devsite.url)
-    system["environment"].update({"FAKELAB_MODE": "exit-later", "FAKELAB_SECONDS": "2"})
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
-    backend = await start_backend(settings)
+async def test_a_lab_whose_job_ends_by_itself_is_stopped(hpc_backend: HpcBackend) -> None:
+    lab_env = {"FAKELAB_MODE": "exit-later", "FAKELAB_SECONDS": "2"}
+    _, backend = await hpc_backend(lab_env=lab_env)
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         assert (await wait_state(alice, lab_id, {"running", "failed"}))["state"] == "running"
@@ -196,14 +201,11 @@ async def test_a_lab_whose_job_ends_by_itself_is_stopped(
         assert "ended by itself" in lab["message"]
 
 
-async def test_an_unreachable_site_fails_the_lab_with_a_sentence(
-    tmp_path: Path, start_backend: BackendFactory, backend_env: dict[str, str]
-) -> None:
+async def test_an_unreachable_site_fails_the_lab_with_a_sentence(hpc_backend: HpcBackend) -> None:
     from backend.drivers.procs import free_port
 
     url = f"http://127.0.0.1:{free_port()}/NOWHERE/rest/core"
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(url))
-    backend = await start_backend(settings)
+    _, backend = await hpc_backend(url=url)
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         lab = await wait_state(alice, lab_id, {"running", "failed"}, timeout=15)
@@ -212,13 +214,10 @@ async def test_an_unreachable_site_fails_the_lab_with_a_sentence(
 
 
 async def test_a_wrong_password_fails_the_lab_with_a_sentence(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+    hpc_backend: HpcBackend, backend_env: dict[str, str]
 ) -> None:
     backend_env[PASSWORD_ENV] = "not-the-password-at-all"
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+    _, backend = await hpc_backend()
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         lab = await wait_state(alice, lab_id, {"running", "failed"})
@@ -228,11 +227,9 @@ async def test_a_wrong_password_fails_the_lab_with_a_sentence(
 
 
 async def test_a_lab_address_outside_the_allowed_hosts_is_refused(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+    hpc_backend: HpcBackend, devsite: Devsite
 ) -> None:
-    system = hpc(devsite.url, lab_hosts=["node*"])
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
-    backend = await start_backend(settings)
+    settings, backend = await hpc_backend(lab_hosts=["node*"])
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         lab = await wait_state(alice, lab_id, {"running", "failed"})
@@ -243,13 +240,8 @@ async def test_a_lab_address_outside_the_allowed_hosts_is_refused(
         assert job_processes(devsite) == []
 
 
-async def test_other_users_cannot_see_or_stop_an_hpc_lab(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
-) -> None:
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+async def test_other_users_cannot_see_or_stop_an_hpc_lab(hpc_backend: HpcBackend) -> None:
+    _, backend = await hpc_backend()
     async with backend.client("alice") as alice, backend.client("bob") as bob:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         await wait_state(alice, lab_id, {"running"})
@@ -274,30 +266,17 @@ async def test_other_users_cannot_see_or_stop_an_hpc_lab(
     ],
 )
 async def test_options_not_offered_change_nothing(
-    tmp_path: Path,
-    devsite: Devsite,
-    start_backend: BackendFactory,
-    backend_env: dict[str, str],
-    options: dict[str, Any],
-    words: list[str],
+    hpc_backend: HpcBackend, devsite: Devsite, options: dict[str, Any], words: list[str]
 ) -> None:
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+    _, backend = await hpc_backend()
     async with backend.client("alice") as alice:
         assert_error(await alice.post("/labs", json=hpc_request(**options)), 422, *words)
         assert (await alice.get("/labs")).json() == []
     assert site_jobs(devsite) == []
 
 
-async def test_the_catalog_shows_the_users_accounts(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
-) -> None:
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+async def test_the_catalog_shows_the_users_accounts(hpc_backend: HpcBackend) -> None:
+    _, backend = await hpc_backend()
     async with backend.client("alice") as alice, backend.client("mallory") as mallory:
         [system] = (await alice.get("/catalog")).json()["systems"]
         assert system["accounts"] == ["alice"] and system["projects"] == ["p1"]
@@ -313,20 +292,6 @@ def slurm_devsite(tmp_path: Path, slurm: Any) -> Iterator[Devsite]:
     site = run_devsite(tmp_path, slurm.env, "--slurm")
     yield site
     site.stop()
-
-
-def block_the_node(slurm: Any) -> str:
-    """A job that takes every CPU of the one node, so the next job waits in the queue."""
-    out = subprocess.run(
-        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
-         "--output=/dev/null", "--wrap", "sleep 300"],
-        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
-    )  # fmt: skip
-    return out.stdout.strip().split(";")[0]
-
-
-def scancel(slurm: Any, job_id: str) -> None:
-    subprocess.run(["scancel", job_id], env=slurm.env, check=True, timeout=10)
 
 
 @pytest.mark.slurm
@@ -383,14 +348,11 @@ async def test_a_slurm_lab_waits_in_the_queue_then_runs(
 
 
 async def test_a_job_whose_url_was_never_stored_is_found_by_its_tag(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+    hpc_backend: HpcBackend, devsite: Devsite, start_backend: BackendFactory
 ) -> None:
     """The backend died after UNICORE created the job but before it stored the job's
     URL: the restarted backend finds the job by the tag it stored first."""
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
-    backend = await start_backend(settings)
+    settings, backend = await hpc_backend()
     async with backend.client("alice") as alice:
         lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
         await wait_state(alice, lab_id, {"running"})
@@ -440,11 +402,9 @@ async def test_a_lab_accepted_but_never_submitted_fails_cleanly_after_a_restart(
 
 
 async def test_bearer_systems_use_the_persons_token(
-    tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
+    hpc_backend: HpcBackend, tmp_path: Path, devsite: Devsite
 ) -> None:
-    system = hpc(devsite.url, auth={"method": "bearer"})
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
-    backend = await start_backend(settings)
+    _, backend = await hpc_backend(auth={"method": "bearer"})
     async with backend.client("alice") as alice:
         body = hpc_request()
         body["user"]["access_token"] = devsite.token  # what the hub hands over from auth_state

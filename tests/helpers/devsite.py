@@ -19,6 +19,7 @@ from pyunicore import client as unicore
 from pyunicore.credentials import OIDCToken, UsernamePassword
 
 from backend.drivers.procs import free_port
+from tests.helpers.stack import end_process
 
 REPO = Path(__file__).resolve().parent.parent.parent
 USERS = {"alice": ("alice", "alice2"), "bob": ("bob",)}
@@ -86,14 +87,7 @@ class Devsite:
         raise RuntimeError(f"the devsite did not come up:\n{self.log_text()}")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return end_process(self.proc, sig, timeout)
 
     def log_text(self, last: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""

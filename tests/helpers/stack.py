@@ -16,6 +16,18 @@ import httpx
 from backend.drivers.procs import free_port, start_time
 
 
+def end_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout: float) -> int:
+    """Send ``sig``, wait up to ``timeout`` seconds, then kill; return the exit code."""
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else 0
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @dataclass
 class Stack:
     state_dir: Path
@@ -70,14 +82,14 @@ class Stack:
         raise RuntimeError(f"lablink up did not come up:\n{self.log.read_text()[-4000:]}")
 
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 90) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return end_process(self.proc, sig, timeout)
+
+    def stop_cleanly(self) -> None:
+        """Ctrl-C, as a person would: exit code 0 and no process of the stack left."""
+        code = self.stop(signal.SIGINT)
+        left = self.processes()
+        assert code == 0, self.log.read_text()[-3000:]
+        assert not left, f"processes left behind after Ctrl-C: {left}"
 
     def processes(self) -> list[tuple[int, str]]:
         """Live processes that belong to this stack (by state directory or ports)."""
