@@ -13,7 +13,7 @@ LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs bench-spawn venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs bench-spawn bench-hpc venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -40,6 +40,11 @@ docs: venv
 ## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
 bench-spawn: venv proxy
 	$(VENV)/bin/python benchmarks/spawn.py $(ARGS)
+
+## bench-hpc: time spawns of a local lab, a Slurm batch job and a login-node job through the hub
+bench-hpc: venv proxy test-deps
+	@bash .ci/peers.sh slurm-start
+	$(VENV)/bin/python benchmarks/hpc_spawn.py $(ARGS)
 
 venv: $(VENV)/.stamp
 
