@@ -109,8 +109,8 @@ def _number(key: str, value: Any, r: Range, where: str) -> int:
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 10:
-        number = int(value.strip())
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip()) if len(value.strip()) < 10 else 10**9
     if number is None:
         raise OptionError(
             f"options.{key}: {_text(value)} is not a whole number; allowed: {r.min} to {r.max}."

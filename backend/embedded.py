@@ -248,7 +248,8 @@ class Embedded:
         }
 
     def _devsite(self, base: dict[str, str], password: str, level: str) -> Service:
-        """The UNICORE development site; its jobs run as the hub's users' accounts."""
+        """The UNICORE development site. It accepts the demo users' names as accounts
+        (``uid:`` preferences) but runs every job as this process's own Unix user."""
         users = ["demo", *os.environ.get("LABLINK_DEMO_USERS", "").split(",")]
         uids = ",".join(dict.fromkeys(u.strip() for u in users if u.strip()))
         env = {**base, DEVSITE_PASSWORD_ENV: password}
@@ -426,7 +427,7 @@ class Embedded:
             await self._stop_active_labs()
             await self.services["backend"].stop(15)
             if "devsite" in self.services:
-                await self.services["devsite"].stop(30)  # it ends its jobs
+                await self.services["devsite"].stop(60)  # it ends its jobs first
             reaper.cancel()
             self._kill_leftovers()
             self.say("stopped")

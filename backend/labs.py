@@ -206,7 +206,8 @@ class LabManager:
             url = await driver.recover(ctx)
         except LabEnded as exc:
             log.info("%s: ended while the backend was down", ctx.log_name)
-            await driver.stop(ctx)
+            with contextlib.suppress(LabFailed):
+                await driver.stop(ctx)  # clears what the lab left behind
             await self._finish(lab, LabState.STOPPED, exc.message, exc.detail)
             return
         except LabFailed as exc:

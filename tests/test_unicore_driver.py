@@ -33,6 +33,7 @@ from tests.conftest import (
     site_dict,
     squeue_ids,
     wait_state,
+    wait_until,
 )
 from tests.helpers.devsite import Devsite, pid_alive
 from tests.helpers.labs import assert_error, stored_lab
@@ -420,3 +421,28 @@ async def test_bearer_systems_use_the_persons_token(
         lab = await wait_state(alice, without, {"running", "failed"})
         assert lab["state"] == "failed" and "needs your login token" in lab["message"]
     assert devsite.token not in (tmp_path / "devsite.log").read_text()
+
+
+@pytest.mark.slurm
+async def test_a_job_given_up_in_the_queue_is_cancelled(
+    tmp_path: Path,
+    slurm: Any,
+    slurm_devsite: Devsite,
+    start_backend: BackendFactory,
+    backend_env: dict[str, str],
+) -> None:
+    system = hpc(slurm_devsite.url, queue_timeout=1.5)
+    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    backend = await start_backend(settings)
+    blocker = block_the_node(slurm)
+    try:
+        async with backend.client("alice") as alice:
+            lab_id = (await alice.post("/labs", json=hpc_request())).json()["id"]
+            await wait_state(alice, lab_id, {"queued"})
+            lab = await wait_state(alice, lab_id, {"failed", "running"}, timeout=20)
+            assert lab["state"] == "failed"
+            assert "waited in the queue" in lab["message"]
+        batch_id = (await job_of(settings, lab_id, slurm_devsite))["batchSystemID"]
+        await wait_until(lambda: batch_id not in squeue_ids(slurm), 10, "the job to go")
+    finally:
+        scancel(slurm, blocker)

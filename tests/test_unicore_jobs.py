@@ -271,3 +271,35 @@ def test_job_status_to_lab_state() -> None:
     assert jobs.lab_state_for("RUNNING") == "starting"
     assert jobs.lab_state_for("SUCCESSFUL") is None
     assert jobs.lab_state_for("FAILED") is None
+
+
+def test_a_local_address_needs_a_pattern_that_names_it(tmp_path: Path) -> None:
+    anywhere = site(tmp_path).systems["hpc"]  # lab_hosts: ["*"]
+    assert isinstance(anywhere, UnicoreSystem)
+    assert parse_lab_file(b'{"host": "node7", "port": 9999}', anywhere).host == "node7"
+    for host in ("127.0.0.1", "localhost", "169.254.169.254", "0.0.0.0", "127.1.2.3"):
+        data = json.dumps({"host": host, "port": 9999}).encode()
+        with pytest.raises(BadLabFile, match="local address"):
+            parse_lab_file(data, anywhere)
+    named = site(tmp_path, lab_hosts=["127.0.0.1"]).systems["hpc"]
+    assert isinstance(named, UnicoreSystem)
+    assert parse_lab_file(b'{"host": "127.0.0.1", "port": 9999}', named).port == 9999
+
+
+def test_plain_http_is_only_for_this_machine(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"systems\.hpc\.url: .*use https://"):
+        site(tmp_path, url="http://unicore.example.org/SITE/rest/core")
+    assert site(tmp_path, url="https://unicore.example.org/SITE/rest/core")
+
+
+def test_a_user_name_that_is_no_account_gives_no_account(tmp_path: Path) -> None:
+    settings = site(tmp_path)
+    assert catalog(settings, "Alice@idp", frozenset({"trainees"}))["systems"] == []
+    with pytest.raises(OptionError, match="no account on system 'hpc'"):
+        validate_options(settings, {"system": "hpc"}, "Alice@idp", frozenset({"trainees"}))
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661", "9" * 5000, "1e3", " 2 x"])
+def test_odd_numbers_are_refused_as_options(settings: Settings, value: str) -> None:
+    with pytest.raises(OptionError, match=r"options\.nodes"):
+        validate_options(settings, {"system": "hpc", "nodes": value}, "alice")

@@ -172,8 +172,9 @@ def _string(desc: Mapping[str, Any], key: str, where: str = "") -> str | None:
 
 
 def _count(value: object, key: str, minimum: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) < 10:
+        value = int(text)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -253,9 +253,10 @@ class SlurmRunner:
             return
         rc, _, err = await run(["scancel", bss_id], self.env)
         if rc != 0:
+            # still tracked: the next poll shows what Slurm says; the job is not lost
             job.note(f"scancel {bss_id} failed: {' '.join(err.split())}")
-        else:
-            job.note(f"Cancelled Slurm job {bss_id}.")
+            return
+        job.note(f"Cancelled Slurm job {bss_id}.")
         self._untrack(bss_id)
         job.finish(None)
 

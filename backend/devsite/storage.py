@@ -54,7 +54,7 @@ def parse_range(header: str, size: int) -> tuple[int, int]:
     if unit.strip() != "bytes" or "," in spec or "-" not in spec:
         raise RangeError(f"the range '{header}' cannot be read; use bytes=first-last")
     first, _, last = (s.strip() for s in spec.partition("-"))
-    if not (first or last) or not all(p.isdigit() for p in (first, last) if p):
+    if not (first or last) or not all(p.isascii() and p.isdigit() for p in (first, last) if p):
         raise RangeError(f"the range '{header}' cannot be read; use bytes=first-last")
     if not first:  # the last n bytes
         n = int(last)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from typing import Any
@@ -92,6 +93,13 @@ def status_message(status: str, job: dict[str, Any], interactive: bool) -> str:
     return "UNICORE accepted the job and prepares it."
 
 
+def duration(seconds: float) -> str:
+    for unit, size in (("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} seconds"
+
+
 def ended_message(job: dict[str, Any]) -> str:
     status = job.get("status", "?")
     code = job.get("exitCode")
@@ -114,6 +122,7 @@ class UnicoreDriver(Driver):
     def __init__(self, http: httpx.AsyncClient):
         super().__init__(http)
         self._tls_clients: dict[str, httpx.AsyncClient] = {}
+        self._misses: dict[str, int] = {}  # looks in a row at a lab that did not answer
 
     # -- plumbing -------------------------------------------------------------
 
@@ -220,16 +229,36 @@ class UnicoreDriver(Driver):
         )
         await ctx.report(LabState.SUBMITTED, f"Submitting a job to {_name(ctx)} ({summary(ctx)}).")
         try:
-            job_url = await uc.submit(self.jobs_url(ctx), description)
-        except UnicoreRefused as exc:
-            log.warning("%s: job refused: %s", ctx.log_name, exc)
-            raise LabFailed(refused(ctx, exc)) from None
-        except UnicoreUnavailable:
-            raise LabFailed(unavailable(ctx)) from None
-        await ctx.save({**ctx.handle, "job": job_url})
-        log.info("%s: job %s", ctx.log_name, job_url)
-        await self._drop_duplicates(ctx, uc, job_url)
-        return await self._follow(ctx, uc)
+            try:
+                job_url = await uc.submit(self.jobs_url(ctx), description)
+            except UnicoreRefused as exc:
+                log.warning("%s: job refused: %s", ctx.log_name, exc)
+                raise LabFailed(refused(ctx, exc)) from None
+            except UnicoreUnavailable:
+                raise LabFailed(unavailable(ctx)) from None
+            await ctx.save({**ctx.handle, "job": job_url})
+            log.info("%s: job %s", ctx.log_name, job_url)
+            await self._drop_duplicates(ctx, uc, job_url)
+            return await self._follow(ctx, uc)
+        except LabFailed:
+            # a submit that timed out may still have created the job, and a job that
+            # could not be followed still runs: end whatever carries this lab's tag
+            await self._end_quietly(ctx, uc)
+            raise
+
+    async def _end_quietly(self, ctx: LabContext, uc: UnicoreClient) -> None:
+        """Best effort: abort the lab's job (by URL, else by tag); log what fails."""
+        try:
+            if ctx.handle.get("job"):
+                urls = [ctx.handle["job"]]
+            else:
+                urls = await uc.jobs_tagged(self.jobs_url(ctx), ctx.handle["tag"])
+            for url in urls:
+                await self._abort(ctx, uc, url)
+        except (UnicoreUnavailable, UnicoreRefused) as exc:
+            log.warning(
+                "%s: could not end its job; it runs until its wall time: %s", ctx.log_name, exc
+            )
 
     async def _drop_duplicates(self, ctx: LabContext, uc: UnicoreClient, keep: str) -> None:
         """A retried submit may have created the job twice: abort all but ``keep``."""
@@ -248,7 +277,8 @@ class UnicoreDriver(Driver):
         job_url = ctx.handle["job"]
         interactive = system.partitions[ctx.options["partition"]].interactive
         last_status: tuple[Any, ...] | None = None
-        queued_at = running_at = None
+        waiting_since = time.monotonic()  # submitted or queued: bounded by queue_timeout
+        running_at: float | None = None
         next_look = 0.0
         job: dict[str, Any] = {}
         while True:
@@ -280,26 +310,34 @@ class UnicoreDriver(Driver):
                 if seen != last_status:
                     last_status = seen
                     await report(ctx, state, status_message(status, job, interactive))
-                if state == LabState.QUEUED:
-                    queued_at = queued_at or now
-                    if now - queued_at > system.queue_timeout:
-                        await self._abort_quietly(ctx, uc, job_url)
+                if state != LabState.STARTING and running_at is not None:
+                    # requeued (a node failed, the job was preempted): start over
+                    running_at = None
+                    waiting_since = now
+                    ctx.handle = {k: v for k, v in ctx.handle.items() if k not in ("host", "port")}
+                    await ctx.save(ctx.handle)
+                if state != LabState.STARTING:
+                    if now - waiting_since > system.queue_timeout:
                         raise LabFailed(
                             f"The job waited in the queue for more than "
-                            f"{system.queue_timeout / 3600:g} hours and was given up; try "
+                            f"{duration(system.queue_timeout)} and was given up; try "
                             "another partition or a shorter run time."
                         )
                 if state == LabState.STARTING:
                     running_at = running_at or now
                     if "host" not in ctx.handle:
-                        await self._read_address(ctx, uc, job)
+                        try:
+                            await self._read_address(ctx, uc, job)
+                        except UnicoreUnavailable:
+                            raise LabFailed(unavailable(ctx)) from None
+                        except UnicoreRefused as exc:
+                            raise LabFailed(refused(ctx, exc)) from None
             if "host" in ctx.handle:
                 url = f"http://{ctx.handle['host']}:{ctx.handle['port']}"
                 if await self._answers(url + ctx.handle["prefix"] + "api"):
                     return url
             if running_at is not None and now - running_at > system.start_timeout:
                 detail = await self._output(ctx, uc, job)
-                await self._abort_quietly(ctx, uc, job_url)
                 raise LabFailed(
                     f"JupyterLab did not answer within {system.start_timeout:g} seconds of the "
                     "job starting; the job was ended and the end of its output is below.",
@@ -319,7 +357,6 @@ class UnicoreDriver(Driver):
             address = jobs.parse_lab_file(data, ctx.system)
         except jobs.BadLabFile as exc:
             log.warning("%s: refusing lab.json: %s", ctx.log_name, exc)
-            await self._abort_quietly(ctx, uc, ctx.handle["job"])
             raise LabFailed(
                 "The lab's job reported an address this site does not allow; the job was "
                 "ended. Please tell the site's admins."
@@ -339,23 +376,43 @@ class UnicoreDriver(Driver):
     async def status(self, ctx: LabContext) -> LabStatus:
         uc = self.client(ctx)
         job_url = ctx.handle.get("job")
-        if uc is None or not job_url:
-            return LabStatus(alive=bool(job_url))
+        if not job_url:
+            return LabStatus(alive=False)
+        if uc is None:
+            return await self._status_from_lab(ctx)
         try:
             job = await uc.job(job_url)
         except (UnicoreUnavailable, UnicoreRefused) as exc:
             log.warning("%s: cannot look at the job: %s", ctx.log_name, exc)
-            return LabStatus(alive=True)  # unknown: keep the lab
+            return await self._status_from_lab(ctx)
+        self._misses.pop(ctx.lab_id, None)
         if job is None:
             return LabStatus(alive=False, message="The job is gone from UNICORE.")
         if job.get("status") in jobs.ENDED_STATUSES:
             code = str(job.get("exitCode") or "")
             return LabStatus(
                 alive=False,
-                exit_code=int(code) if code.lstrip("-").isdigit() else None,
+                exit_code=int(code) if re.fullmatch(r"-?[0-9]{1,9}", code) else None,
                 message=str(job.get("statusMessage") or "")[:200],
             )
         return LabStatus(alive=True)
+
+    async def _status_from_lab(self, ctx: LabContext) -> LabStatus:
+        """When UNICORE cannot be asked: the lab is alive while it answers; three
+        looks in a row without an answer and it has ended."""
+        if "host" not in ctx.handle:
+            return LabStatus(alive=True)
+        url = f"http://{ctx.handle['host']}:{ctx.handle['port']}{ctx.handle['prefix']}api"
+        if await self._answers(url):
+            self._misses.pop(ctx.lab_id, None)
+            return LabStatus(alive=True)
+        self._misses[ctx.lab_id] = self._misses.get(ctx.lab_id, 0) + 1
+        if self._misses[ctx.lab_id] < 3:
+            return LabStatus(alive=True)
+        self._misses.pop(ctx.lab_id, None)
+        return LabStatus(
+            alive=False, message="It stopped answering, and UNICORE could not be asked why"
+        )
 
     async def wait_ended(self, ctx: LabContext) -> LabStatus:
         while True:
@@ -369,8 +426,8 @@ class UnicoreDriver(Driver):
         if uc is None:
             log.warning("%s: no credentials to end its job", ctx.log_name)
             raise LabFailed(
-                "The lab's job could not be ended without your login token; it ends at its "
-                "wall time. Log in again to stop labs."
+                "The lab's job could not be ended without your login token, so it runs "
+                "until its wall time; the site's admins can end it sooner."
             )
         urls: list[str] = []
         try:
@@ -383,23 +440,23 @@ class UnicoreDriver(Driver):
                 job = await self._abort(ctx, uc, url)
                 if job is not None:
                     output = await self._output(ctx, uc, job)
-        except UnicoreUnavailable:
+        except (UnicoreUnavailable, UnicoreRefused) as exc:
+            log.warning("%s: could not end its job: %s", ctx.log_name, exc)
             raise LabFailed(
-                unavailable(ctx).replace(
-                    "right now;", "to end the lab's job; it may run until its wall time;"
-                )
+                f"UNICORE on {_name(ctx)!r} could not be asked to end the lab's job, so it "
+                "may run until its wall time; the site's admins can end it sooner."
             ) from None
-        except UnicoreRefused as exc:
-            raise LabFailed(refused(ctx, exc)) from None
         return output
 
     async def recover(self, ctx: LabContext) -> str | None:
         uc = self.client(ctx)
         if uc is None:
             if ctx.handle.get("job") or ctx.handle.get("tag"):
+                log.warning("%s: no credentials to follow its job after a restart", ctx.log_name)
                 raise LabFailed(
-                    "The backend restarted and needs your login token to follow this lab; "
-                    "please start it again."
+                    "The backend restarted and cannot follow this lab's job without your "
+                    "login token; please start the lab again (the old job ends at its wall "
+                    "time)."
                 )
             return None
         try:
@@ -418,7 +475,11 @@ class UnicoreDriver(Driver):
         if job is None or job.get("status") in jobs.ENDED_STATUSES:
             detail = await self._output(ctx, uc, job) if job else ""
             raise LabEnded("The lab's job ended while the backend was not running.", detail)
-        return await self._follow(ctx, uc)
+        try:
+            return await self._follow(ctx, uc)
+        except LabFailed:
+            await self._end_quietly(ctx, uc)
+            raise
 
     async def close(self) -> None:
         for client in self._tls_clients.values():

@@ -67,7 +67,7 @@ def error_message(resp: httpx.Response) -> str:
     except ValueError:
         return resp.reason_phrase or f"HTTP {resp.status_code}"
     if isinstance(doc, dict) and isinstance(doc.get("errorMessage"), str):
-        return doc["errorMessage"][:500]
+        return doc["errorMessage"][:200]
     return resp.reason_phrase or f"HTTP {resp.status_code}"
 
 

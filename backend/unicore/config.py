@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config_base import SITE_NAME_PATTERN, Strict
+
+ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
 class Range(Strict):
@@ -171,7 +174,8 @@ class UnicoreSystem(Strict):
         default_factory=lambda: ["*"],
         min_length=1,
         description="host name patterns (shell-style) a lab may report in lab.json; others "
-        "are refused",
+        "are refused, and so are loopback and link-local addresses unless a pattern other "
+        "than '*' names them",
     )
     setup: list[str] = Field(
         default_factory=list,
@@ -227,6 +231,17 @@ class UnicoreSystem(Strict):
         default=20, ge=1, le=500, description="lines of the job's output kept in its last event"
     )
 
+    @field_validator("url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        host = urlsplit(url).hostname or ""
+        if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                "use https:// (plain http is allowed only for 127.0.0.1 and localhost, "
+                "where tokens do not cross a network)"
+            )
+        return url
+
     @field_validator("environment")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
@@ -253,6 +268,8 @@ class UnicoreSystem(Strict):
         for grant in self.access:
             if grant.applies_to(user, groups):
                 for acc in grant.accounts:
-                    accounts[user if acc == "{user}" else acc] = None
+                    name = user if acc == "{user}" else acc
+                    if ACCOUNT.fullmatch(name):  # a user name that is no account is skipped
+                        accounts[name] = None
                 projects.update(dict.fromkeys(grant.projects))
         return list(accounts), list(projects)

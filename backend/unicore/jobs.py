@@ -9,6 +9,7 @@ so no option value is ever read by a shell as code.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import re
 import shlex
@@ -157,6 +158,20 @@ def parse_lab_file(data: bytes, system: UnicoreSystem) -> LabAddress:
         raise BadLabFile(f"host {str(host)[:80]!r} is not a host name or address")
     if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
         raise BadLabFile(f"port {str(port)[:20]!r} is not a port number from 1024 to 65535")
+    explicit = [pat for pat in system.lab_hosts if pat != "*"]
     if not any(fnmatch.fnmatchcase(host, pat) for pat in system.lab_hosts):
         raise BadLabFile(f"host {host!r} is not among the system's lab_hosts")
+    if _local(host) and not any(fnmatch.fnmatchcase(host, pat) for pat in explicit):
+        raise BadLabFile(f"host {host!r} is a local address that lab_hosts does not name")
     return LabAddress(host, port)
+
+
+def _local(host: str) -> bool:
+    """Loopback or link-local: the hub's own machine, not a compute node."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
