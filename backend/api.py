@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -233,15 +233,35 @@ async def list_labs(
     return [lab_out(lab) for lab in labs]
 
 
+AccessToken = Annotated[
+    str | None,
+    Header(
+        alias="X-Lablink-Access-Token",
+        max_length=16384,
+        pattern=r"^[\x21-\x7e]+$",
+        description="the person's current OIDC access token; the backend keeps it in memory "
+        "for this lab's UNICORE calls (only from the hub, acting for the lab's owner)",
+    ),
+]
+
+
+def take_token(request: Request, who: Principal, lab: Lab, token: str | None) -> None:
+    if token and who.user == lab.user_name:
+        manager_of(request).hand_token(lab, token)
+
+
 @router.get("/labs/{lab_id}", response_model=LabOut)
-async def get_lab(request: Request, lab_id: str, who: Auth) -> LabOut:
-    return lab_out(await visible_lab(request, who, lab_id))
+async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
+    lab = await visible_lab(request, who, lab_id)
+    take_token(request, who, lab, token)
+    return lab_out(lab)
 
 
 @router.delete("/labs/{lab_id}", status_code=202, response_model=LabOut)
-async def delete_lab(request: Request, lab_id: str, who: Auth) -> LabOut:
+async def delete_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     """Stop a lab. Idempotent: stopping a stopped lab answers with it as it is."""
     lab = await visible_lab(request, who, lab_id)
+    take_token(request, who, lab, token)
     return lab_out(await manager_of(request).stop(lab))
 
 

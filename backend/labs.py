@@ -75,7 +75,7 @@ class LabManager:
             report=report,
             save_handle=save,
             env=dict(env or {}),
-            access_token=self._access_tokens.get(lab.id),
+            token_source=lambda: self._access_tokens.get(lab.id),
             site_secret=self.system_secrets.get(lab.system),
         )
 
@@ -119,6 +119,11 @@ class LabManager:
             self._start_then_watch(lab, env), name=f"lab-{lab.id}"
         )
         return lab
+
+    def hand_token(self, lab: Lab, token: str) -> None:
+        """Keep the person's newest access token for an active lab (memory only)."""
+        if lab.active:
+            self._access_tokens[lab.id] = token
 
     async def stop(self, lab: Lab) -> Lab:
         """Begin stopping a lab (idempotent); the stop finishes in the background."""

@@ -24,6 +24,11 @@ class BackendError(Exception):
         self.detail = detail
 
 
+def token_header(access_token: str | None) -> dict[str, str]:
+    """The person's OIDC access token for the backend's UNICORE calls, if there is one."""
+    return {"X-Lablink-Access-Token": access_token} if access_token else {}
+
+
 class BackendClient:
     def __init__(self, url: str, token: str, timeout: float = 10.0):
         self.url = url.rstrip("/") + "/api/v1"
@@ -44,11 +49,20 @@ class BackendClient:
         return headers
 
     async def _request(
-        self, method: str, path: str, user: str | None, admin: bool = False, **kw: Any
+        self,
+        method: str,
+        path: str,
+        user: str | None,
+        admin: bool = False,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
     ) -> httpx.Response:
         try:
             resp = await self._http.request(
-                method, self.url + path, headers=self._headers(user, admin), **kw
+                method,
+                self.url + path,
+                headers={**self._headers(user, admin), **(headers or {})},
+                **kw,
             )
         except httpx.TransportError as exc:
             raise BackendError(503, f"The Lablink backend cannot be reached ({exc!r}).") from None
@@ -69,17 +83,25 @@ class BackendClient:
         resp = await self._request("POST", "/labs", user, admin, json=body)
         return resp.json()  # type: ignore[no-any-return]
 
-    async def get(self, lab_id: str, user: str, admin: bool) -> dict[str, Any] | None:
+    async def get(
+        self, lab_id: str, user: str, admin: bool, access_token: str | None = None
+    ) -> dict[str, Any] | None:
+        headers = token_header(access_token)
         try:
-            return (await self._request("GET", f"/labs/{lab_id}", user, admin)).json()  # type: ignore[no-any-return]
+            resp = await self._request("GET", f"/labs/{lab_id}", user, admin, headers=headers)
+            return resp.json()  # type: ignore[no-any-return]
         except BackendError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def delete(self, lab_id: str, user: str, admin: bool) -> dict[str, Any] | None:
+    async def delete(
+        self, lab_id: str, user: str, admin: bool, access_token: str | None = None
+    ) -> dict[str, Any] | None:
+        headers = token_header(access_token)
         try:
-            return (await self._request("DELETE", f"/labs/{lab_id}", user, admin)).json()  # type: ignore[no-any-return]
+            resp = await self._request("DELETE", f"/labs/{lab_id}", user, admin, headers=headers)
+            return resp.json()  # type: ignore[no-any-return]
         except BackendError as exc:
             if exc.status == 404:
                 return None

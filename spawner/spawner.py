@@ -192,12 +192,20 @@ class LablinkSpawner(Spawner):
         )
         return [lab for lab in resp.json() if lab["server_name"] == (self.name or "")]
 
+    async def _access_token(self) -> str | None:
+        """The person's current access token from auth_state (None without one)."""
+        auth_state = await self.user.get_auth_state() or {}
+        token = auth_state.get("access_token")
+        return token if isinstance(token, str) and token else None
+
     async def poll(self) -> int | None:
         if not self.lab_id:
             return 0
         user, admin = self._who
         try:
-            lab = await self.backend.get(self.lab_id, user, admin)
+            # each poll hands the backend the newest token, so it can keep talking
+            # to UNICORE for the person (also after a restart of the backend)
+            lab = await self.backend.get(self.lab_id, user, admin, await self._access_token())
         except BackendError as exc:
             self.log.warning("%s: cannot poll the backend: %s", self._log_name, exc.detail)
             return None
@@ -211,7 +219,7 @@ class LablinkSpawner(Spawner):
         user, admin = self._who
         lab_id = self.lab_id
         try:
-            lab = await self.backend.delete(lab_id, user, admin)
+            lab = await self.backend.delete(lab_id, user, admin, await self._access_token())
             if lab is None or lab["state"] in FINAL:
                 return
             await asyncio.wait_for(self._drain(lab_id, user, admin), self.stop_wait)

@@ -23,6 +23,7 @@ import yaml
 from backend.db import create_engine, migrate
 from backend.settings import Settings, parse_settings
 from backend.store import Store
+from spawner.spawner import LablinkSpawner
 from tests.conftest import (
     FAKELAB,
     BackendFactory,
@@ -145,9 +146,12 @@ async def events(client: httpx.AsyncClient, lab_id: str) -> list[dict[str, Any]]
     return (await client.get(f"/labs/{lab_id}/events")).json()  # type: ignore[no-any-return]
 
 
-async def job_of(settings: Settings, lab_id: str, devsite: Devsite) -> dict[str, Any]:
+async def job_of(
+    settings: Settings, lab_id: str, devsite: Devsite, owner: str = "lablink"
+) -> dict[str, Any]:
+    """The lab's job as the development site shows it to ``owner`` (who submitted it)."""
     handle = (await stored_lab(settings, lab_id)).handle
-    with devsite.http("lablink") as http:
+    with devsite.http(owner) as http:
         return http.get(handle["job"]).json()  # type: ignore[no-any-return]
 
 
@@ -446,3 +450,54 @@ async def test_a_job_given_up_in_the_queue_is_cancelled(
         await wait_until(lambda: batch_id not in squeue_ids(slurm), 10, "the job to go")
     finally:
         scancel(slurm, blocker)
+
+
+class HubUserWithToken:
+    """What the spawner needs of JupyterHub's user: a name and an auth_state."""
+
+    admin = False
+    groups: list[Any] = []
+
+    def __init__(self, name: str, token: str | None):
+        self.name = name
+        self.token = token
+
+    async def get_auth_state(self) -> dict[str, Any]:
+        return {"access_token": self.token} if self.token else {}
+
+
+@pytest.mark.parametrize("hub_polls", [True, False], ids=["hub-hands-token", "no-token"])
+async def test_a_bearer_lab_is_followed_after_a_restart_once_the_hub_polls(
+    hpc_backend: HpcBackend,
+    devsite: Devsite,
+    start_backend: BackendFactory,
+    hub_polls: bool,
+) -> None:
+    settings, backend = await hpc_backend(auth={"method": "bearer"}, token_wait=4)
+    spawner = LablinkSpawner(
+        user=HubUserWithToken("alice", devsite.token),
+        backend_url=backend.url,
+        backend_token=backend.tokens["hub"],
+    )
+    async with backend.client("alice") as alice:
+        body = hpc_request()
+        body["user"]["access_token"] = devsite.token
+        lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        await wait_state(alice, lab_id, {"running"})
+    await backend.stop()  # the token held in memory is gone with it
+    backend = await start_backend(settings, port=int(backend.url.rsplit(":", 1)[1]))
+    spawner.lab_id = lab_id
+    async with backend.client("alice") as alice:
+        await asyncio.sleep(0.5)
+        assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "running"
+        if not hub_polls:
+            lab = await wait_state(alice, lab_id, {"failed"}, timeout=10)
+            assert "without your login token" in lab["message"]
+            return
+        assert await spawner.poll() is None  # the poll hands the token over
+        await asyncio.sleep(4.5)  # past token_wait: the lab is followed, not given up
+        assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "running"
+        await spawner.stop()
+        assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "stopped"
+    assert (await job_of(settings, lab_id, devsite, "alice"))["status"] == "FAILED"  # aborted
+    assert job_processes(devsite) == []

@@ -93,10 +93,15 @@ class LabContext:
     report: Reporter
     save_handle: Saver
     env: dict[str, str] = field(default_factory=dict)
-    # held in memory only: the person's OIDC access token (from the start request)
-    # and the system's configured secret (from the backend's environment)
-    access_token: str | None = field(default=None, repr=False)
+    # held in memory only: the person's OIDC access token (from the start request,
+    # renewed whenever the hub hands over a newer one) and the system's configured
+    # secret (from the backend's environment)
+    token_source: Callable[[], str | None] = field(default=lambda: None, repr=False)
     site_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def access_token(self) -> str | None:
+        return self.token_source()
 
     @property
     def log_name(self) -> str:

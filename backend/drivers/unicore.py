@@ -448,17 +448,27 @@ class UnicoreDriver(Driver):
             ) from None
         return output
 
+    async def _wait_for_client(self, ctx: LabContext) -> UnicoreClient | None:
+        """After a restart, a bearer system has no token until the hub hands one over
+        (it does with every poll); wait for it, bounded by ``token_wait``."""
+        deadline = time.monotonic() + ctx.system.token_wait
+        while True:
+            uc = self.client(ctx)
+            if uc is not None or time.monotonic() >= deadline:
+                return uc
+            await asyncio.sleep(0.2)
+
     async def recover(self, ctx: LabContext) -> str | None:
-        uc = self.client(ctx)
-        if uc is None:
-            if ctx.handle.get("job") or ctx.handle.get("tag"):
-                log.warning("%s: no credentials to follow its job after a restart", ctx.log_name)
-                raise LabFailed(
-                    "The backend restarted and cannot follow this lab's job without your "
-                    "login token; please start the lab again (the old job ends at its wall "
-                    "time)."
-                )
+        if not ctx.handle.get("job") and not ctx.handle.get("tag"):
             return None
+        uc = await self._wait_for_client(ctx)
+        if uc is None:
+            log.warning("%s: no credentials to follow its job after a restart", ctx.log_name)
+            raise LabFailed(
+                "The backend restarted and cannot follow this lab's job without your "
+                "login token; please start the lab again (the old job ends at its wall "
+                "time)."
+            )
         try:
             if not ctx.handle.get("job"):
                 tag = ctx.handle.get("tag")

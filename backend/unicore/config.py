@@ -227,6 +227,13 @@ class UnicoreSystem(Strict):
         le=3600,
         description="seconds to keep retrying when UNICORE is unreachable or answers 5xx",
     )
+    token_wait: float = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="with auth bearer: seconds a restarted backend waits for the hub to hand "
+        "over the person's token (the hub does with every poll) before it gives a lab up",
+    )
     output_lines: int = Field(
         default=20, ge=1, le=500, description="lines of the job's output kept in its last event"
     )
