@@ -262,7 +262,6 @@ class Embedded:
             "--workdir", str(self.state / "devsite"),
             "--log-level", level,
         ]  # fmt: skip
-        self.slurm = slurm_conf()
         if self.slurm:
             argv.append("--slurm")
             env["SLURM_CONF"] = self.slurm
@@ -398,6 +397,8 @@ class Embedded:
             loop.add_signal_handler(sig, stop.set)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._write_site()
+        if uses_devsite(self.site):
+            self.slurm = await asyncio.to_thread(slurm_conf)  # asks sinfo: not on the loop
         self.services = self._services()
         reaper = asyncio.create_task(self._reap_orphans())
         code = 1
