@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import ctypes
 import os
@@ -31,6 +30,7 @@ import httpx
 import yaml
 
 from .drivers import procs
+from .unicore.client import Credentials
 
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW before giving up
@@ -291,12 +291,11 @@ class Embedded:
         svc = self.services[name]
         await svc.start()
         if name == "devsite":
-            password = svc.env[DEVSITE_PASSWORD_ENV]
-            token = base64.b64encode(f"{DEVSITE_USER}:{password}".encode()).decode()
+            login = Credentials(basic=(DEVSITE_USER, svc.env[DEVSITE_PASSWORD_ENV]))
             ok = await self._wait_http(
                 svc,
                 f"http://127.0.0.1:{self.devsite_port}/{DEVSITE_NAME}/rest/core",
-                {"Authorization": f"Basic {token}"},
+                {"Authorization": login.header()},
                 30,
             )
         elif name == "backend":

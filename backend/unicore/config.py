@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -32,6 +33,18 @@ from pydantic import Field, field_validator, model_validator
 from ..config_base import SITE_NAME_PATTERN, Strict
 
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+def is_local_host(host: str) -> bool:
+    """Loopback, link-local or unspecified: this machine, not a compute node or gateway."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
 
 
 class Range(Strict):
@@ -242,7 +255,7 @@ class UnicoreSystem(Strict):
     @classmethod
     def _https(cls, url: str) -> str:
         host = urlsplit(url).hostname or ""
-        if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+        if url.startswith("http://") and not is_local_host(host):
             raise ValueError(
                 "use https:// (plain http is allowed only for 127.0.0.1 and localhost, "
                 "where tokens do not cross a network)"

@@ -9,7 +9,6 @@ so no option value is ever read by a shell as code.
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import json
 import re
 import shlex
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..states import LabState
-from .config import UnicoreSystem
+from .config import UnicoreSystem, is_local_host
 
 SCRIPT_NAME = "start.sh"
 LAB_FILE = "lab.json"
@@ -161,17 +160,6 @@ def parse_lab_file(data: bytes, system: UnicoreSystem) -> LabAddress:
     explicit = [pat for pat in system.lab_hosts if pat != "*"]
     if not any(fnmatch.fnmatchcase(host, pat) for pat in system.lab_hosts):
         raise BadLabFile(f"host {host!r} is not among the system's lab_hosts")
-    if _local(host) and not any(fnmatch.fnmatchcase(host, pat) for pat in explicit):
+    if is_local_host(host) and not any(fnmatch.fnmatchcase(host, pat) for pat in explicit):
         raise BadLabFile(f"host {host!r} is a local address that lab_hosts does not name")
     return LabAddress(host, port)
-
-
-def _local(host: str) -> bool:
-    """Loopback or link-local: the hub's own machine, not a compute node."""
-    if host.lower() in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local or address.is_unspecified
