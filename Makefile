@@ -13,7 +13,7 @@ LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs bench-spawn bench-hpc venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs bench-spawn bench-hpc bench-tunnel venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -45,6 +45,10 @@ bench-spawn: venv proxy
 bench-hpc: venv proxy test-deps
 	@bash .ci/peers.sh slurm-start
 	$(VENV)/bin/python benchmarks/hpc_spawn.py $(ARGS)
+
+## bench-tunnel: throughput and new-connection latency to a lab: direct, through OpenSSH `ssh -L`
+bench-tunnel: venv test-deps
+	$(VENV)/bin/python benchmarks/tunnel.py $(ARGS)
 
 venv: $(VENV)/.stamp
 

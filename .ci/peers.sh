@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start / stop the real peers the test suite uses. Idempotent; quiet on success.
-#   bash .ci/peers.sh start|stop              PostgreSQL + Slurm
+#   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs)
 #   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster
 # PostgreSQL: the machine's own server on 127.0.0.1:5432 (started if it is down,
 # installed if it is missing). It is left running on stop: it is the machine's.
@@ -8,6 +8,8 @@
 # $LABLINK_SLURM_DIR (default /tmp/lablink-slurm); clients use
 # SLURM_CONF=$LABLINK_SLURM_DIR/slurm.conf. Stop ends the jobs and the daemons,
 # removes state, spool and pid files, and keeps slurm.conf and log/ for debugging.
+# OpenSSH: start only makes sure sshd, ssh and ssh-keygen are installed; the tests
+# (tests/helpers/sshd.py) run their own sshd on 127.0.0.1, one per test.
 set -euo pipefail
 
 apt_ready=""
@@ -40,6 +42,17 @@ postgres_start() {
   done
   echo "peers: PostgreSQL did not come up on 127.0.0.1:5432" >&2
   return 1
+}
+
+# -- OpenSSH: the programs only; every test starts its own sshd -------------------
+openssh_install() {
+  if [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 \
+    && command -v ssh-keygen >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "peers: installing OpenSSH (server and client)"
+  apt_install openssh-server openssh-client || return 1
+  [ -x /usr/sbin/sshd ] || { echo "peers: /usr/sbin/sshd is missing after the install" >&2; return 1; }
 }
 
 # -- Slurm: a one-node cluster for the tests ---------------------------------------
@@ -319,6 +332,7 @@ case "${1:-}" in
   start)
     postgres_start || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without PostgreSQL (its tests will skip)"; }
     slurm_start || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without Slurm (its tests will skip)"; }
+    openssh_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without OpenSSH (its tests will skip)"; }
     ;;
   stop)
     slurm_stop

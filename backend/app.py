@@ -18,8 +18,9 @@ from .api import router
 from .auth import TokenChecker
 from .db import create_engine, migrate
 from .labs import LabManager
-from .settings import Settings, system_secrets, token_secrets
+from .settings import Settings, system_secrets, token_secrets, tunnel_token
 from .store import Store
+from .tunnels import TunnelClient
 
 log = logging.getLogger("lablink.backend")
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     env = dict(environ) if environ is not None else None
     tokens = TokenChecker(token_secrets(settings, env))
     secrets = system_secrets(settings, env)
+    tunnel_secret = tunnel_token(settings, env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,7 +88,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         await migrate(engine)
         store = Store(engine)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
-        manager = LabManager(settings, store, http, secrets)
+        tunnels = None
+        if tunnel_secret is not None:
+            tunnels = TunnelClient(http, settings.tunnel_service.url, tunnel_secret)
+        manager = LabManager(settings, store, http, secrets, tunnels)
         app.state.store = store
         app.state.manager = manager
         await manager.recover_all()

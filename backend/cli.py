@@ -17,7 +17,7 @@ LOG_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "alembic"):
+    for noisy in ("httpx", "httpcore", "alembic", "asyncssh"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -52,10 +52,16 @@ def _service_token(var: str, name: str) -> str | None:
 def cmd_tunnel(args: argparse.Namespace) -> int:
     from tunnel.app import create_app
 
-    token = _service_token(args.token_env, "tunnel")
+    overrides = {"state_dir": args.state_dir} if args.state_dir else None
+    try:
+        settings = load_settings(args.site, overrides)
+    except SettingsError as exc:
+        print(f"lablink tunnel: {exc}", file=sys.stderr)
+        return 2
+    token = _service_token(args.token_env or settings.tunnel_service.token_env, "tunnel")
     if token is None:
         return 2
-    return _serve(create_app(token), args.host, args.port, args.log_level)
+    return _serve(create_app(settings, token), args.host, args.port, args.log_level)
 
 
 def cmd_userlab_manager(args: argparse.Namespace) -> int:
@@ -175,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("hub_args", nargs=argparse.REMAINDER, help="passed on to jupyterhub")
     hub.set_defaults(func=cmd_hub)
 
-    tunnel = sub.add_parser("tunnel", help="the SSH tunnel service (health only for now)")
+    tunnel = sub.add_parser("tunnel", help="the SSH tunnel service")
     common(tunnel, 8020)
-    tunnel.add_argument("--token-env", default="LABLINK_TUNNEL_TOKEN")
+    tunnel.add_argument("--site", required=True, help="the site file (YAML)")
+    tunnel.add_argument("--state-dir", type=Path, help="overrides state_dir of the site file")
+    tunnel.add_argument(
+        "--token-env", help="the variable holding the token (default: tunnel_service.token_env)"
+    )
     tunnel.set_defaults(func=cmd_tunnel)
 
     ulm = sub.add_parser("userlab-manager", help="the UserLab Manager (health only for now)")

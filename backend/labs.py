@@ -22,6 +22,7 @@ from .drivers.unicore import UnicoreDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Lab, Store
+from .tunnels import TunnelClient
 
 log = logging.getLogger("lablink.backend.labs")
 
@@ -39,10 +40,12 @@ class LabManager:
         store: Store,
         http: httpx.AsyncClient,
         system_secrets: dict[str, str] | None = None,
+        tunnels: TunnelClient | None = None,
     ):
         self.settings = settings
         self.store = store
         self.system_secrets = dict(system_secrets or {})
+        self.tunnels = tunnels
         # the person's OIDC access token per lab, in memory only (never stored)
         self._access_tokens: dict[str, str] = {}
         self.drivers: dict[str, Driver] = {kind: cls(http) for kind, cls in DRIVERS.items()}
@@ -77,6 +80,7 @@ class LabManager:
             env=dict(env or {}),
             token_source=lambda: self._access_tokens.get(lab.id),
             site_secret=self.system_secrets.get(lab.system),
+            tunnels=self.tunnels,
         )
 
     # -- public operations ---------------------------------------------------

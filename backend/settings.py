@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .config_base import NAME_PATTERN, Strict
+from .sshconfig import TunnelService
 from .unicore.config import UnicoreSystem
 
 
@@ -105,6 +106,11 @@ class Settings(Strict):
     )
     default_system: str = Field(
         description="the system of a start request that names none (one of `systems`)"
+    )
+    tunnel_service: TunnelService = Field(
+        default_factory=TunnelService,
+        description="the SSH tunnel service: its URL and token (backend), bind address and "
+        "port range (service)",
     )
     systems: dict[str, SystemSettings] = Field(
         min_length=1,
@@ -294,3 +300,18 @@ def system_secrets(settings: Settings, environ: dict[str, str] | None = None) ->
                 )
             out[name] = secret
     return out
+
+
+def tunnel_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The tunnel service's token when a system uses `tunnel: ssh` (else None)."""
+    if not any(getattr(s, "tunnel", "none") == "ssh" for s in settings.systems.values()):
+        return None
+    env = os.environ if environ is None else environ
+    var = settings.tunnel_service.token_env
+    token = env.get(var, "")
+    if len(token) < 16:
+        raise SettingsError(
+            f"tunnel_service.token_env: a system uses tunnel: ssh, so the environment "
+            f"variable {var} must hold the tunnel service's token (16 characters or more)"
+        )
+    return token

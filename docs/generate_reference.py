@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.settings import LocalSystem, Settings, TokenSettings  # noqa: E402
+from backend.sshconfig import Destination, LoginNode, SshTunnel, TunnelService  # noqa: E402
 from backend.unicore.config import (  # noqa: E402
     AccessGrant,
     BasicAuth,
@@ -114,6 +115,22 @@ def render() -> str:
         "#### `access[]`",
         "",
         *model_table(AccessGrant),
+        "",
+        "#### `ssh` (with `tunnel: ssh`)",
+        "",
+        *model_table(SshTunnel),
+        "",
+        "`login_nodes[]`:",
+        "",
+        *model_table(LoginNode),
+        "",
+        "`destinations[]` (`ports` is a range `{min, max}`):",
+        "",
+        *model_table(Destination),
+        "",
+        "### `tunnel_service`",
+        "",
+        *model_table(TunnelService),
         "",
         "## Hub settings (`jupyterhub_config.py`)",
         "",

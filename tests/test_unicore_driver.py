@@ -9,100 +9,41 @@ start script.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from backend.db import create_engine, migrate
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
 from backend.store import Store
 from spawner.spawner import LablinkSpawner
 from tests.conftest import (
-    FAKELAB,
     BackendFactory,
     RunningBackend,
     block_the_node,
     lab_request,
     scancel,
-    site_dict,
     squeue_ids,
     wait_state,
     wait_until,
 )
-from tests.helpers.devsite import Devsite, pid_alive
+from tests.helpers.devsite import (
+    PASSWORD,
+    PASSWORD_ENV,
+    Devsite,
+    hpc,
+    hpc_settings,
+    job_processes,
+    run_devsite,
+    site_jobs,
+)
 from tests.helpers.labs import assert_error, stored_lab
 
 pytestmark = [pytest.mark.unicore, pytest.mark.integration]
-
-PASSWORD_ENV = "LABLINK_TEST_UNICORE_PASSWORD"
-PASSWORD = "devsite-password-0123456789"
-
-
-def hpc(url: str, **overrides: Any) -> dict[str, Any]:
-    system: dict[str, Any] = {
-        "kind": "unicore",
-        "display_name": "Test HPC",
-        "url": url,
-        "auth": {"method": "basic", "username": "lablink", "password_env": PASSWORD_ENV},
-        "lab_command": FAKELAB,
-        "environment": {
-            "LABLINK_LAB_HOST": "127.0.0.1",
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        },
-        "lab_hosts": ["127.0.0.1"],
-        "poll_interval": 0.2,
-        "watch_interval": 0.3,
-        "retry_for": 1,
-        "request_timeout": 5,
-        "start_timeout": 30,
-        "stop_timeout": 15,
-        "partitions": {
-            "batch": {"nodes": {"max": 1}, "runtime": {"min": 1, "max": 60, "default": 10}},
-            "devel": {"runtime": {"min": 1, "max": 60, "default": 10}},
-        },
-        "access": [{"users": ["alice", "bob"], "accounts": ["{user}"], "projects": ["p1"]}],
-    }
-    system.update(overrides)
-    return system
-
-
-def hpc_settings(tmp_path: Path, database_url: str, **systems: dict[str, Any]) -> Settings:
-    doc = site_dict(tmp_path / "state", database_url, **systems)
-    doc["default_system"] = next(iter(systems))
-    return parse_settings(yaml.safe_dump(doc), "test")
-
-
-def run_devsite(tmp_path: Path, environ: dict[str, str], *args: str) -> Devsite:
-    """The development site with a site-wide login ``lablink`` that may run jobs as
-    alice or bob (the accounts the backend asks for)."""
-    site = Devsite(workdir=tmp_path / "devsite", log=tmp_path / "devsite.log")
-    login = f"lablink:env:{PASSWORD_ENV}:alice,bob"
-    site.start(*args, "--user", login, env={**environ, PASSWORD_ENV: PASSWORD})
-    site.passwords["lablink"] = PASSWORD
-    return site
-
-
-def site_jobs(site: Devsite) -> list[str]:
-    with site.http("lablink") as http:
-        return http.get("/jobs").json()["jobs"]  # type: ignore[no-any-return]
-
-
-def job_processes(site: Devsite) -> list[int]:
-    """Live processes working in one of the site's job directories."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name)):
-            with contextlib.suppress(OSError):
-                if os.readlink(entry / "cwd").startswith(str(site.workdir)):
-                    found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture

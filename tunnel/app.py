@@ -1,11 +1,277 @@
-"""The tunnel service. Until its issue lands it answers only ``health``."""
+"""The tunnel service, built by ``create_app(settings, token)``.
 
-from fastapi import FastAPI
+``POST /api/v1/tunnels {lab_id, system, host, port}`` opens a local forward
+(on the configured bind address, a port from the configured range) through
+the system's login node to the compute node's ``host:port`` and answers
+``{local_host, local_port}``; ``DELETE /api/v1/tunnels/{lab_id}`` closes it.
+Destinations are checked against the system's allow-list before anything is
+opened. Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored
+when the service starts; ``GET /api/v1/health`` answers 503 until every one
+of them listens again.
+"""
 
-from backend.service import health_only_app
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import __version__
+from backend.app import install_error_handlers
+from backend.auth import Principal, TokenChecker, authenticate
+from backend.settings import Settings, TokenSettings
+from backend.sshconfig import HOST_PATTERN, SshTunnel
+
+from .links import Forward, LinkDown, SystemLink, port_in_use
+
+log = logging.getLogger("lablink.tunnel")
 
 DEFAULT_PORT = 8020
+OPEN_WITHIN = 30.0  # seconds a POST may spend connecting to a login node
+
+router = APIRouter(prefix="/api/v1")
+Auth = Annotated[Principal, Depends(authenticate)]
 
 
-def create_app(token: str) -> FastAPI:
-    return health_only_app("Lablink tunnel", token)
+class TunnelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lab_id: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")
+    system: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    host: str = Field(pattern=HOST_PATTERN, max_length=255)
+    port: int = Field(ge=1, le=65535)
+
+
+class TunnelOut(BaseModel):
+    lab_id: str
+    system: str
+    host: str
+    port: int
+    local_host: str
+    local_port: int
+    up: bool
+
+
+class Tunnels:
+    """The forwards of every system, and their file."""
+
+    def __init__(self, settings: Settings, path: Path):
+        self.settings = settings
+        self.path = path
+        self.bind = settings.tunnel_service.bind
+        self.links: dict[str, SystemLink] = {}
+        self.restoring = 0
+
+    def ssh_of(self, system: str) -> SshTunnel:
+        found = self.settings.systems.get(system)
+        ssh = getattr(found, "ssh", None)
+        if found is None or getattr(found, "tunnel", "none") != "ssh" or ssh is None:
+            names = [n for n, s in self.settings.systems.items() if getattr(s, "ssh", None)]
+            raise HTTPException(
+                422,
+                f"The field system: {system!r} has no SSH tunnel here; allowed: "
+                f"{', '.join(names) or 'none'}.",
+            )
+        return ssh  # type: ignore[no-any-return]
+
+    def link(self, system: str) -> SystemLink:
+        link = self.links.get(system)
+        if link is None:
+            link = self.links[system] = SystemLink(system, self.ssh_of(system), self.bind)
+        return link
+
+    def all(self) -> list[Forward]:
+        return [f for link in self.links.values() for f in link.forwards.values()]
+
+    def find(self, lab_id: str) -> tuple[SystemLink, Forward] | None:
+        for link in self.links.values():
+            if lab_id in link.forwards:
+                return link, link.forwards[lab_id]
+        return None
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([f.record() for f in self.all()], indent=1))
+        os.replace(tmp, self.path)
+
+    def free_port(self) -> int:
+        used = {f.local_port for f in self.all()}
+        ports = self.settings.tunnel_service.ports
+        candidates = [p for p in range(ports.min, ports.max + 1) if p not in used]
+        if not candidates:
+            raise HTTPException(503, "Every port of the tunnel service's range is in use.")
+        return random.choice(candidates)  # noqa: S311
+
+    async def restore(self) -> None:
+        """Open every persisted forward again (in the background, with backoff)."""
+        if not self.path.exists():
+            return
+        records = json.loads(self.path.read_text() or "[]")
+        for rec in records:
+            if rec.get("system") not in self.settings.systems:
+                log.warning("dropping the tunnel of lab %s: system is gone", rec.get("lab_id"))
+                continue
+            link = self.link(rec["system"])
+            link.forwards[rec["lab_id"]] = Forward(
+                rec["lab_id"], rec["system"], rec["host"], rec["port"], rec["local_port"]
+            )
+        self.restoring = len(records)
+        await asyncio.gather(*(self._restore(link) for link in self.links.values()))
+        self.restoring = 0
+        log.info("restored %d tunnels", len(self.all()))
+
+    async def _restore(self, link: SystemLink) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await link.connect(deadline=time.monotonic() + 365 * 86400)
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+
+
+def allowed(ssh: SshTunnel, host: str, port: int) -> bool:
+    return any(
+        fnmatch.fnmatchcase(host, dest.hosts) and port in dest.ports for dest in ssh.destinations
+    )
+
+
+def tunnels_of(request: Request) -> Tunnels:
+    return request.app.state.tunnels  # type: ignore[no-any-return]
+
+
+def out(fwd: Forward, bind: str) -> TunnelOut:
+    return TunnelOut(
+        lab_id=fwd.lab_id,
+        system=fwd.system,
+        host=fwd.host,
+        port=fwd.port,
+        local_host=bind,
+        local_port=fwd.local_port,
+        up=fwd.listener is not None,
+    )
+
+
+@router.get("/health")
+async def health(request: Request, who: Auth, response: Response) -> dict[str, Any]:
+    """503 until every persisted tunnel listens again after a start."""
+    tunnels = tunnels_of(request)
+    down = [f.lab_id for f in tunnels.all() if f.listener is None]
+    if tunnels.restoring or down:
+        response.status_code = 503
+    return {
+        "status": "restoring" if response.status_code == 503 else "ok",
+        "version": __version__,
+        "pid": os.getpid(),
+        "tunnels": len(tunnels.all()),
+        "down": len(down),
+    }
+
+
+@router.post("/tunnels", status_code=201, response_model=TunnelOut)
+async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Response) -> TunnelOut:
+    """Forward a local port to ``host:port`` through the system's login node."""
+    tunnels = tunnels_of(request)
+    ssh = tunnels.ssh_of(body.system)
+    if not allowed(ssh, body.host, body.port):
+        rules = ", ".join(f"{d.hosts} ports {d.ports.min}-{d.ports.max}" for d in ssh.destinations)
+        raise HTTPException(
+            403,
+            f"The destination {body.host}:{body.port} is not allowed for system "
+            f"{body.system!r}; allowed: {rules}.",
+        )
+    existing = tunnels.find(body.lab_id)
+    if existing is not None:
+        _, fwd = existing
+        if (fwd.system, fwd.host, fwd.port) == (body.system, body.host, body.port):
+            response.status_code = 200
+            return out(fwd, tunnels.bind)
+        raise HTTPException(
+            409, f"Lab {body.lab_id} already has a tunnel to another place; delete it first."
+        )
+    link = tunnels.link(body.system)
+    deadline = time.monotonic() + OPEN_WITHIN
+    for _ in range(20):
+        fwd = Forward(body.lab_id, body.system, body.host, body.port, tunnels.free_port())
+        try:
+            await link.add(fwd, deadline)
+        except LinkDown as exc:
+            log.warning("%s: cannot reach a login node: %s", body.system, exc)
+            raise HTTPException(
+                503,
+                f"No login node of system {body.system!r} can be reached right now; try again "
+                "in a minute.",
+            ) from None
+        except OSError as exc:
+            if port_in_use(exc):
+                continue  # somebody else took it: another one
+            raise
+        tunnels.save()
+        log.info("lab %s: %s:%s via %s on port %s", body.lab_id, body.host, body.port,
+                 link.node, fwd.local_port)  # fmt: skip
+        return out(fwd, tunnels.bind)
+    raise HTTPException(503, "No free port could be bound for the tunnel; try again.")
+
+
+@router.get("/tunnels", response_model=list[TunnelOut])
+async def list_tunnels(request: Request, who: Auth) -> list[TunnelOut]:
+    tunnels = tunnels_of(request)
+    return [out(f, tunnels.bind) for f in tunnels.all()]
+
+
+@router.delete("/tunnels/{lab_id}", status_code=204)
+async def close_tunnel(request: Request, lab_id: str, who: Auth) -> Response:
+    """Close a lab's forward. Idempotent: a tunnel that is gone is fine."""
+    tunnels = tunnels_of(request)
+    found = tunnels.find(lab_id[:64])
+    if found is not None:
+        link, _ = found
+        await link.remove(lab_id)
+        tunnels.save()
+    return Response(status_code=204)
+
+
+def create_app(settings: Settings, token: str) -> FastAPI:
+    if len(token) < 16:
+        raise ValueError("the service token must have at least 16 characters")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        tunnels = Tunnels(settings, settings.state_dir / "tunnels.json")
+        app.state.tunnels = tunnels
+        restore = asyncio.create_task(tunnels.restore(), name="restore-tunnels")
+        try:
+            yield
+        finally:
+            restore.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await restore
+            await tunnels.close()
+
+    app = FastAPI(
+        title="Lablink tunnel",
+        version=__version__,
+        description="SSH port forwards through login nodes. Every call needs a bearer token.",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    service = TokenSettings(
+        name="backend", secret_env=settings.tunnel_service.token_env, role="admin"
+    )
+    app.state.tokens = TokenChecker({token: service})
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -98,6 +98,7 @@ class LabContext:
     # secret (from the backend's environment)
     token_source: Callable[[], str | None] = field(default=lambda: None, repr=False)
     site_secret: str | None = field(default=None, repr=False)
+    tunnels: Any = None  # the tunnel service's client, for systems with `tunnel: ssh`
 
     @property
     def access_token(self) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from ..states import InvalidTransition, LabState
+from ..tunnels import TunnelError
 from ..unicore import jobs
 from ..unicore.client import (
     Credentials,
@@ -61,6 +62,24 @@ def refused(ctx: LabContext, exc: UnicoreRefused) -> str:
             f"({exc.message.rstrip('.')}); log out and in again, or choose another account."
         )
     return f"UNICORE on {_name(ctx)!r} refused the lab's job: {exc.message.rstrip('.')}."
+
+
+INTERNAL_TUNNEL = (
+    "This system needs the tunnel service, which the backend is not set up to use; please "
+    "tell the site's admins."
+)
+
+
+def lab_url(ctx: LabContext) -> str | None:
+    """Where the backend and the proxy reach the lab: the tunnel's local end, or the
+    lab's own host:port for `tunnel: none`; None before it is known."""
+    if ctx.system.tunnel == "ssh":
+        if "local_port" not in ctx.handle:
+            return None
+        return f"http://{ctx.handle['local_host']}:{ctx.handle['local_port']}"
+    if "host" not in ctx.handle:
+        return None
+    return f"http://{ctx.handle['host']}:{ctx.handle['port']}"
 
 
 def summary(ctx: LabContext) -> str:
@@ -247,7 +266,9 @@ class UnicoreDriver(Driver):
             raise
 
     async def _end_quietly(self, ctx: LabContext, uc: UnicoreClient) -> None:
-        """Best effort: abort the lab's job (by URL, else by tag); log what fails."""
+        """Best effort: abort the lab's job (by URL, else by tag) and remove its tunnel;
+        log what fails."""
+        await self._close_tunnel(ctx)
         try:
             if ctx.handle.get("job"):
                 urls = [ctx.handle["job"]]
@@ -314,8 +335,9 @@ class UnicoreDriver(Driver):
                     # requeued (a node failed, the job was preempted): start over
                     running_at = None
                     waiting_since = now
-                    ctx.handle = {k: v for k, v in ctx.handle.items() if k not in ("host", "port")}
-                    await ctx.save(ctx.handle)
+                    await self._close_tunnel(ctx)
+                    gone = ("host", "port", "local_host", "local_port")
+                    await ctx.save({k: v for k, v in ctx.handle.items() if k not in gone})
                 if state != LabState.STARTING:
                     if now - waiting_since > system.queue_timeout:
                         raise LabFailed(
@@ -332,10 +354,13 @@ class UnicoreDriver(Driver):
                             raise LabFailed(unavailable(ctx)) from None
                         except UnicoreRefused as exc:
                             raise LabFailed(refused(ctx, exc)) from None
-            if "host" in ctx.handle:
-                url = f"http://{ctx.handle['host']}:{ctx.handle['port']}"
-                if await self._answers(url + ctx.handle["prefix"] + "api"):
-                    return url
+                    elif system.tunnel == "ssh" and "local_port" not in ctx.handle:
+                        # known from before a restart, but its tunnel was never made
+                        address = jobs.LabAddress(ctx.handle["host"], ctx.handle["port"])
+                        await self._open_tunnel(ctx, address)
+            url = lab_url(ctx)
+            if url is not None and await self._answers(url + ctx.handle["prefix"] + "api"):
+                return url
             if running_at is not None and now - running_at > system.start_timeout:
                 detail = await self._output(ctx, uc, job)
                 raise LabFailed(
@@ -343,7 +368,7 @@ class UnicoreDriver(Driver):
                     "job starting; the job was ended and the end of its output is below.",
                     detail=detail,
                 )
-            wait = PROBE_INTERVAL if "host" in ctx.handle else max(0.0, next_look - now)
+            wait = PROBE_INTERVAL if lab_url(ctx) else max(0.0, next_look - now)
             await asyncio.sleep(min(wait, system.poll_interval))
 
     async def _read_address(self, ctx: LabContext, uc: UnicoreClient, job: dict[str, Any]) -> None:
@@ -365,6 +390,36 @@ class UnicoreDriver(Driver):
         await report(
             ctx, LabState.STARTING, f"JupyterLab is starting on {address.host}:{address.port}."
         )
+        if ctx.system.tunnel == "ssh":
+            await self._open_tunnel(ctx, address)
+
+    async def _open_tunnel(self, ctx: LabContext, address: jobs.LabAddress) -> None:
+        """Ask the tunnel service for a forward to the lab; retried, then LabFailed."""
+
+        async def retrying(problem: str) -> None:
+            await report(
+                ctx, LabState.STARTING, "The tunnel to the lab cannot be made yet; retrying."
+            )
+
+        if ctx.tunnels is None:
+            raise LabFailed(INTERNAL_TUNNEL)
+        try:
+            endpoint = await ctx.tunnels.open(
+                ctx.lab_id,
+                ctx.system_name,
+                address.host,
+                address.port,
+                retry_for=ctx.system.retry_for,
+                on_retry=retrying,
+            )
+        except TunnelError as exc:
+            log.warning("%s: no tunnel: %s", ctx.log_name, exc.message)
+            raise LabFailed(
+                "JupyterLab started, but no tunnel to its compute node could be made; the "
+                "job was ended. Please try again later.",
+                detail=exc.message if exc.refused else "",
+            ) from None
+        await ctx.save({**ctx.handle, "local_host": endpoint.host, "local_port": endpoint.port})
 
     async def _answers(self, probe: str) -> bool:
         try:
@@ -400,10 +455,10 @@ class UnicoreDriver(Driver):
     async def _status_from_lab(self, ctx: LabContext) -> LabStatus:
         """When UNICORE cannot be asked: the lab is alive while it answers; three
         looks in a row without an answer and it has ended."""
-        if "host" not in ctx.handle:
+        url = lab_url(ctx)
+        if url is None:
             return LabStatus(alive=True)
-        url = f"http://{ctx.handle['host']}:{ctx.handle['port']}{ctx.handle['prefix']}api"
-        if await self._answers(url):
+        if await self._answers(url + ctx.handle["prefix"] + "api"):
             self._misses.pop(ctx.lab_id, None)
             return LabStatus(alive=True)
         self._misses[ctx.lab_id] = self._misses.get(ctx.lab_id, 0) + 1
@@ -421,7 +476,12 @@ class UnicoreDriver(Driver):
                 return st
             await asyncio.sleep(ctx.system.watch_interval)
 
+    async def _close_tunnel(self, ctx: LabContext) -> None:
+        if ctx.system.tunnel == "ssh" and ctx.tunnels is not None:
+            await ctx.tunnels.close(ctx.lab_id)
+
     async def stop(self, ctx: LabContext) -> str:
+        await self._close_tunnel(ctx)
         uc = self.client(ctx)
         if uc is None:
             log.warning("%s: no credentials to end its job", ctx.log_name)

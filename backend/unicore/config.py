@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ..config_base import SITE_NAME_PATTERN, Strict
+from ..sshconfig import SshTunnel
 
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
@@ -179,9 +180,13 @@ class UnicoreSystem(Strict):
         pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
         description="the name of the site's GPUs-per-node resource in job descriptions",
     )
-    tunnel: Literal["none"] = Field(
+    tunnel: Literal["none", "ssh"] = Field(
         default="none",
-        description="'none': the backend and the proxy reach the lab's host:port directly",
+        description="'none': the backend and the proxy reach the lab's host:port directly; "
+        "'ssh': through the tunnel service and the system's login nodes (see `ssh`)",
+    )
+    ssh: SshTunnel | None = Field(
+        default=None, description="login nodes, key and allowed destinations for `tunnel: ssh`"
     )
     lab_hosts: list[str] = Field(
         default_factory=lambda: ["*"],
@@ -269,6 +274,12 @@ class UnicoreSystem(Strict):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
         return env
+
+    @model_validator(mode="after")
+    def _ssh_given(self) -> UnicoreSystem:
+        if self.tunnel == "ssh" and self.ssh is None:
+            raise ValueError("tunnel: ssh needs the `ssh` settings (login nodes, user, key)")
+        return self
 
     @model_validator(mode="after")
     def _reservations_known(self) -> UnicoreSystem:

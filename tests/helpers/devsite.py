@@ -3,6 +3,7 @@ an admin would, and talk to it with pyunicore or plain HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from pyunicore import client as unicore
 from pyunicore.credentials import OIDCToken, UsernamePassword
 
 from backend.drivers.procs import free_port
+from backend.settings import Settings, parse_settings
+from tests.conftest import FAKELAB, site_dict
 from tests.helpers.stack import end_process
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -134,3 +138,69 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+# -- a development site for the backend's HPC tests ----------------------------------
+
+PASSWORD_ENV = "LABLINK_TEST_UNICORE_PASSWORD"
+PASSWORD = "devsite-password-0123456789"
+
+
+def hpc(url: str, **overrides: Any) -> dict[str, Any]:
+    system: dict[str, Any] = {
+        "kind": "unicore",
+        "display_name": "Test HPC",
+        "url": url,
+        "auth": {"method": "basic", "username": "lablink", "password_env": PASSWORD_ENV},
+        "lab_command": FAKELAB,
+        "environment": {
+            "LABLINK_LAB_HOST": "127.0.0.1",
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        },
+        "lab_hosts": ["127.0.0.1"],
+        "poll_interval": 0.2,
+        "watch_interval": 0.3,
+        "retry_for": 1,
+        "request_timeout": 5,
+        "start_timeout": 30,
+        "stop_timeout": 15,
+        "partitions": {
+            "batch": {"nodes": {"max": 1}, "runtime": {"min": 1, "max": 60, "default": 10}},
+            "devel": {"runtime": {"min": 1, "max": 60, "default": 10}},
+        },
+        "access": [{"users": ["alice", "bob"], "accounts": ["{user}"], "projects": ["p1"]}],
+    }
+    system.update(overrides)
+    return system
+
+
+def hpc_settings(tmp_path: Path, database_url: str, **systems: dict[str, Any]) -> Settings:
+    doc = site_dict(tmp_path / "state", database_url, **systems)
+    doc["default_system"] = next(iter(systems))
+    return parse_settings(yaml.safe_dump(doc), "test")
+
+
+def run_devsite(tmp_path: Path, environ: dict[str, str], *args: str) -> Devsite:
+    """The development site with a site-wide login ``lablink`` that may run jobs as
+    alice or bob (the accounts the backend asks for)."""
+    site = Devsite(workdir=tmp_path / "devsite", log=tmp_path / "devsite.log")
+    login = f"lablink:env:{PASSWORD_ENV}:alice,bob"
+    site.start(*args, "--user", login, env={**environ, PASSWORD_ENV: PASSWORD})
+    site.passwords["lablink"] = PASSWORD
+    return site
+
+
+def site_jobs(site: Devsite) -> list[str]:
+    with site.http("lablink") as http:
+        return http.get("/jobs").json()["jobs"]  # type: ignore[no-any-return]
+
+
+def job_processes(site: Devsite) -> list[int]:
+    """Live processes working in one of the site's job directories."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd").startswith(str(site.workdir)):
+                    found.append(int(entry.name))
+    return found

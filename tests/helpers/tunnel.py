@@ -1,0 +1,99 @@
+"""Run the tunnel service (``lablink tunnel``) as a subprocess, as an admin would."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from backend.drivers.procs import free_port
+from tests.helpers.stack import end_process
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def tunnel_site(
+    state_dir: Path, ssh: dict[str, Any], ports: tuple[int, int] = (20000, 29999)
+) -> dict[str, Any]:
+    """A site file with one HPC system ``hpc`` whose labs are reached through ``ssh``."""
+    return {
+        "state_dir": str(state_dir),
+        "tokens": [{"name": "hub", "secret_env": "LABLINK_TEST_HUB_TOKEN"}],
+        "default_system": "hpc",
+        "tunnel_service": {"ports": {"min": ports[0], "max": ports[1]}},
+        "systems": {
+            "hpc": {
+                "kind": "unicore",
+                "url": "http://127.0.0.1:9/TEST/rest/core",
+                "tunnel": "ssh",
+                "ssh": ssh,
+                "partitions": {"batch": {}},
+            }
+        },
+    }
+
+
+@dataclass
+class TunnelService:
+    directory: Path
+    site: dict[str, Any]
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "tunnel.log"
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, trust_env=False)
+
+    def start(self, wait_healthy: bool = True, timeout: float = 30) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        site_file = self.directory / "site.yaml"
+        site_file.write_text(yaml.safe_dump(self.site))
+        self.port = self.port or free_port()
+        env = {
+            **os.environ,
+            "LABLINK_TUNNEL_TOKEN": self.token,
+            "LABLINK_TEST_HUB_TOKEN": secrets.token_urlsafe(24),
+        }
+        argv = [sys.executable, "-m", "backend.cli", "tunnel", "--site", str(site_file),
+                "--port", str(self.port), "--log-level", "debug"]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the tunnel service exited:\n{self.log_text()}")
+            try:
+                with self.client() as c:
+                    status = c.get("/health").status_code
+                if status == 200 or (status == 503 and not wait_healthy):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the tunnel service did not come up:\n{self.log_text()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        return end_process(self.proc, sig, 20)
+
+    def log_text(self, last: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""

@@ -1,0 +1,236 @@
+"""The tunnel service against a real OpenSSH sshd: forwards, the allow-list, and
+healing after a dropped connection, an sshd restart and its own SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from backend.settings import parse_settings
+from tests.conftest import BackendFactory, lab_request, site_dict, wait_state
+from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, hpc, job_processes, run_devsite
+from tests.helpers.labs import assert_error, stored_lab
+from tests.helpers.sshd import (  # noqa: F401 (fixtures)
+    HttpBackend,
+    Sshd,
+    http_backend_fixture,
+    http_get,
+    http_get_async,
+    sshd_fixture,
+)
+from tests.helpers.tunnel import TunnelService, tunnel_site
+
+pytestmark = [pytest.mark.integration, pytest.mark.tunnel]
+
+ALLOWED = [{"hosts": "127.0.0.1", "ports": {"min": 1024, "max": 65535}}]
+
+
+@pytest.fixture
+def service(tmp_path: Path, sshd: Sshd) -> Iterator[TunnelService]:
+    ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1)
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def open_tunnel(svc: TunnelService, backend: HttpBackend, lab_id: str = "lab-1") -> int:
+    with svc.client() as client:
+        resp = client.post(
+            "/tunnels",
+            json={"lab_id": lab_id, "system": "hpc", "host": "127.0.0.1", "port": backend.port},
+        )
+    assert resp.status_code == 201, resp.text
+    return int(resp.json()["local_port"])
+
+
+def answers(port: int) -> bool:
+    try:
+        return http_get("127.0.0.1", port, timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
+def back_within(port: int, seconds: float) -> float:
+    """How long until the forward answers again; fails after ``seconds``."""
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        if answers(port):
+            return time.monotonic() - began
+        time.sleep(0.02)
+    raise AssertionError(f"the tunnel on port {port} did not answer within {seconds} s")
+
+
+def test_a_tunnel_reaches_the_compute_node_and_goes_away(
+    service: TunnelService,
+    http_backend: HttpBackend,
+) -> None:
+    port = open_tunnel(service, http_backend)
+    assert 20000 <= port <= 29999
+    status, body = http_get("127.0.0.1", port)
+    assert (status, body) == (200, http_backend.body)
+    with service.client() as client:
+        [listed] = client.get("/tunnels").json()
+        assert listed["local_port"] == port and listed["up"] is True
+        again = client.post(
+            "/tunnels",
+            json={
+                "lab_id": "lab-1",
+                "system": "hpc",
+                "host": "127.0.0.1",
+                "port": http_backend.port,
+            },
+        )
+        assert again.status_code == 200 and again.json()["local_port"] == port  # idempotent
+        assert client.delete("/tunnels/lab-1").status_code == 204
+        assert client.delete("/tunnels/lab-1").status_code == 204  # gone is fine
+        assert client.get("/tunnels").json() == []
+    assert not answers(port), "the port still listens after its tunnel was removed"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"host": "10.0.0.7", "port": 8888}, 403, ["10.0.0.7:8888", "not allowed", "127.0.0.1"]),
+        ({"host": "127.0.0.1", "port": 22}, 403, ["127.0.0.1:22", "ports 1024-65535"]),
+        ({"system": "cloud"}, 422, ["system", "allowed: hpc"]),
+        ({"host": "a;b"}, 422, ["host"]),
+        ({"port": 70000}, 422, ["port"]),
+    ],
+)
+def test_what_is_not_allowed_is_refused_and_opens_nothing(
+    service: TunnelService, body: dict[str, object], status: int, words: list[str]
+) -> None:
+    request = {"lab_id": "lab-x", "system": "hpc", "host": "127.0.0.1", "port": 8888, **body}
+    with service.client() as client:
+        assert_error(client.post("/tunnels", json=request), status, *words)
+        assert client.get("/tunnels").json() == []
+
+
+def test_every_call_needs_the_token(service: TunnelService) -> None:
+    with service.client(token="not-the-token-0123456789") as client:
+        assert_error(client.get("/tunnels"), 401)
+        assert_error(client.get("/health"), 401)
+    with httpx.Client(base_url=service.url, trust_env=False) as anonymous:
+        assert_error(anonymous.post("/tunnels", json={}), 401)
+
+
+def test_a_killed_connection_is_restored(
+    service: TunnelService,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    port = open_tunnel(service, http_backend)
+    assert answers(port)
+    assert sshd.kill_connections() >= 1
+    assert back_within(port, 5) < 5
+    assert "connection to" in service.log_text() and "lost" in service.log_text()
+
+
+def test_an_sshd_restart_is_survived(
+    service: TunnelService,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    ports = [open_tunnel(service, http_backend, f"lab-{i}") for i in range(3)]
+    sshd.restart()
+    for port in ports:
+        assert back_within(port, 5) < 5
+
+
+def test_a_tunnel_service_killed_restores_every_forward_before_it_is_healthy(
+    service: TunnelService,
+    http_backend: HttpBackend,
+) -> None:
+    ports = [open_tunnel(service, http_backend, f"lab-{i}") for i in range(3)]
+    service.stop(signal.SIGKILL)
+    assert not any(answers(p) for p in ports)
+    began = time.monotonic()
+    service.start(wait_healthy=True)  # health answers 200 only once all listen again
+    assert all(answers(p) for p in ports)
+    assert time.monotonic() - began < 5
+    with service.client() as client:
+        assert client.get("/health").json()["tunnels"] == 3
+
+
+def test_an_unknown_host_key_is_refused(
+    tmp_path: Path,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    stranger = tmp_path / "known_hosts_of_another_host"
+    stranger.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 " + "A" * 68 + "\n")
+    ssh = sshd.ssh_settings(destinations=ALLOWED, known_hosts=str(stranger))
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+    svc.start()
+    try:
+        with svc.client() as client:
+            resp = client.post(
+                "/tunnels",
+                json={
+                    "lab_id": "l",
+                    "system": "hpc",
+                    "host": "127.0.0.1",
+                    "port": http_backend.port,
+                },
+            )
+            assert_error(resp, 503, "No login node of system 'hpc' can be reached")
+            assert client.get("/tunnels").json() == []
+        assert "Host key is not trusted" in svc.log_text() or "host key" in svc.log_text().lower()
+    finally:
+        svc.stop()
+
+
+async def test_an_hpc_lab_is_reached_through_the_tunnel(
+    tmp_path: Path,
+    sshd: Sshd,
+    start_backend: BackendFactory,
+    token_env: dict[str, str],
+) -> None:
+    """Backend → development site (local job) → lab; the backend and the proxy reach
+    the lab through the tunnel service's forward, which goes when the lab stops."""
+    ssh = sshd.ssh_settings(destinations=ALLOWED)
+    devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
+    svc.start()
+    try:
+        doc = site_dict(
+            tmp_path / "state",
+            f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
+            hpc=hpc(devsite.url, tunnel="ssh", ssh=ssh),
+        )
+        doc["default_system"] = "hpc"
+        doc["tunnel_service"] = {"url": f"http://127.0.0.1:{svc.port}"}
+        settings = parse_settings(yaml.safe_dump(doc), "test")
+        token_env.update({PASSWORD_ENV: PASSWORD, "LABLINK_TUNNEL_TOKEN": svc.token})
+        backend = await start_backend(settings)
+        async with backend.client("alice") as alice:
+            body = lab_request("alice", options={"system": "hpc"})
+            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+            lab = await wait_state(alice, lab_id, {"running", "failed"})
+            assert lab["state"] == "running", lab
+            with svc.client() as client:
+                [tunnel] = client.get("/tunnels").json()
+            assert tunnel["lab_id"] == lab_id
+            assert lab["url"] == f"http://127.0.0.1:{tunnel['local_port']}"
+            handle = (await stored_lab(settings, lab_id)).handle
+            assert tunnel["port"] == handle["port"]  # the compute node's port, from lab.json
+            status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/alice/api")
+            assert status == 200
+
+            await alice.delete(f"/labs/{lab_id}")
+            assert (await wait_state(alice, lab_id, {"stopped", "failed"}))["state"] == "stopped"
+            with svc.client() as client:
+                assert client.get("/tunnels").json() == []
+        assert not answers(tunnel["local_port"])
+        assert job_processes(devsite) == []
+    finally:
+        svc.stop()
+        devsite.stop()
