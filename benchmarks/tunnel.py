@@ -1,4 +1,4 @@
-"""Tunnel benchmark: a compute node's lab reached directly, through OpenSSH, (later)
+"""Tunnel benchmark: a compute node's lab reached directly, through OpenSSH, and
 through Lablink's tunnel service.
 
     make bench-tunnel ARGS="--size-mib 64 --requests 200"
@@ -11,6 +11,8 @@ compute node"). Each *path* sets up a local endpoint that reaches that server:
   openssh             ``ssh -N -L`` with OpenSSH's default cipher
                       (chacha20-poly1305@openssh.com, as asyncssh's default)
   openssh-aes128-gcm  ``ssh -N -L -c aes128-gcm@openssh.com``
+  lablink             a ``lablink tunnel`` process with one forward (asyncssh; it
+                      offers aes128-gcm first and holds a PTY session, see below)
 
 and is measured with
   throughput  one GET /big?bytes=<size> read to EOF on a raw socket (MiB/s),
@@ -23,11 +25,12 @@ and is measured with
 OpenSSH's numbers are reported as they are. Through an sshd whose connection has
 only forwards (``-N``, no PTY) each new TCP connection costs ~40 ms: sshd sets
 TCP_NODELAY only for sessions with a PTY, so Nagle meets the client's delayed ACK.
+Lablink's service holds a PTY session on each connection for that reason.
 
 The last line is machine-readable:
 ``throughput_ratio_vs_openssh=<subject MiB/s / reference MiB/s> new_conn_p50_ms=<subject
 p50>`` for the path named by ``--subject`` (default ``lablink``) against
-``--reference`` (default ``openssh``: same cipher as asyncssh's default); ``nan``
+``--reference`` (default ``openssh-aes128-gcm``: the cipher Lablink negotiates); ``nan``
 when the subject was not measured (the reason goes to stderr).
 
 To add a path, write a context manager ``(Bench) -> Iterator[Endpoint]`` that sets
@@ -57,6 +60,8 @@ sys.path.insert(0, str(ROOT))
 
 from backend.drivers.procs import free_port  # noqa: E402
 from tests.helpers.sshd import HttpBackend, Sshd, http_get  # noqa: E402
+from tests.helpers.tunnel import TunnelService, tunnel_site  # noqa: E402
+from tunnel.links import CIPHERS  # noqa: E402
 
 AES128_GCM = "aes128-gcm@openssh.com"
 WARMUP_BYTES = 16 << 20
@@ -151,10 +156,34 @@ def wait_answers(host: str, port: int, proc: subprocess.Popen[bytes], timeout: f
             time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def lablink(bench: Bench) -> Iterator[Endpoint]:
+    """Lablink's tunnel service (a `lablink tunnel` process) with one forward."""
+    ssh = bench.sshd.ssh_settings(
+        destinations=[{"hosts": bench.backend.host, "ports": {"min": 1, "max": 65535}}]
+    )
+    service = TunnelService(bench.workdir / "lablink", tunnel_site(bench.workdir / "state", ssh))
+    service.start()
+    try:
+        with service.client() as client:
+            resp = client.post(
+                "/tunnels",
+                json={"lab_id": "bench", "system": "hpc", "host": bench.backend.host,
+                      "port": bench.backend.port},
+            )  # fmt: skip
+            resp.raise_for_status()
+            doc = resp.json()
+        # the service offers AES-GCM first, and the client's first choice wins
+        yield Endpoint(doc["local_host"], doc["local_port"], f"{CIPHERS[0]} (asyncssh)")
+    finally:
+        service.stop()
+
+
 PATHS: list[TunnelPath] = [
     TunnelPath("direct", "the HTTP server itself, no tunnel", direct),
     TunnelPath("openssh", "ssh -N -L, OpenSSH's default cipher", openssh(None)),
     TunnelPath("openssh-aes128-gcm", f"ssh -N -L -c {AES128_GCM}", openssh(AES128_GCM)),
+    TunnelPath("lablink", "Lablink's tunnel service (asyncssh)", lablink),
 ]
 
 
@@ -263,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="latency requests (1000)")
     parser.add_argument("--paths", default=",".join(names), help=f"comma list of {names}")
     parser.add_argument("--subject", default="lablink", help="path of the last line (lablink)")
-    parser.add_argument("--reference", default="openssh", help="its baseline (openssh)")
+    parser.add_argument(
+        "--reference",
+        default="openssh-aes128-gcm",
+        help="its baseline (openssh-aes128-gcm: the cipher Lablink's service negotiates)",
+    )
     parser.add_argument("--json", type=Path, help="write every result and sample here")
     args = parser.parse_args(argv)
     chosen = [name for name in args.paths.split(",") if name]
