@@ -136,7 +136,9 @@ class SystemLink:
         TCP_NODELAY on its socket only then, and without it every new forwarded
         connection waits ~40 ms for Nagle's algorithm. Best effort."""
         try:
-            self._pty = await conn.create_process(term_type="dumb", stdin=asyncssh.PIPE)
+            # `cat` with a terminal: no login shell (nothing of the user's start-up
+            # files runs); it ends when the connection does
+            self._pty = await conn.create_process("cat", term_type="dumb", stdin=asyncssh.PIPE)
         except (asyncssh.Error, OSError) as exc:
             log.info("%s: no terminal session (%s); new connections may be slower", self.name,
                      exc)  # fmt: skip

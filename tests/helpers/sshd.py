@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import socketserver
@@ -41,6 +42,23 @@ from backend.drivers.procs import free_port
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
+
+
+TUNNEL_USER = "lablinktun"
+
+
+def ensure_user(name: str) -> None:
+    """Make a system account with /bin/sh for the tests' SSH logins (once)."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            # password "*": no password, yet not "locked" (sshd without PAM refuses
+            # key logins to locked accounts)
+            ["useradd", "--system", "--shell", "/bin/sh", "--home-dir", "/nonexistent",
+             "--no-create-home", "--password", "*", name],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
 
 
 class SshdError(RuntimeError):
@@ -120,7 +138,11 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 @dataclass
 class Sshd:
-    """An OpenSSH sshd on ``host:port`` that lets ``user`` (root) in with ``client_key``.
+    """An OpenSSH sshd on ``host:port`` that lets ``user`` in with ``client_key``.
+
+    ``user`` is a system account made for the tests (``lablinktun``, shell /bin/sh),
+    as a site would have a tunnel account: root's shell start-up files on a
+    developer machine (pyenv and the like) must not run in every session.
 
     Everything lives in ``directory``: ``host_ed25519`` (the host key), ``id_ed25519``
     (the client key) and ``authorized_keys``, ``known_hosts``, ``sshd_config``,
@@ -132,7 +154,7 @@ class Sshd:
     directory: Path
     port: int = 0
     host: str = "127.0.0.1"
-    user: str = "root"
+    user: str = TUNNEL_USER
     start_timeout: float = 10.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -179,6 +201,7 @@ class Sshd:
 
     def prepare(self) -> None:
         """Write keys (if not there yet), authorized_keys, known_hosts and sshd_config."""
+        ensure_user(self.user)
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             _keygen(self.host_key, "lablink-test-sshd")
@@ -194,7 +217,11 @@ class Sshd:
             f"ListenAddress {self.host}\n"
             f"Port {self.port}\n"
             f"HostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {self.authorized_keys}\n"
+            # the test directory is root's alone; sshd reads the keys as root instead
+            # of as the (unprivileged) user
+            "AuthorizedKeysFile none\n"
+            f"AuthorizedKeysCommand /bin/cat {self.authorized_keys}\n"
+            "AuthorizedKeysCommandUser root\n"
             f"PidFile {self.pid_file}\n"
             "StrictModes no\n"
             "UsePAM no\n"
@@ -290,6 +317,17 @@ class Sshd:
         the network dropped them; return how many processes were killed."""
         if not self.running or self.proc is None:
             return 0
+        # freeze first (a stopped process cannot fork a session child that would
+        # escape to init still holding the socket), then kill them all
+        frozen: set[int] = set()
+        for _ in range(20):
+            new = [pid for pid in descendants(self.proc.pid) if pid not in frozen]
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen.update(new)
         return _kill_descendants(self.proc.pid)
 
     def stop(self) -> None:
@@ -303,7 +341,7 @@ class Sshd:
             return
         if proc.poll() is None:
             # Connections first, while the listener is there to reap them.
-            _kill_descendants(proc.pid)
+            self.kill_connections()
             proc.terminate()
             try:
                 proc.wait(5)
@@ -328,7 +366,7 @@ class Sshd:
         ssh: str = "ssh",
     ) -> list[str]:
         """An OpenSSH client command line for this sshd, ``ssh <defaults> <options>
-        root@127.0.0.1 <command>``: it checks the host key against ``known_hosts``
+        <user>@127.0.0.1 <command>``: it checks the host key against ``known_hosts``
         (this sshd's own by default) and reads no ssh_config. An ``-o`` option in
         ``options`` does not override one of the defaults (ssh takes the first)."""
         return [
