@@ -23,9 +23,8 @@ from pyunicore.credentials import OIDCToken, UsernamePassword
 from backend.drivers.procs import free_port
 from backend.settings import Settings, parse_settings
 from tests.conftest import FAKELAB, site_dict
-from tests.helpers.stack import end_process
+from tests.helpers.stack import end_process, launch
 
-REPO = Path(__file__).resolve().parent.parent.parent
 USERS = {"alice": ("alice", "alice2"), "bob": ("bob",)}
 
 
@@ -73,22 +72,11 @@ class Devsite:
             argv += ["--user", f"{name}:env:DEVSITE_PW_{name.upper()}:{','.join(uids)}"]
         environ = {**(env if env is not None else os.environ), **secrets_env}
         environ["DEVSITE_TOKEN"] = self.token
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the devsite exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url, timeout=1, trust_env=False).status_code == 401:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"the devsite did not come up:\n{self.log_text()}")
+
+        def ready() -> bool:  # every resource needs a login: 401 means it serves
+            return httpx.get(self.url, timeout=1, trust_env=False).status_code == 401
+
+        self.proc = launch(argv, environ, self.log, ready, "the devsite", timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
         return end_process(self.proc, sig, timeout)

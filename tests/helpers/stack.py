@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from backend.drivers.procs import free_port, start_time
+
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def end_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout: float) -> int:
@@ -26,6 +29,31 @@ def end_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeo
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def launch(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float = 30,
+) -> subprocess.Popen[bytes]:
+    """Start a service (output to ``log``, from the repository) and wait until
+    ``ready()``; raise with the log's end if it exits or does not get ready."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log.read_text(errors='replace')[-6000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if ready():
+                return proc
+        time.sleep(0.05)
+    end_process(proc, signal.SIGKILL, 5)
+    raise RuntimeError(f"{what} did not come up:\n{log.read_text(errors='replace')[-6000:]}")
 
 
 @dataclass

@@ -7,7 +7,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import httpx
 import yaml
 
 from backend.drivers.procs import free_port
-from tests.helpers.stack import end_process
-
-REPO = Path(__file__).resolve().parent.parent.parent
+from tests.helpers.stack import end_process, launch
 
 
 def tunnel_site(
@@ -74,23 +71,13 @@ class TunnelService:
         }
         argv = [sys.executable, "-m", "backend.cli", "tunnel", "--site", str(site_file),
                 "--port", str(self.port), "--log-level", "debug"]  # fmt: skip
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the tunnel service exited:\n{self.log_text()}")
-            try:
-                with self.client() as c:
-                    status = c.get("/health").status_code
-                if status == 200 or (status == 503 and not wait_healthy):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"the tunnel service did not come up:\n{self.log_text()}")
+
+        def ready() -> bool:  # 503 while it restores its tunnels
+            with self.client() as client:
+                status = client.get("/health").status_code
+            return status == 200 or (status == 503 and not wait_healthy)
+
+        self.proc = launch(argv, env, self.log, ready, "the tunnel service", timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         return end_process(self.proc, sig, 20)
