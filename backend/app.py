@@ -75,6 +75,25 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def service_app(
+    title: str, description: str, tokens: TokenChecker, lifespan: Any = None
+) -> FastAPI:
+    """The frame every Lablink service shares: its OpenAPI under /api/v1, the bearer
+    tokens it accepts, and one-sentence errors."""
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description=description,
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.tokens = tokens
+    install_error_handlers(app)
+    return app
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
     env = dict(environ) if environ is not None else None
     tokens = TokenChecker(token_secrets(settings, env))
@@ -102,17 +121,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(
-        title="Lablink backend",
-        version=__version__,
-        description="Systems, labs and their states. Every call needs a bearer token.",
-        lifespan=lifespan,
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
+    app = service_app(
+        "Lablink backend",
+        "Systems, labs and their states. Every call needs a bearer token.",
+        tokens,
+        lifespan,
     )
     app.state.settings = settings
-    app.state.tokens = tokens
-    install_error_handlers(app)
     app.include_router(router)
     return app

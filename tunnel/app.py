@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
-from backend.app import install_error_handlers
+from backend.app import service_app
 from backend.auth import Principal, TokenChecker, authenticate
 from backend.settings import Settings, TokenSettings
 from backend.sshconfig import HOST_PATTERN, SshTunnel
@@ -259,19 +259,14 @@ def create_app(settings: Settings, token: str) -> FastAPI:
                 await restore
             await tunnels.close()
 
-    app = FastAPI(
-        title="Lablink tunnel",
-        version=__version__,
-        description="SSH port forwards through login nodes. Every call needs a bearer token.",
-        lifespan=lifespan,
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
-    )
     service = TokenSettings(
         name="backend", secret_env=settings.tunnel_service.token_env, role="admin"
     )
-    app.state.tokens = TokenChecker({token: service})
-    install_error_handlers(app)
+    app = service_app(
+        "Lablink tunnel",
+        "SSH port forwards through login nodes. Every call needs a bearer token.",
+        TokenChecker({token: service}),
+        lifespan,
+    )
     app.include_router(router)
     return app
