@@ -17,11 +17,17 @@ Example::
           key_file: /etc/lablink/ssh/id_ed25519
           known_hosts: /etc/lablink/ssh/known_hosts
           destinations: [{hosts: "jwc*", ports: {min: 1024, max: 65535}}]
+          hub_forward: {bind: 0.0.0.0, port: 25488, url: "http://login1-int:25488"}
+
+Every login node carries a reverse forward of ``hub_forward.port`` to the hub's
+API (``tunnel_service.hub_api``), and the labs' ``JUPYTERHUB_API_URL`` points
+there, because compute nodes cannot reach the hub themselves.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -60,6 +66,23 @@ class Destination(Strict):
     ports: PortRange = Field(default_factory=PortRange, description="the ports allowed")
 
 
+class HubForward(Strict):
+    """A reverse forward on every login node, through which labs reach the hub's API."""
+
+    bind: Annotated[str, Field(pattern=HOST_PATTERN)] = Field(
+        default="0.0.0.0",  # noqa: S104
+        description="the address it listens on, on the login node (anything but loopback "
+        "needs `GatewayPorts clientspecified` in the login node's sshd_config)",
+    )
+    port: int = Field(ge=1024, le=65535, description="the port it listens on, on the login node")
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+$",
+        description="how compute nodes reach it, e.g. http://login1-int:25488 (default: the "
+        "first login node's host and `port`)",
+    )
+
+
 def _default_ports() -> PortRange:
     return PortRange(min=9000, max=9999)
 
@@ -86,6 +109,18 @@ class SshTunnel(Strict):
     connect_timeout: float = Field(
         default=10, gt=0, le=300, description="seconds for one connection attempt"
     )
+    hub_forward: HubForward | None = Field(
+        default=None,
+        description="a reverse forward per login node to the hub's API, for labs whose compute "
+        "nodes cannot reach the hub (their JUPYTERHUB_API_URL then points there)",
+    )
+
+    def hub_url_for_labs(self) -> str | None:
+        """Where labs reach the hub's API (scheme and host:port), or None."""
+        fwd = self.hub_forward
+        if fwd is None:
+            return None
+        return fwd.url or f"http://{self.login_nodes[0].host}:{fwd.port}"
 
 
 class TunnelService(Strict):
@@ -107,3 +142,13 @@ class TunnelService(Strict):
     ports: PortRange = Field(
         default_factory=_default_ports, description="the ports local forwards may use"
     )
+    hub_api: str = Field(
+        default="http://127.0.0.1:8081",
+        pattern=r"^http://[^\s/?#:]+:[0-9]{1,5}/?$",
+        description="the hub's API as the tunnel service reaches it (JupyterHub's hub_bind_url); "
+        "the target of the login nodes' reverse forwards",
+    )
+
+    def hub_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.hub_api)
+        return parts.hostname or "127.0.0.1", parts.port or 8081

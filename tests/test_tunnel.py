@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from backend.drivers.procs import free_port
 from backend.settings import parse_settings
 from tests.conftest import BackendFactory, lab_request, site_dict, wait_state
 from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, hpc, job_processes, run_devsite
@@ -23,6 +25,7 @@ from tests.helpers.sshd import (  # noqa: F401 (fixtures)
     http_backend_fixture,
     http_get,
     http_get_async,
+    known_hosts_of,
     sshd_fixture,
 )
 from tests.helpers.tunnel import TunnelService, tunnel_site
@@ -158,6 +161,110 @@ def test_a_tunnel_service_killed_restores_every_forward_before_it_is_healthy(
     assert time.monotonic() - began < 5
     with service.client() as client:
         assert client.get("/health").json()["tunnels"] == 3
+
+
+def health_of(svc: TunnelService) -> tuple[int, dict[str, object]]:
+    with svc.client() as client:
+        resp = client.get("/health")
+    return resp.status_code, resp.json()
+
+
+def until(predicate: object, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.05)
+
+
+def hub_forwarding_service(
+    tmp_path: Path, sshd: Sshd, hub: HttpBackend, port: int
+) -> TunnelService:
+    """A tunnel service whose login node listens on ``port`` for the hub's API;
+    ``hub`` plays the hub's API."""
+    ssh = sshd.ssh_settings(
+        destinations=ALLOWED, keepalive=1, hub_forward={"bind": "127.0.0.1", "port": port}
+    )
+    site = tunnel_site(tmp_path / "state", ssh)
+    site["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{hub.port}"
+    return TunnelService(tmp_path / "tunnel", site)
+
+
+def test_compute_nodes_reach_the_hub_api_through_the_login_node(
+    tmp_path: Path,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    port = free_port()
+    svc = hub_forwarding_service(tmp_path, sshd, http_backend, port)
+    svc.start()  # healthy only once the login node listens for the hub
+    try:
+        assert http_get("127.0.0.1", port) == (200, http_backend.body)
+        _, health = health_of(svc)
+        assert health["systems"]["hpc"]["hub_forward"] == [f"127.0.0.1:{sshd.port}"]  # type: ignore[index]
+        sshd.kill_connections()
+        assert back_within(port, 5) < 5
+        sshd.restart()
+        assert back_within(port, 5) < 5
+    finally:
+        svc.stop()
+    assert not answers(port), "the login node still listens for the hub after the service ended"
+
+
+def test_a_hub_port_taken_on_the_login_node_is_tried_again(
+    tmp_path: Path,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    port = free_port()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    svc = hub_forwarding_service(tmp_path, sshd, http_backend, port)
+    svc.start(wait_healthy=False)
+    try:
+        until(lambda: "for the hub's API" in svc.log_text(), 10, "the refusal in the log")
+        status, health = health_of(svc)
+        assert (status, health["status"]) == (503, "restoring")
+        squatter.close()
+        until(lambda: health_of(svc)[0] == 200, 15, "healthy once the port is free")
+        assert http_get("127.0.0.1", port) == (200, http_backend.body)
+    finally:
+        squatter.close()
+        svc.stop()
+
+
+def test_forwards_move_to_another_login_node_when_theirs_is_lost(
+    tmp_path: Path,
+    sshd: Sshd,
+    http_backend: HttpBackend,
+) -> None:
+    second = sshd.another_login_node(tmp_path / "sshd2")
+    svc = None
+    try:
+        known = known_hosts_of(tmp_path / "known_hosts", sshd, second)
+        ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1, known_hosts=str(known))
+        ssh["login_nodes"].append({"host": second.host, "port": second.port})
+        svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+        svc.start()
+        ports = [open_tunnel(svc, http_backend, f"lab-{i}") for i in range(2)]
+        nodes = {f"127.0.0.1:{s.port}": s for s in (sshd, second)}
+
+        def summary() -> dict[str, object]:
+            return health_of(svc)[1]["systems"]["hpc"]  # type: ignore[index, return-value]
+
+        until(lambda: set(summary()["login_nodes"].values()) == {"up"}, 10, "both nodes up")  # type: ignore[attr-defined]
+        carrier = str(summary()["carrier"])
+        nodes[carrier].stop()  # the login node goes away, and stays away
+        for port in ports:
+            assert back_within(port, 2) < 2  # on the other node, without waiting for this one
+        assert summary()["carrier"] != carrier
+        assert summary()["login_nodes"][carrier] in ("connecting", "down")  # type: ignore[index]
+    finally:
+        if svc is not None:
+            svc.stop()
+        second.stop()
 
 
 def test_an_unknown_host_key_is_refused(

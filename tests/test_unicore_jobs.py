@@ -303,3 +303,56 @@ def test_a_user_name_that_is_no_account_gives_no_account(tmp_path: Path) -> None
 def test_odd_numbers_are_refused_as_options(settings: Settings, value: str) -> None:
     with pytest.raises(OptionError, match=r"options\.nodes"):
         validate_options(settings, {"system": "hpc", "nodes": value}, "alice")
+
+
+# -- the hub's API through the login nodes ----------------------------------------------
+
+SSH = {
+    "login_nodes": [{"host": "login1.example.org"}, {"host": "login2.example.org"}],
+    "user": "lablink",
+    "key_file": "/etc/lablink/id_ed25519",
+    "known_hosts": "/etc/lablink/known_hosts",
+    "destinations": [{"hosts": "jwc*"}],
+}
+HUB_ENV = {
+    "JUPYTERHUB_API_URL": "http://10.1.2.3:8081/jupyter/hub/api",
+    "JUPYTERHUB_ACTIVITY_URL": "http://10.1.2.3:8081/jupyter/hub/api/users/alice/activity",
+    "JUPYTERHUB_BASE_URL": "/jupyter/",
+}
+
+
+def test_labs_reach_the_hub_api_through_the_login_nodes_reverse_forward(tmp_path: Path) -> None:
+    ssh = {**SSH, "hub_forward": {"port": 25488}}
+    _, desc = describe(site(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
+    env = desc["Environment"]
+    assert env["JUPYTERHUB_API_URL"] == "http://login1.example.org:25488/jupyter/hub/api"
+    assert env["JUPYTERHUB_ACTIVITY_URL"] == (
+        "http://login1.example.org:25488/jupyter/hub/api/users/alice/activity"
+    )
+    assert env["JUPYTERHUB_BASE_URL"] == "/jupyter/"  # a path: the browser's, unchanged
+
+    ssh["hub_forward"] = {"port": 25488, "url": "http://login-int:25488"}
+    _, desc = describe(site(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
+    assert desc["Environment"]["JUPYTERHUB_API_URL"] == "http://login-int:25488/jupyter/hub/api"
+
+
+def test_without_a_reverse_forward_the_hubs_own_api_url_is_kept(tmp_path: Path) -> None:
+    for settings in (site(tmp_path, tunnel="ssh", ssh=SSH), site(tmp_path)):
+        _, desc = describe(settings, {}, env=HUB_ENV)
+        assert desc["Environment"]["JUPYTERHUB_API_URL"] == HUB_ENV["JUPYTERHUB_API_URL"]
+
+
+@pytest.mark.parametrize(
+    ("hub_forward", "words"),
+    [
+        ({"port": 22}, "hub_forward.port"),
+        ({"port": 25488, "url": "http://login1/hub/api"}, "hub_forward.url"),
+        ({"port": 25488, "bind": "0.0.0.0; rm -rf /"}, "hub_forward.bind"),
+        ({"port": 25488, "listen": "x"}, "hub_forward.listen"),
+    ],
+)
+def test_a_bad_reverse_forward_names_its_key(
+    tmp_path: Path, hub_forward: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(SettingsError, match=words.replace(".", r"\.")):
+        site(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": hub_forward})

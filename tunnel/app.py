@@ -5,15 +5,15 @@
 the system's login node to the compute node's ``host:port`` and answers
 ``{local_host, local_port}``; ``DELETE /api/v1/tunnels/{lab_id}`` closes it.
 Destinations are checked against the system's allow-list before anything is
-opened. Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored
+opened. A system with ``ssh.hub_forward`` also gets, on every login node, a
+reverse forward to the hub's API (``tunnel_service.hub_api``), opened when the
+service starts. Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored
 when the service starts; ``GET /api/v1/health`` answers 503 until every one
 of them listens again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fnmatch
 import json
 import logging
@@ -71,7 +71,6 @@ class Tunnels:
         self.path = path
         self.bind = settings.tunnel_service.bind
         self.links: dict[str, SystemLink] = {}
-        self.restoring = 0
 
     def ssh_of(self, system: str) -> SshTunnel:
         found = self.settings.systems.get(system)
@@ -88,7 +87,9 @@ class Tunnels:
     def link(self, system: str) -> SystemLink:
         link = self.links.get(system)
         if link is None:
-            link = self.links[system] = SystemLink(system, self.ssh_of(system), self.bind)
+            hub = self.settings.tunnel_service.hub_address()
+            link = SystemLink(system, self.ssh_of(system), self.bind, hub)
+            self.links[system] = link
         return link
 
     def all(self) -> list[Forward]:
@@ -113,27 +114,29 @@ class Tunnels:
             raise HTTPException(503, "Every port of the tunnel service's range is in use.")
         return random.choice(candidates)  # noqa: S311
 
-    async def restore(self) -> None:
-        """Open every persisted forward again (in the background, with backoff)."""
-        if not self.path.exists():
-            return
-        records = json.loads(self.path.read_text() or "[]")
+    def load(self) -> None:
+        """Take up the persisted forwards, and connect every system that has them
+        or whose login nodes carry the hub's API; they listen again in the
+        background (health answers 503 until they all do)."""
+        records = json.loads(self.path.read_text() or "[]") if self.path.exists() else []
         for rec in records:
-            if rec.get("system") not in self.settings.systems:
-                log.warning("dropping the tunnel of lab %s: system is gone", rec.get("lab_id"))
+            system = self.settings.systems.get(rec.get("system", ""))
+            if getattr(system, "tunnel", "none") != "ssh":
+                log.warning("dropping the tunnel of lab %s: its system has no SSH tunnel now",
+                            rec.get("lab_id"))  # fmt: skip
                 continue
-            link = self.link(rec["system"])
-            link.forwards[rec["lab_id"]] = Forward(
+            self.link(rec["system"]).forwards[rec["lab_id"]] = Forward(
                 rec["lab_id"], rec["system"], rec["host"], rec["port"], rec["local_port"]
             )
-        self.restoring = len(records)
-        await asyncio.gather(*(self._restore(link) for link in self.links.values()))
-        self.restoring = 0
-        log.info("restored %d tunnels", len(self.all()))
-
-    async def _restore(self, link: SystemLink) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await link.connect(deadline=time.monotonic() + 365 * 86400)
+        for name, system in self.settings.systems.items():
+            ssh = getattr(system, "ssh", None)
+            if getattr(system, "tunnel", "none") == "ssh" and ssh and ssh.hub_forward:
+                self.link(name)
+        for link in self.links.values():
+            link.start()
+            link.notify()
+        if records:
+            log.info("restoring %d tunnels", len(self.all()))
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -164,10 +167,11 @@ def out(fwd: Forward, bind: str) -> TunnelOut:
 
 @router.get("/health")
 async def health(request: Request, who: Auth, response: Response) -> dict[str, Any]:
-    """503 until every persisted tunnel listens again after a start."""
+    """503 until every tunnel listens (again, after a start or a lost connection)
+    and the hub's API is reachable on a login node of every system that needs it."""
     tunnels = tunnels_of(request)
     down = [f.lab_id for f in tunnels.all() if f.listener is None]
-    if tunnels.restoring or down:
+    if down or not all(link.hub_ready for link in tunnels.links.values()):
         response.status_code = 503
     return {
         "status": "restoring" if response.status_code == 503 else "ok",
@@ -175,6 +179,7 @@ async def health(request: Request, who: Auth, response: Response) -> dict[str, A
         "pid": os.getpid(),
         "tunnels": len(tunnels.all()),
         "down": len(down),
+        "systems": {name: link.summary() for name, link in tunnels.links.items()},
     }
 
 
@@ -218,7 +223,7 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
             raise
         tunnels.save()
         log.info("lab %s: %s:%s via %s on port %s", body.lab_id, body.host, body.port,
-                 link.node, fwd.local_port)  # fmt: skip
+                 fwd.node.name if fwd.node else "?", fwd.local_port)  # fmt: skip
         return out(fwd, tunnels.bind)
     raise HTTPException(503, "No free port could be bound for the tunnel; try again.")
 
@@ -250,13 +255,10 @@ def create_app(settings: Settings, token: str) -> FastAPI:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         tunnels = Tunnels(settings, settings.state_dir / "tunnels.json")
         app.state.tunnels = tunnels
-        restore = asyncio.create_task(tunnels.restore(), name="restore-tunnels")
+        tunnels.load()
         try:
             yield
         finally:
-            restore.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await restore
             await tunnels.close()
 
     service = TokenSettings(

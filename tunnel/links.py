@@ -1,12 +1,14 @@
-"""SSH links: one asyncssh connection per system's login node, carrying all of that
-system's local forwards, re-established with backoff when it drops.
+"""SSH links: one asyncssh connection per login node of a system, re-established
+with backoff when it drops; the system's local forwards ride on one of them.
 
-A ``SystemLink`` connects to the first of the system's login nodes that
-answers (host keys checked against the configured known_hosts; never trust on
-first use), keeps it alive with keepalives, and holds the forwards. When the
-connection is lost (sshd restarted, the connection killed, the network gone)
-its supervisor connects again with backoff and opens every forward again on
-the same local port, so the hub's routes stay valid.
+A ``SystemLink`` connects to every login node of its system (host keys
+checked against the configured known_hosts; never trust on first use) and
+keeps each connection alive with keepalives. Each connection holds the
+reverse forward through which compute nodes reach the hub's API, when the
+system has one. The labs' local forwards all ride on one connection, the
+*carrier*; when it is lost they move at once to another login node that is
+up, or wait for the first one to come back, and listen again on the same
+local ports, so the hub's routes stay valid.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import asyncssh
 
-from backend.sshconfig import SshTunnel
+from backend.sshconfig import LoginNode, SshTunnel
 
 log = logging.getLogger("lablink.tunnel")
 
@@ -32,10 +34,12 @@ WINDOW = 8 << 20  # bytes in flight per channel
 PACKET = 256 << 10
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+HUB_RETRY_MAX = 10.0
+REBIND_AFTER = 2.0  # seconds before a forward whose port was taken tries again
 
 
 class LinkDown(Exception):
-    """No login node of the system could be reached; the message is for a person."""
+    """No login node of the system could be reached; the message is for the log."""
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Forward:
     port: int
     local_port: int
     listener: Any = field(default=None, repr=False)
+    node: NodeLink | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -57,79 +62,80 @@ class Forward:
         }
 
 
-class SystemLink:
-    def __init__(self, name: str, ssh: SshTunnel, bind: str):
-        self.name = name
-        self.ssh = ssh
-        self.bind = bind
-        self.forwards: dict[str, Forward] = {}
+class NodeLink:
+    """The connection to one login node, kept up for as long as the service runs."""
+
+    def __init__(self, link: SystemLink, node: LoginNode):
+        self.link = link
+        self.node = node
+        self.name = f"{node.host}:{node.port}"
         self.conn: asyncssh.SSHClientConnection | None = None
-        self.node = ""
-        self._lock = asyncio.Lock()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._closing = False
+        self.state = "connecting"  # then "up" or "down" (retrying with backoff)
+        self.problem = ""
         self.reconnects = 0
+        self.hub_listener: Any = None
+        self._task: asyncio.Task[None] | None = None
         self._pty: Any = None
 
     @property
     def up(self) -> bool:
         return self.conn is not None and not self.conn.is_closed()
 
-    @property
-    def healthy(self) -> bool:
-        """Connected, and every forward listening."""
-        return self.up and all(f.listener is not None for f in self.forwards.values())
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"ssh-{self.link.name}-{self.name}")
 
-    async def _connect_once(self) -> asyncssh.SSHClientConnection:
-        problems = []
-        for node in self.ssh.login_nodes:
-            try:
-                conn = await asyncio.wait_for(
-                    asyncssh.connect(
-                        node.host,
-                        node.port,
-                        username=self.ssh.user,
-                        client_keys=[self.ssh.key_file],
-                        known_hosts=self.ssh.known_hosts,
-                        keepalive_interval=self.ssh.keepalive,
-                        keepalive_count_max=3,
-                        agent_path=None,
-                        config=[],
-                        encryption_algs=CIPHERS,
-                        window=WINDOW,
-                        max_pktsize=PACKET,
-                    ),
-                    self.ssh.connect_timeout,
-                )
-            except (OSError, asyncssh.Error, TimeoutError) as exc:
-                problems.append(f"{node.host}:{node.port}: {type(exc).__name__}: {exc}")
-                continue
-            self.node = f"{node.host}:{node.port}"
-            return conn
-        raise LinkDown("; ".join(problems))
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        ssh = self.link.ssh
+        return await asyncio.wait_for(
+            asyncssh.connect(
+                self.node.host,
+                self.node.port,
+                username=ssh.user,
+                client_keys=[ssh.key_file],
+                known_hosts=ssh.known_hosts,
+                keepalive_interval=ssh.keepalive,
+                keepalive_count_max=3,
+                agent_path=None,
+                config=[],
+                encryption_algs=CIPHERS,
+                window=WINDOW,
+                max_pktsize=PACKET,
+            ),
+            ssh.connect_timeout,
+        )
 
-    async def connect(self, deadline: float | None = None) -> None:
-        """Connect (if not connected) and open every forward; retry with backoff
-        until ``deadline`` (monotonic), or once when it is None."""
+    async def _run(self) -> None:
         delay = BACKOFF_FIRST
         while True:
             try:
-                async with self._lock:
-                    if not self.up:
-                        self.conn = await self._connect_once()
-                        log.info("%s: connected to %s", self.name, self.node)
-                        await self._open_pty(self.conn)
-                        self._watch(self.conn)
-                    for fwd in self.forwards.values():
-                        if fwd.listener is None:
-                            await self._listen(fwd)
-                return
-            except LinkDown as exc:
-                if deadline is None or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("%s: no login node answers (%s); retrying", self.name, exc)
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
-            delay = min(delay * 2, BACKOFF_MAX)
+                conn = await self._connect()
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                problem = f"{self.name}: {type(exc).__name__}: {exc}".rstrip(": ")
+                if problem != self.problem:
+                    log.warning("%s: cannot connect to %s; retrying", self.link.name, problem)
+                self.problem, self.state = problem, "down"
+                self.link.notify()
+                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            delay = BACKOFF_FIRST
+            self.conn, self.state, self.problem = conn, "up", ""
+            log.info("%s: connected to %s", self.link.name, self.name)
+            await self._open_pty(conn)
+            hub = None
+            if self.link.ssh.hub_forward is not None:
+                hub = asyncio.create_task(self._hold_hub_forward(conn))
+            self.link.notify()
+            try:
+                await conn.wait_closed()
+            finally:
+                if hub is not None:
+                    hub.cancel()
+            self.conn, self.hub_listener, self.state = None, None, "connecting"
+            self.reconnects += 1
+            log.warning("%s: connection to %s lost; connecting again", self.link.name, self.name)
+            self.link.node_lost(self)
 
     async def _open_pty(self, conn: asyncssh.SSHClientConnection) -> None:
         """Hold a session with a terminal on the connection: OpenSSH's sshd sets
@@ -140,47 +146,189 @@ class SystemLink:
             # files runs); it ends when the connection does
             self._pty = await conn.create_process("cat", term_type="dumb", stdin=asyncssh.PIPE)
         except (asyncssh.Error, OSError) as exc:
-            log.info("%s: no terminal session (%s); new connections may be slower", self.name,
-                     exc)  # fmt: skip
+            log.info("%s: no terminal session on %s (%s); new connections may be slower",
+                     self.link.name, self.name, exc)  # fmt: skip
 
-    def _watch(self, conn: asyncssh.SSHClientConnection) -> None:
-        old = self._supervisor
-        if old is not None and old is not asyncio.current_task() and not old.done():
-            old.cancel()
-        self._supervisor = asyncio.create_task(self._supervise(conn), name=f"link-{self.name}")
-
-    async def _supervise(self, conn: asyncssh.SSHClientConnection) -> None:
-        """When the connection drops, connect again and restore every forward."""
-        await conn.wait_closed()
-        if self._closing:
-            return
-        log.warning("%s: connection to %s lost; restoring %d forwards", self.name, self.node,
-                    len(self.forwards))  # fmt: skip
-        for fwd in self.forwards.values():
-            fwd.listener = None  # they closed with the connection
-        self.conn = None
-        self.reconnects += 1
-        while not self._closing:
+    async def _hold_hub_forward(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Listen on the login node for the hub's API; retried while the port is
+        taken there (an earlier session of ours that sshd has not noticed is gone)."""
+        fwd = self.link.ssh.hub_forward
+        assert fwd is not None
+        host, port = self.link.hub
+        delay = 0.5
+        while not conn.is_closed():
             try:
-                await self.connect(deadline=time.monotonic() + 3600)
-                return
-            except LinkDown:
+                self.hub_listener = await conn.forward_remote_port(fwd.bind, fwd.port, host, port)
+            except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
+                log.warning("%s: %s does not let us listen on %s:%s for the hub's API (%s); "
+                            "retrying", self.link.name, self.name, fwd.bind, fwd.port,
+                            exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, HUB_RETRY_MAX)
                 continue
+            log.info("%s: the hub's API is on %s:%s of %s", self.link.name, fwd.bind, fwd.port,
+                     self.name)  # fmt: skip
+            self.link.notify()
+            return
 
-    async def _listen(self, fwd: Forward) -> None:
-        assert self.conn is not None
-        fwd.listener = await self.conn.forward_local_port(
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.conn is not None:
+            self.conn.close()
+            with contextlib.suppress(Exception):
+                await self.conn.wait_closed()
+
+
+class SystemLink:
+    """A system's login nodes and the forwards of its labs."""
+
+    def __init__(self, name: str, ssh: SshTunnel, bind: str, hub: tuple[str, int]):
+        self.name = name
+        self.ssh = ssh
+        self.bind = bind
+        self.hub = hub
+        self.nodes = [NodeLink(self, node) for node in ssh.login_nodes]
+        self.forwards: dict[str, Forward] = {}
+        self._carrier: NodeLink | None = None
+        self._lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._news: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._mender: asyncio.Task[None] | None = None
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return any(n.up for n in self.nodes)
+
+    @property
+    def hub_ready(self) -> bool:
+        """The hub's API is reachable from the compute nodes (or not needed)."""
+        return self.ssh.hub_forward is None or any(n.hub_listener for n in self.nodes)
+
+    @property
+    def healthy(self) -> bool:
+        """Every forward listening, and the hub's API reachable where configured."""
+        return all(f.listener is not None for f in self.forwards.values()) and self.hub_ready
+
+    @property
+    def reconnects(self) -> int:
+        return sum(n.reconnects for n in self.nodes)
+
+    def problems(self) -> str:
+        return "; ".join(n.problem for n in self.nodes if n.problem) or "not connected yet"
+
+    def carrier(self) -> NodeLink | None:
+        """The node the forwards ride on: the current one while it is up, else the
+        first login node that is."""
+        if self._carrier is None or not self._carrier.up:
+            self._carrier = next((n for n in self.nodes if n.up), None)
+        return self._carrier
+
+    def summary(self) -> dict[str, Any]:
+        carrier = self.carrier()
+        return {
+            "login_nodes": {n.name: n.state for n in self.nodes},
+            "carrier": carrier.name if carrier else None,
+            "hub_forward": [n.name for n in self.nodes if n.hub_listener],
+            "reconnects": self.reconnects,
+        }
+
+    # -- events ---------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something changed: mend the forwards, and wake whoever waits."""
+        self._dirty.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._news.done():
+            self._news.set_result(None)
+        self._news = asyncio.get_running_loop().create_future()
+
+    async def _next_news(self, timeout: float) -> None:
+        await asyncio.wait_for(asyncio.shield(self._news), timeout)
+
+    def node_lost(self, node: NodeLink) -> None:
+        """The forwards that rode on ``node`` closed with its connection."""
+        moved = 0
+        for fwd in self.forwards.values():
+            if fwd.node is node:
+                fwd.listener, fwd.node = None, None
+                moved += 1
+        if moved:
+            log.warning("%s: restoring %d forwards", self.name, moved)
+        self.notify()
+
+    # -- running --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to every login node (in the background); idempotent."""
+        if self._mender is None:
+            for node in self.nodes:
+                node.start()
+            self._mender = asyncio.create_task(self._mend(), name=f"mend-{self.name}")
+
+    async def _mend(self) -> None:
+        """Listen again for every forward that is not listening, on the carrier."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            node = self.carrier()
+            if node is None:
+                continue
+            async with self._lock:
+                for fwd in list(self.forwards.values()):
+                    if fwd.listener is not None or not node.up:
+                        continue
+                    try:
+                        await self._listen(node, fwd)
+                    except OSError as exc:
+                        log.error("%s: lab %s cannot listen on port %s again (%s); retrying",
+                                  self.name, fwd.lab_id, fwd.local_port, exc)  # fmt: skip
+                        asyncio.get_running_loop().call_later(REBIND_AFTER, self.notify)
+            self._wake()
+
+    async def _listen(self, node: NodeLink, fwd: Forward) -> None:
+        assert node.conn is not None
+        fwd.listener = await node.conn.forward_local_port(
             self.bind, fwd.local_port, fwd.host, fwd.port
         )
+        fwd.node = node
+
+    async def settle(self, deadline: float) -> bool:
+        """Wait until the link is healthy or ``deadline`` (monotonic) passes."""
+        self.start()
+        while not self.healthy:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await self._next_news(remaining)
+        return True
 
     async def add(self, fwd: Forward, deadline: float) -> None:
-        """Open a forward (connecting first if needed); raise LinkDown or OSError."""
-        self.forwards[fwd.lab_id] = fwd
-        try:
-            await self.connect(deadline)
-        except (LinkDown, OSError):
-            self.forwards.pop(fwd.lab_id, None)
-            raise
+        """Open a forward on the carrier; raise LinkDown when no login node is up
+        once each has been tried (or at ``deadline``), OSError when the local port
+        is taken."""
+        self.start()
+        while True:
+            node = self.carrier()
+            if node is not None:
+                async with self._lock:
+                    if node.up:
+                        await self._listen(node, fwd)
+                        self.forwards[fwd.lab_id] = fwd
+                        return
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or all(n.state == "down" for n in self.nodes):
+                raise LinkDown(self.problems())
+            with contextlib.suppress(TimeoutError):
+                await self._next_news(remaining)
 
     async def remove(self, lab_id: str) -> Forward | None:
         fwd = self.forwards.pop(lab_id, None)
@@ -192,19 +340,14 @@ class SystemLink:
         return fwd
 
     async def close(self) -> None:
-        self._closing = True
-        for lab_id in list(self.forwards):
-            fwd = self.forwards[lab_id]
+        if self._mender is not None:
+            self._mender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mender
+        for fwd in self.forwards.values():
             if fwd.listener is not None:
                 fwd.listener.close()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-        if self.conn is not None:
-            self.conn.close()
-            with contextlib.suppress(Exception):
-                await self.conn.wait_closed()
+        await asyncio.gather(*(n.close() for n in self.nodes))
 
 
 def port_in_use(exc: OSError) -> bool:

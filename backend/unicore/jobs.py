@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..states import LabState
 from .config import UnicoreSystem, is_local_host
@@ -53,9 +54,24 @@ def job_environment(
     """The job's environment: the admin's variables, then the hub's, then Lablink's own."""
     env = dict(system.environment)
     env.update({k: v for k, v in hub_env.items() if k not in OWN})
+    through = system.ssh.hub_url_for_labs() if system.tunnel == "ssh" and system.ssh else None
+    if through is not None:
+        # compute nodes reach the hub's API only through the login nodes' reverse forward
+        for key in HUB_API_VARIABLES:
+            if env.get(key):
+                env[key] = rebase(env[key], through)
     env["JUPYTERHUB_SERVICE_PREFIX"] = prefix
     env["LABLINK_LAB_ID"] = lab_id
     return env
+
+
+HUB_API_VARIABLES = ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL")
+
+
+def rebase(url: str, base: str) -> str:
+    """``url`` with its scheme and host:port taken from ``base`` (its path kept)."""
+    parts, new = urlsplit(url), urlsplit(base)
+    return urlunsplit((new.scheme, new.netloc, parts.path, parts.query, parts.fragment))
 
 
 def runtime_seconds(minutes: int) -> int:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import socket
 import socketserver
@@ -109,22 +110,26 @@ def descendants(pid: int) -> list[int]:
     return [child for level in descendant_levels(pid) for child in level]
 
 
-def _gone(pid: int) -> bool:
-    """Dead and reaped by its parent."""
-    return not Path(f"/proc/{pid}").exists()
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent (a frozen parent cannot reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def _kill_descendants(pid: int, timeout: float = 2.0) -> int:
     """SIGKILL every descendant of ``pid``, the youngest generation first, each
-    waited for until its (still living) parent has reaped it: nothing is orphaned
-    to an init that may reap late, so ``pgrep sshd`` is clean right after."""
+    waited for until it is dead. Zombies whose parents were frozen are reaped by
+    init once their parents die too; the listener reaps its own children."""
     levels = descendant_levels(pid)
     for level in reversed(levels):
         for child in level:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
         deadline = time.monotonic() + timeout
-        while not all(_gone(child) for child in level) and time.monotonic() < deadline:
+        while not all(_dead(child) for child in level) and time.monotonic() < deadline:
             time.sleep(0.005)
     return sum(len(level) for level in levels)
 
@@ -340,9 +345,14 @@ class Sshd:
         if proc is None:
             return
         if proc.poll() is None:
-            # Connections first, while the listener is there to reap them.
+            # Freeze the listener (a client that reconnects at once must not get in
+            # between), end the connections, then the listener.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGSTOP)
             self.kill_connections()
             proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -402,6 +412,22 @@ class Sshd:
 
     def log_text(self, last: int = 6000) -> str:
         return _tail(self.log, last)
+
+    def another_login_node(self, directory: Path) -> Sshd:
+        """A second sshd (its own host key and port) that lets in this one's client
+        key, started: a system's second login node."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in (self.client_key, self.client_key.with_name(self.client_key.name + ".pub")):
+            shutil.copy2(path, directory / path.name)
+        other = Sshd(directory, host=self.host, user=self.user)
+        other.start()
+        return other
+
+
+def known_hosts_of(path: Path, *servers: Sshd) -> Path:
+    """One known_hosts file with the host keys of ``servers``."""
+    path.write_text("".join(s.host_key_line() for s in servers))
+    return path
 
 
 # -- a compute node's lab: a small threaded HTTP server --------------------------------
