@@ -167,6 +167,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=8040,
         help="port of the UNICORE development site for system 'hpc' (default 8040)",
     )
+    up.add_argument(
+        "--tunnel-port", type=int, default=8020, help="port of the tunnel service (default 8020)"
+    )
+    up.add_argument(
+        "--sshd-port",
+        type=int,
+        default=8022,
+        help="port of the login node (an sshd on 127.0.0.1) for system 'hpc' (default 8022)",
+    )
+    up.add_argument(
+        "--hub-forward-port",
+        type=int,
+        default=8023,
+        help="port on the login node where labs reach the hub's API (default 8023)",
+    )
+    up.add_argument(
+        "--no-tunnel",
+        action="store_true",
+        help="reach the labs of system 'hpc' directly, not through a login node",
+    )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     up.set_defaults(func=cmd_up)
 

@@ -25,11 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
+from . import loginnode
 from .drivers import procs
+from .loginnode import LoginNodeFiles
 from .unicore.client import Credentials
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -45,24 +48,55 @@ SECRET_VARIABLES = frozenset(
         "CONFIGPROXY_AUTH_TOKEN",
         "JUPYTERHUB_CRYPT_KEY",
         "LABLINK_DEVSITE_PASSWORD",
+        "LABLINK_TUNNEL_TOKEN",
     }
 )
 DEVSITE_PASSWORD_ENV = "LABLINK_DEVSITE_PASSWORD"  # noqa: S105 (a variable name)
 DEVSITE_USER = "lablink"
 DEVSITE_NAME = "DEVSITE"
+TUNNEL_TOKEN_ENV = "LABLINK_TUNNEL_TOKEN"  # noqa: S105 (a variable name)
 # where `make slurm-up` (.ci/peers.sh) runs its cluster
 SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
 
 
-def embedded_site(path: Path, devsite_port: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LocalTunnel:
+    """How the development site's labs are reached: through a login node on this
+    machine, by the tunnel service, as on a real site."""
+
+    login_node: LoginNodeFiles
+    service_port: int = 8020
+    hub_api_port: int = 8081
+    hub_forward_port: int = 8023
+
+    def apply(self, doc: dict[str, Any], system: dict[str, Any]) -> None:
+        system["tunnel"] = "ssh"
+        system["ssh"] = self.login_node.ssh_settings(
+            # the development site's "compute node" is this machine
+            destinations=[{"hosts": "127.0.0.1", "ports": {"min": 1024, "max": 65535}}],
+            hub_forward={"bind": "127.0.0.1", "port": self.hub_forward_port},
+        )
+        doc["tunnel_service"] = {
+            "url": f"http://127.0.0.1:{self.service_port}",
+            "token_env": TUNNEL_TOKEN_ENV,
+            "hub_api": f"http://127.0.0.1:{self.hub_api_port}",
+        }
+
+
+def embedded_site(
+    path: Path, devsite_port: int, tunnel: LocalTunnel | None = None
+) -> dict[str, Any]:
     """The embedded site file as data, its ``hpc`` system pointed at the development
-    site on ``devsite_port`` and at this Python's environment for the lab."""
+    site on ``devsite_port`` and at this Python's environment for the lab, and
+    reached through ``tunnel`` when given."""
     doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
     for system in doc.get("systems", {}).values():
         auth = system.get("auth") or {}
         if system.get("kind") != "unicore" or auth.get("password_env") != DEVSITE_PASSWORD_ENV:
             continue
         system["url"] = f"http://127.0.0.1:{devsite_port}/{DEVSITE_NAME}/rest/core"
+        if tunnel is not None:
+            tunnel.apply(doc, system)
         bin_dirs = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
         system.setdefault("environment", {})["PATH"] = os.pathsep.join(dict.fromkeys(bin_dirs))
         if os.geteuid() == 0:
@@ -80,6 +114,36 @@ def uses_devsite(site: str) -> bool:
         isinstance(s, dict) and (s.get("auth") or {}).get("password_env") == DEVSITE_PASSWORD_ENV
         for s in (doc.get("systems") or {}).values()
     )
+
+
+@dataclass(frozen=True)
+class SiteTunnels:
+    """What a site file needs of `lablink up` for its SSH tunnels."""
+
+    token_env: str  # the variable with the tunnel service's token
+    port: int  # where the tunnel service listens (from tunnel_service.url)
+    own_login_node: bool  # a system's login node is the one `lablink up` runs
+
+
+def site_tunnels(site: str, state: Path) -> SiteTunnels | None:
+    """None when no system of the site uses ``tunnel: ssh``. A login node is
+    `lablink up`'s own when its key is in ``<state>/ssh``."""
+    try:
+        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    systems = [s for s in (doc.get("systems") or {}).values() if isinstance(s, dict)]
+    tunneled = [s for s in systems if s.get("tunnel") == "ssh"]
+    if not tunneled:
+        return None
+    own = str(state / "ssh") + os.sep
+    ours = any(str((s.get("ssh") or {}).get("key_file", "")).startswith(own) for s in tunneled)
+    service = doc.get("tunnel_service") or {}
+    try:
+        port = urlsplit(str(service.get("url") or "http://127.0.0.1:8020")).port or 8020
+    except ValueError:
+        port = 8020  # the service itself says what is wrong with the URL
+    return SiteTunnels(str(service.get("token_env") or TUNNEL_TOKEN_ENV), port, ours)
 
 
 def slurm_conf() -> str | None:
@@ -167,12 +231,29 @@ class Embedded:
         self.devsite_port = args.devsite_port
         self.services: dict[str, Service] = {}
         self.slurm: str | None = None
+        self.tunnels: SiteTunnels | None = None
+        self.login_node: LoginNodeFiles | None = None
+
+    def _local_tunnel(self) -> LocalTunnel | None:
+        """The login node and tunnel for the embedded ``hpc`` system, when sshd is here."""
+        if self.args.no_tunnel:
+            return None
+        problem = loginnode.missing()
+        if problem is not None:
+            self.say(f"no SSH tunnel for the HPC system: {problem}; its labs are reached directly")
+            return None
+        return LocalTunnel(
+            LoginNodeFiles(self.state / "ssh", port=self.args.sshd_port),
+            service_port=self.args.tunnel_port,
+            hub_api_port=self.args.hub_api_port,
+            hub_forward_port=self.args.hub_forward_port,
+        )
 
     def _write_site(self) -> None:
         """Without --site: the embedded site file, made concrete for this machine."""
         if self.site:
             return
-        doc = embedded_site(self.template, self.devsite_port)
+        doc = embedded_site(self.template, self.devsite_port, self._local_tunnel())
         path = self.state / "site.yaml"
         path.write_text(
             "# written by `lablink up` from the embedded site file; changes are overwritten\n"
@@ -193,7 +274,8 @@ class Embedded:
         self.password = password
         # the children get this environment minus every secret; each service then
         # gets only the secrets it needs
-        base = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        hidden = SECRET_VARIABLES | ({self.tunnels.token_env} if self.tunnels else set())
+        base = {k: v for k, v in os.environ.items() if k not in hidden}
         base["LABLINK_STATE_DIR"] = str(self.state)
         base.setdefault("LABLINK_PROXY_COMMAND", default_proxy_command())
         me = [sys.executable, "-m", "backend.cli"]
@@ -219,6 +301,22 @@ class Embedded:
             devsite_password = secrets.token_urlsafe(24)
             backend_env[DEVSITE_PASSWORD_ENV] = devsite_password
             services["devsite"] = self._devsite(base, devsite_password, level)
+        if self.login_node is not None:
+            services["sshd"] = Service(
+                "sshd", self.login_node.argv(), base, self.state, self.logs / "sshd.out"
+            )
+        if self.tunnels is not None:
+            tunnel_token = secrets.token_urlsafe(32)
+            backend_env[self.tunnels.token_env] = tunnel_token
+            argv = [*me, "tunnel", "--site", self.site, "--state-dir", str(self.state),
+                    "--port", str(self.tunnels.port), "--log-level", level]  # fmt: skip
+            services["tunnel"] = Service(
+                "tunnel",
+                argv,
+                {**base, self.tunnels.token_env: tunnel_token},
+                self.state,
+                self.logs / "tunnel.log",
+            )
         return services | {
             "backend": Service(
                 "backend",
@@ -287,6 +385,17 @@ class Embedded:
                 await asyncio.sleep(0.1)
         return False
 
+    async def _wait_sshd(self, svc: Service, timeout: float) -> bool:
+        assert self.login_node is not None
+        node = self.login_node
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and svc.running:
+            first = await asyncio.to_thread(loginnode.banner, node.host, node.port)
+            if first.startswith(b"SSH-2.0-"):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def _start(self, name: str) -> bool:
         svc = self.services[name]
         await svc.start()
@@ -297,6 +406,16 @@ class Embedded:
                 f"http://127.0.0.1:{self.devsite_port}/{DEVSITE_NAME}/rest/core",
                 {"Authorization": login.header()},
                 30,
+            )
+        elif name == "sshd":
+            ok = await self._wait_sshd(svc, 10)
+        elif name == "tunnel":
+            assert self.tunnels is not None
+            ok = await self._wait_http(
+                svc,
+                f"http://127.0.0.1:{self.tunnels.port}/api/v1/health",
+                {"Authorization": f"Bearer {svc.env[self.tunnels.token_env]}"},
+                60,
             )
         elif name == "backend":
             ok = await self._wait_http(
@@ -396,6 +515,10 @@ class Embedded:
             loop.add_signal_handler(sig, stop.set)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._write_site()
+        self.tunnels = site_tunnels(self.site, self.state)
+        if self.tunnels is not None and self.tunnels.own_login_node:
+            self.login_node = LoginNodeFiles(self.state / "ssh", port=self.args.sshd_port)
+            await asyncio.to_thread(self.login_node.prepare)  # ssh-keygen, useradd
         if uses_devsite(self.site):
             self.slurm = await asyncio.to_thread(slurm_conf)  # asks sinfo: not on the loop
         self.services = self._services()
@@ -408,6 +531,12 @@ class Embedded:
                 self.say(
                     f"UNICORE development site at http://127.0.0.1:{self.devsite_port}/"
                     f"{DEVSITE_NAME}/rest/core; its jobs run as {runs}"
+                )
+            if self.login_node is not None and self.tunnels is not None:
+                self.say(
+                    f"its labs are reached through the login node {self.login_node.host}:"
+                    f"{self.login_node.port} (sshd, logs in {self.logs / 'sshd.out'} and "
+                    f"{self.login_node.log}) and the tunnel service on port {self.tunnels.port}"
                 )
             started = True
             for name in self.services:
@@ -426,6 +555,9 @@ class Embedded:
             await self.services["hub"].stop(60)
             await self._stop_active_labs()
             await self.services["backend"].stop(15)
+            for name in ("tunnel", "sshd"):
+                if name in self.services:
+                    await self.services[name].stop(15)
             if "devsite" in self.services:
                 await self.services["devsite"].stop(60)  # it ends its jobs first
             reaper.cancel()

@@ -136,20 +136,31 @@ class Settings(Strict):
                 f"{self.default_system!r} is not one of the systems "
                 f"({', '.join(sorted(self.systems))})"
             )
-            raise ValidationError.from_exception_data(
-                "Settings",
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("value_error", "{reason}", {"reason": reason}),
-                        loc=("default_system",),
-                        input=self.default_system,
-                    )
-                ],
-            )
+            raise _error_at(("default_system",), self.default_system, reason)
         names = [t.name for t in self.tokens]
         if len(names) != len(set(names)):
             raise ValueError("tokens: every token needs its own name")
+        self._check_shared_login_nodes()
         return self
+
+    def _check_shared_login_nodes(self) -> None:
+        """Systems that share a login node share its one SSH connection, so they must
+        log in the same way and agree on its reverse forward to the hub."""
+        first: dict[tuple[str, int], tuple[str, Any]] = {}
+        for name, system in self.systems.items():
+            ssh = getattr(system, "ssh", None)
+            if getattr(system, "tunnel", "none") != "ssh" or ssh is None:
+                continue
+            login = ssh.model_dump(include=SHARED_SSH_KEYS)
+            for i, node in enumerate(ssh.login_nodes):
+                other = first.setdefault((node.host, node.port), (name, login))
+                if other[1] != login:
+                    reason = (
+                        f"{node.host}:{node.port} is also a login node of system {other[0]!r}, "
+                        f"which has other {', '.join(sorted(SHARED_SSH_KEYS))}; systems that "
+                        "share a login node must agree on them"
+                    )
+                    raise _error_at(("systems", name, "ssh", "login_nodes", i), node.host, reason)
 
     @property
     def resolved_database_url(self) -> str:
@@ -157,6 +168,23 @@ class Settings(Strict):
         if not url:
             return f"sqlite+aiosqlite:///{(self.state_dir / 'backend.sqlite').resolve()}"
         return normalize_database_url(url)
+
+
+SHARED_SSH_KEYS = {"user", "key_file", "known_hosts", "keepalive", "connect_timeout", "hub_forward"}
+
+
+def _error_at(loc: tuple[str | int, ...], value: Any, reason: str) -> ValidationError:
+    """A validation error at ``loc``, so that the message names that key and its line."""
+    return ValidationError.from_exception_data(
+        "Settings",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{reason}", {"reason": reason}),
+                loc=loc,
+                input=value,
+            )
+        ],
+    )
 
 
 def normalize_database_url(url: str) -> str:

@@ -1,14 +1,19 @@
-"""End to end on an HPC system: hub → backend → UNICORE development site → Slurm.
+"""End to end on an HPC system: hub → backend → UNICORE development site → Slurm,
+with the lab reached through the SSH tunnel.
 
 `lablink up` runs the stack with the embedded site (plus one broken HPC
-system), starts the development site itself, and the development site runs
-BATCH jobs through `sbatch` on the one-node cluster of .ci/peers.sh. People
-act through the hub's public port only.
+system), starts the development site, a login node (sshd) and the tunnel
+service itself, and the development site runs BATCH jobs through `sbatch` on
+the one-node cluster of .ci/peers.sh. The proxy reaches each lab through the
+tunnel service's forward, and the lab reaches the hub's API through the login
+node's reverse forward. People act through the hub's public port only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +28,7 @@ import backend
 from backend.embedded import embedded_site
 from tests.conftest import block_the_node, scancel, squeue_ids, wait_until
 from tests.helpers.hub import HubUser
+from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
 
 pytestmark = [
@@ -47,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slurm: Any) -> Iterator[Stac
         users=USERS,
         extra_env={"SLURM_CONF": slurm.conf, "LABLINK_POLL_INTERVAL": "1"},
     )
-    site = embedded_site(TEMPLATE, s.ports["devsite"])
+    site = embedded_site(TEMPLATE, s.ports["devsite"], s.local_tunnel())
     broken = dict(site["systems"]["hpc"], display_name="Broken HPC")
     broken["setup"] = [
         "echo 'lmod: module JupyterLab/4.2 is not available on this system' >&2",
@@ -77,6 +83,25 @@ def jobs_named(slurm: Any, name: str) -> list[dict[str, str]]:
 HPC = {"system": "hpc", "partition": "batch", "runtime": "30"}
 
 
+def lab_environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
+
+
+def singleuser_pids(user: str) -> list[int]:
+    """The JupyterLab processes of ``user``'s labs on this machine (the compute node)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                entry.name.isdigit()
+                and b"jupyterhub-singleuser" in (entry / "cmdline").read_bytes()
+            ):
+                if lab_environment(int(entry.name)).get("JUPYTERHUB_USER") == user:
+                    found.append(int(entry.name))
+    return found
+
+
 async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) -> None:
     blocker = block_the_node(slurm)
     try:
@@ -100,8 +125,17 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             assert messages.index(queued) < messages.index(runs)
             assert events[-1].get("ready") is True, events
 
-            await alice.wait_lab(timeout=30)
+            await alice.wait_lab(timeout=30)  # JupyterLab, after OAuth with the hub's API
             assert [j["state"] for j in jobs_named(slurm, "lablink-alice")] == ["RUNNING"]
+            # the proxy reaches the lab through the tunnel service's forward, and the lab
+            # reaches the hub's API through the login node's reverse forward
+            [tunnel] = json.loads((stack.state_dir / "tunnels.json").read_text())
+            lab = await alice.api("GET", "/users/alice")
+            status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/alice/api")
+            assert status == 200, lab.text
+            [env] = [lab_environment(pid) for pid in singleuser_pids("alice")]
+            hub_forward = stack.ports["hub_forward"]
+            assert env["JUPYTERHUB_API_URL"] == f"http://127.0.0.1:{hub_forward}/hub/api"
             model = await alice.model()
             assert model["servers"][""]["user_options"]["partition"] == "batch"
 

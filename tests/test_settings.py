@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 import backend
+from backend import loginnode
+from backend.cli import build_parser
+from backend.embedded import Embedded, SiteTunnels, site_tunnels
 from backend.settings import (
     LocalSystem,
     Settings,
@@ -65,6 +68,36 @@ def test_embedded_site_file_loads() -> None:
     assert local.command == ["jupyterhub-singleuser"]
     assert {t.role for t in settings.tokens} == {"hub", "admin"}
     assert {t.secret_env for t in settings.tokens} == {"LABLINK_HUB_TOKEN", "LABLINK_ADMIN_TOKEN"}
+
+
+@pytest.mark.parametrize("no_tunnel", [False, True])
+def test_lablink_up_reaches_the_hpc_labs_through_its_own_login_node(
+    tmp_path: Path, no_tunnel: bool
+) -> None:
+    """What `lablink up` writes: the embedded ``hpc`` system with ``tunnel: ssh``
+    through the login node it runs (when sshd is installed), or direct."""
+    args = build_parser().parse_args(
+        ["up", "--state-dir", str(tmp_path), "--sshd-port", "18022", "--tunnel-port", "18020",
+         "--hub-api-port", "18081", "--hub-forward-port", "18023"]
+        + (["--no-tunnel"] if no_tunnel else [])
+    )  # fmt: skip
+    up = Embedded(args, None, EMBEDDED)
+    up._write_site()
+    settings = load_settings(Path(up.site))
+    hpc = settings.systems["hpc"]
+    tunnels = site_tunnels(up.site, up.state)
+    if no_tunnel:
+        assert hpc.tunnel == "none" and tunnels is None  # type: ignore[union-attr]
+        return
+    assert loginnode.missing() is None, "sshd is part of the test peers (.ci/peers.sh)"
+    assert hpc.tunnel == "ssh"  # type: ignore[union-attr]
+    ssh = hpc.ssh  # type: ignore[union-attr]
+    assert [(n.host, n.port) for n in ssh.login_nodes] == [("127.0.0.1", 18022)]
+    assert ssh.key_file == str(tmp_path.resolve() / "ssh" / "id_ed25519")
+    assert ssh.hub_url_for_labs() == "http://127.0.0.1:18023"
+    assert settings.tunnel_service.url == "http://127.0.0.1:18020"
+    assert settings.tunnel_service.hub_address() == ("127.0.0.1", 18081)
+    assert tunnels == SiteTunnels("LABLINK_TUNNEL_TOKEN", 18020, own_login_node=True)
 
 
 def test_valid_site_and_defaults() -> None:

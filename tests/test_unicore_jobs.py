@@ -356,3 +356,20 @@ def test_a_bad_reverse_forward_names_its_key(
 ) -> None:
     with pytest.raises(SettingsError, match=words.replace(".", r"\.")):
         site(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": hub_forward})
+
+
+def test_systems_that_share_a_login_node_must_log_in_alike(tmp_path: Path) -> None:
+    doc = {
+        "tokens": [{"name": "hub", "secret_env": "HUB_TOKEN"}],
+        "default_system": "hpc",
+        "state_dir": str(tmp_path),
+        "systems": {
+            "hpc": hpc_system(tunnel="ssh", ssh=SSH),
+            "booster": hpc_system(tunnel="ssh", ssh={**SSH, "user": "other"}),
+        },
+    }
+    with pytest.raises(SettingsError, match=r"systems\.booster\.ssh\.login_nodes\.0") as err:
+        parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+    assert "login node of system 'hpc'" in str(err.value)
+    doc["systems"]["booster"] = hpc_system(tunnel="ssh", ssh=SSH)  # the same login: fine
+    parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")

@@ -14,6 +14,7 @@ of them listens again.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
@@ -34,7 +35,7 @@ from backend.auth import Principal, TokenChecker, authenticate
 from backend.settings import Settings, TokenSettings
 from backend.sshconfig import HOST_PATTERN, SshTunnel
 
-from .links import Forward, LinkDown, SystemLink, port_in_use
+from .links import Forward, LinkDown, NodeLink, SystemLink, port_in_use
 
 log = logging.getLogger("lablink.tunnel")
 
@@ -71,6 +72,7 @@ class Tunnels:
         self.path = path
         self.bind = settings.tunnel_service.bind
         self.links: dict[str, SystemLink] = {}
+        self.nodes: dict[tuple[str, int], NodeLink] = {}
 
     def ssh_of(self, system: str) -> SshTunnel:
         found = self.settings.systems.get(system)
@@ -87,9 +89,15 @@ class Tunnels:
     def link(self, system: str) -> SystemLink:
         link = self.links.get(system)
         if link is None:
+            ssh = self.ssh_of(system)
             hub = self.settings.tunnel_service.hub_address()
-            link = SystemLink(system, self.ssh_of(system), self.bind, hub)
-            self.links[system] = link
+            nodes = []
+            for node in ssh.login_nodes:
+                key = (node.host, node.port)
+                if key not in self.nodes:
+                    self.nodes[key] = NodeLink(node, ssh, hub)
+                nodes.append(self.nodes[key])
+            link = self.links[system] = SystemLink(system, ssh, self.bind, nodes)
         return link
 
     def all(self) -> list[Forward]:
@@ -141,6 +149,7 @@ class Tunnels:
     async def close(self) -> None:
         for link in self.links.values():
             await link.close()
+        await asyncio.gather(*(node.close() for node in self.nodes.values()))
 
 
 def allowed(ssh: SshTunnel, host: str, port: int) -> bool:

@@ -1,14 +1,15 @@
-"""SSH links: one asyncssh connection per login node of a system, re-established
-with backoff when it drops; the system's local forwards ride on one of them.
+"""SSH links: one asyncssh connection per login node, re-established with backoff
+when it drops; a system's local forwards ride on one of its login nodes.
 
-A ``SystemLink`` connects to every login node of its system (host keys
-checked against the configured known_hosts; never trust on first use) and
-keeps each connection alive with keepalives. Each connection holds the
+A ``NodeLink`` is the connection to one login node (host key checked against
+the configured known_hosts; never trust on first use), kept alive with
+keepalives, shared by every system whose login node it is. It holds the
 reverse forward through which compute nodes reach the hub's API, when the
-system has one. The labs' local forwards all ride on one connection, the
-*carrier*; when it is lost they move at once to another login node that is
-up, or wait for the first one to come back, and listen again on the same
-local ports, so the hub's routes stay valid.
+systems have one. A ``SystemLink`` connects to every login node of its
+system; the labs' local forwards all ride on one of them, the *carrier*. When
+it is lost they move at once to another login node that is up, or wait for
+the first one to come back, and listen again on the same local ports, so the
+hub's routes stay valid.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ class Forward:
 class NodeLink:
     """The connection to one login node, kept up for as long as the service runs."""
 
-    def __init__(self, link: SystemLink, node: LoginNode):
-        self.link = link
+    def __init__(self, node: LoginNode, ssh: SshTunnel, hub: tuple[str, int]):
         self.node = node
+        self.ssh = ssh  # the first system's; systems sharing a node agree (settings check)
+        self.hub = hub
+        self.systems: list[SystemLink] = []
         self.name = f"{node.host}:{node.port}"
         self.conn: asyncssh.SSHClientConnection | None = None
         self.state = "connecting"  # then "up" or "down" (retrying with backoff)
@@ -83,10 +86,10 @@ class NodeLink:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"ssh-{self.link.name}-{self.name}")
+            self._task = asyncio.create_task(self._run(), name=f"ssh-{self.name}")
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        ssh = self.link.ssh
+        ssh = self.ssh
         return await asyncio.wait_for(
             asyncssh.connect(
                 self.node.host,
@@ -113,20 +116,20 @@ class NodeLink:
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 problem = f"{self.name}: {type(exc).__name__}: {exc}".rstrip(": ")
                 if problem != self.problem:
-                    log.warning("%s: cannot connect to %s; retrying", self.link.name, problem)
+                    log.warning("cannot connect to %s; retrying", problem)
                 self.problem, self.state = problem, "down"
-                self.link.notify()
+                self._notify()
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
             self.conn, self.state, self.problem = conn, "up", ""
-            log.info("%s: connected to %s", self.link.name, self.name)
+            log.info("connected to %s", self.name)
             await self._open_pty(conn)
             hub = None
-            if self.link.ssh.hub_forward is not None:
+            if self.ssh.hub_forward is not None:
                 hub = asyncio.create_task(self._hold_hub_forward(conn))
-            self.link.notify()
+            self._notify()
             try:
                 await conn.wait_closed()
             finally:
@@ -134,8 +137,13 @@ class NodeLink:
                     hub.cancel()
             self.conn, self.hub_listener, self.state = None, None, "connecting"
             self.reconnects += 1
-            log.warning("%s: connection to %s lost; connecting again", self.link.name, self.name)
-            self.link.node_lost(self)
+            log.warning("connection to %s lost; connecting again", self.name)
+            for system in self.systems:
+                system.node_lost(self)
+
+    def _notify(self) -> None:
+        for system in self.systems:
+            system.notify()
 
     async def _open_pty(self, conn: asyncssh.SSHClientConnection) -> None:
         """Hold a session with a terminal on the connection: OpenSSH's sshd sets
@@ -146,29 +154,27 @@ class NodeLink:
             # files runs); it ends when the connection does
             self._pty = await conn.create_process("cat", term_type="dumb", stdin=asyncssh.PIPE)
         except (asyncssh.Error, OSError) as exc:
-            log.info("%s: no terminal session on %s (%s); new connections may be slower",
-                     self.link.name, self.name, exc)  # fmt: skip
+            log.info("no terminal session on %s (%s); new connections may be slower",
+                     self.name, exc)  # fmt: skip
 
     async def _hold_hub_forward(self, conn: asyncssh.SSHClientConnection) -> None:
         """Listen on the login node for the hub's API; retried while the port is
         taken there (an earlier session of ours that sshd has not noticed is gone)."""
-        fwd = self.link.ssh.hub_forward
+        fwd = self.ssh.hub_forward
         assert fwd is not None
-        host, port = self.link.hub
+        host, port = self.hub
         delay = 0.5
         while not conn.is_closed():
             try:
                 self.hub_listener = await conn.forward_remote_port(fwd.bind, fwd.port, host, port)
             except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
-                log.warning("%s: %s does not let us listen on %s:%s for the hub's API (%s); "
-                            "retrying", self.link.name, self.name, fwd.bind, fwd.port,
-                            exc)  # fmt: skip
+                log.warning("%s does not let us listen on %s:%s for the hub's API (%s); "
+                            "retrying", self.name, fwd.bind, fwd.port, exc)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, HUB_RETRY_MAX)
                 continue
-            log.info("%s: the hub's API is on %s:%s of %s", self.link.name, fwd.bind, fwd.port,
-                     self.name)  # fmt: skip
-            self.link.notify()
+            log.info("the hub's API is on %s:%s of %s", fwd.bind, fwd.port, self.name)
+            self._notify()
             return
 
     async def close(self) -> None:
@@ -185,12 +191,13 @@ class NodeLink:
 class SystemLink:
     """A system's login nodes and the forwards of its labs."""
 
-    def __init__(self, name: str, ssh: SshTunnel, bind: str, hub: tuple[str, int]):
+    def __init__(self, name: str, ssh: SshTunnel, bind: str, nodes: list[NodeLink]):
         self.name = name
         self.ssh = ssh
         self.bind = bind
-        self.hub = hub
-        self.nodes = [NodeLink(self, node) for node in ssh.login_nodes]
+        self.nodes = nodes
+        for node in nodes:
+            node.systems.append(self)
         self.forwards: dict[str, Forward] = {}
         self._carrier: NodeLink | None = None
         self._lock = asyncio.Lock()
@@ -347,7 +354,6 @@ class SystemLink:
         for fwd in self.forwards.values():
             if fwd.listener is not None:
                 fwd.listener.close()
-        await asyncio.gather(*(n.close() for n in self.nodes))
 
 
 def port_in_use(exc: OSError) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -39,43 +38,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from backend.drivers.procs import free_port
-
-SSHD = Path("/usr/sbin/sshd")
-PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
-
-
-TUNNEL_USER = "lablinktun"
-
-
-def ensure_user(name: str) -> None:
-    """Make a system account with /bin/sh for the tests' SSH logins (once)."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            # password "*": no password, yet not "locked" (sshd without PAM refuses
-            # key logins to locked accounts)
-            ["useradd", "--system", "--shell", "/bin/sh", "--home-dir", "/nonexistent",
-             "--no-create-home", "--password", "*", name],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
+from backend.loginnode import SSHD, TUNNEL_USER, LoginNodeFiles, banner
 
 
 class SshdError(RuntimeError):
     """sshd did not start (the message has the end of its log)."""
-
-
-def _keygen(path: Path, comment: str) -> None:
-    """A new ed25519 key pair at ``path`` and ``path.pub`` (replacing any)."""
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".pub").unlink(missing_ok=True)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
 
 
 def _proc_children() -> dict[int, list[int]]:
@@ -142,109 +109,28 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 @dataclass
-class Sshd:
-    """An OpenSSH sshd on ``host:port`` that lets ``user`` in with ``client_key``.
+class Sshd(LoginNodeFiles):
+    """The login node of backend/loginnode.py as a child of the test process.
 
-    ``user`` is a system account made for the tests (``lablinktun``, shell /bin/sh),
-    as a site would have a tunnel account: root's shell start-up files on a
-    developer machine (pyenv and the like) must not run in every session.
-
-    Everything lives in ``directory``: ``host_ed25519`` (the host key), ``id_ed25519``
-    (the client key) and ``authorized_keys``, ``known_hosts``, ``sshd_config``,
-    ``sshd.pid``, ``sshd.log`` (sshd's own log, LogLevel VERBOSE) and ``sshd.out``
-    (anything it printed before it opened its log). Keys are made on the first
-    ``start()`` and kept by ``restart()``; the port is chosen then and kept too.
+    ``user`` is the tunnel account ``lablinktun`` (shell /bin/sh), as a site
+    would have one: root's shell start-up files on a developer machine (pyenv
+    and the like) must not run in every session. Besides the login node's
+    files, ``directory`` holds ``sshd.out`` (anything sshd printed before it
+    opened its log). Keys are made on the first ``start()`` and kept by
+    ``restart()``; the port is chosen then and kept too.
     """
 
-    directory: Path
-    port: int = 0
-    host: str = "127.0.0.1"
-    user: str = TUNNEL_USER
     start_timeout: float = 10.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    comment: str = "lablink-test"
 
-    # -- files ----------------------------------------------------------------
-
-    @property
-    def host_key(self) -> Path:
-        return self.directory / "host_ed25519"
-
-    @property
-    def client_key(self) -> Path:
-        """The private key of ``user`` (its public half is ``client_key.pub``)."""
-        return self.directory / "id_ed25519"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.directory / "authorized_keys"
-
-    @property
-    def known_hosts(self) -> Path:
-        """A known_hosts file with this sshd's host key for ``[host]:port``."""
-        return self.directory / "known_hosts"
-
-    @property
-    def config(self) -> Path:
-        return self.directory / "sshd_config"
-
-    @property
-    def log(self) -> Path:
-        return self.directory / "sshd.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.directory / "sshd.pid"
+    def __post_init__(self) -> None:
+        self.user = self.user or TUNNEL_USER
 
     @property
     def out(self) -> Path:
+        """Anything sshd printed before it opened its log."""
         return self.directory / "sshd.out"
-
-    def host_key_line(self) -> str:
-        """The known_hosts line for this sshd: ``[127.0.0.1]:<port> ssh-ed25519 AAAA…``."""
-        kind, key = self.host_key.with_name(self.host_key.name + ".pub").read_text().split()[:2]
-        return f"[{self.host}]:{self.port} {kind} {key}\n"
-
-    def prepare(self) -> None:
-        """Write keys (if not there yet), authorized_keys, known_hosts and sshd_config."""
-        ensure_user(self.user)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not self.host_key.exists():
-            _keygen(self.host_key, "lablink-test-sshd")
-        if not self.client_key.exists():
-            _keygen(self.client_key, "lablink-test-client")
-        self.port = self.port or free_port(self.host)
-        self.authorized_keys.write_text(
-            self.client_key.with_name(self.client_key.name + ".pub").read_text()
-        )
-        self.known_hosts.write_text(self.host_key_line())
-        self.config.write_text(
-            "# Written by tests/helpers/sshd.py: an sshd for one test, on loopback.\n"
-            f"ListenAddress {self.host}\n"
-            f"Port {self.port}\n"
-            f"HostKey {self.host_key}\n"
-            # the test directory is root's alone; sshd reads the keys as root instead
-            # of as the (unprivileged) user
-            "AuthorizedKeysFile none\n"
-            f"AuthorizedKeysCommand /bin/cat {self.authorized_keys}\n"
-            "AuthorizedKeysCommandUser root\n"
-            f"PidFile {self.pid_file}\n"
-            "StrictModes no\n"
-            "UsePAM no\n"
-            "PubkeyAuthentication yes\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\n"
-            "AllowTcpForwarding yes\n"
-            "GatewayPorts no\n"
-            "X11Forwarding no\n"
-            "PrintMotd no\n"
-            "UseDNS no\n"
-            "ClientAliveInterval 15\n"
-            "ClientAliveCountMax 3\n"
-            "MaxSessions 100\n"
-            "MaxStartups 100:30:200\n"
-            "LogLevel VERBOSE\n"
-        )
 
     # -- the process ------------------------------------------------------------
 
@@ -262,7 +148,6 @@ class Sshd:
             return
         if not SSHD.is_file():
             raise SshdError(f"{SSHD} is not installed (openssh-server; `bash .ci/peers.sh start`)")
-        PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         tries = 1 if self.port else 3
         for attempt in range(tries):
             self.prepare()
@@ -280,10 +165,9 @@ class Sshd:
 
     def _launch(self) -> str | None:
         """Run sshd and wait for its banner: None when it answers, else what went wrong."""
-        argv = [str(SSHD), "-D", "-f", str(self.config), "-E", str(self.log)]
         with self.out.open("ab") as out:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + self.start_timeout
         problem = "no answer"
@@ -291,27 +175,13 @@ class Sshd:
             if self.proc.poll() is not None:
                 problem = f"sshd exited with {self.proc.returncode}"
                 break
-            banner = self._banner()
-            if banner.startswith(b"SSH-2.0-"):
+            first = banner(self.host, self.port)
+            if first.startswith(b"SSH-2.0-"):
                 return None
-            problem = f"no SSH banner (got {banner[:60]!r})" if banner else "port closed"
+            problem = f"no SSH banner (got {first[:60]!r})" if first else "port closed"
             time.sleep(0.02)
         self._end()
         return problem
-
-    def _banner(self) -> bytes:
-        """The first line sshd sends on a new connection (b"" if it does not answer)."""
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1) as sock:
-                data = b""
-                while b"\n" not in data and len(data) < 256:
-                    chunk = sock.recv(256)
-                    if not chunk:
-                        break
-                    data += chunk
-                return data
-        except OSError:
-            return b""
 
     def connection_pids(self) -> list[int]:
         """The per-connection sshd processes (children of the listener, and theirs)."""
@@ -398,16 +268,6 @@ class Sshd:
             "known_hosts": str(self.known_hosts),
             "agent_path": None,
             "config": [],
-        }
-
-    def ssh_settings(self, **extra: Any) -> dict[str, Any]:
-        """The ``ssh:`` block of a site file's system for this sshd as its one login node."""
-        return {
-            "login_nodes": [{"host": self.host, "port": self.port}],
-            "user": self.user,
-            "key_file": str(self.client_key),
-            "known_hosts": str(self.known_hosts),
-            **extra,
         }
 
     def log_text(self, last: int = 6000) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 from backend.drivers.procs import free_port, start_time
+from backend.embedded import LocalTunnel
+from backend.loginnode import LoginNodeFiles
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -75,8 +77,18 @@ class Stack:
         return self.state_dir / "up.log"
 
     def __post_init__(self) -> None:
-        names = ("hub", "backend", "hub_api", "proxy_api", "devsite")
+        names = ("hub", "backend", "hub_api", "proxy_api", "devsite", "tunnel", "sshd",
+                 "hub_forward")  # fmt: skip
         self.ports = {name: free_port() for name in names}
+
+    def local_tunnel(self) -> LocalTunnel:
+        """The login node and tunnel `lablink up` runs for this stack's HPC systems."""
+        return LocalTunnel(
+            LoginNodeFiles(self.state_dir / "ssh", port=self.ports["sshd"]),
+            service_port=self.ports["tunnel"],
+            hub_api_port=self.ports["hub_api"],
+            hub_forward_port=self.ports["hub_forward"],
+        )
 
     def start(self, timeout: float = 90) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +100,9 @@ class Stack:
             "--hub-api-port", str(self.ports["hub_api"]),
             "--proxy-api-port", str(self.ports["proxy_api"]),
             "--devsite-port", str(self.ports["devsite"]),
+            "--tunnel-port", str(self.ports["tunnel"]),
+            "--sshd-port", str(self.ports["sshd"]),
+            "--hub-forward-port", str(self.ports["hub_forward"]),
         ]  # fmt: skip
         if self.site:
             argv += ["--site", str(self.site)]
