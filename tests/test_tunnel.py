@@ -3,6 +3,7 @@ healing after a dropped connection, an sshd restart and its own SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,9 +16,16 @@ import pytest
 import yaml
 
 from backend.drivers.procs import free_port
-from backend.settings import parse_settings
-from tests.conftest import BackendFactory, lab_request, site_dict, wait_state
-from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, hpc, job_processes, run_devsite
+from backend.settings import Settings, parse_settings
+from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
+from tests.helpers.devsite import (
+    PASSWORD,
+    PASSWORD_ENV,
+    Devsite,
+    hpc,
+    job_processes,
+    run_devsite,
+)
 from tests.helpers.labs import assert_error, stored_lab
 from tests.helpers.sshd import (  # noqa: F401 (fixtures)
     HttpBackend,
@@ -304,20 +312,12 @@ async def test_an_hpc_lab_is_reached_through_the_tunnel(
     """Backend → development site (local job) → lab; the backend and the proxy reach
     the lab through the tunnel service's forward, which goes when the lab stops."""
     ssh = sshd.ssh_settings(destinations=ALLOWED)
-    devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
     svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
     svc.start()
+    settings, backend, devsite = await hpc_lab_with_tunnel_at(
+        tmp_path, sshd, start_backend, token_env, svc, retry_for=1
+    )
     try:
-        doc = site_dict(
-            tmp_path / "state",
-            f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
-            hpc=hpc(devsite.url, tunnel="ssh", ssh=ssh),
-        )
-        doc["default_system"] = "hpc"
-        doc["tunnel_service"] = {"url": f"http://127.0.0.1:{svc.port}"}
-        settings = parse_settings(yaml.safe_dump(doc), "test")
-        token_env.update({PASSWORD_ENV: PASSWORD, "LABLINK_TUNNEL_TOKEN": svc.token})
-        backend = await start_backend(settings)
         async with backend.client("alice") as alice:
             body = lab_request("alice", options={"system": "hpc"})
             lab_id = (await alice.post("/labs", json=body)).json()["id"]
@@ -340,4 +340,93 @@ async def test_an_hpc_lab_is_reached_through_the_tunnel(
         assert job_processes(devsite) == []
     finally:
         svc.stop()
+        devsite.stop()
+
+
+async def hpc_lab_with_tunnel_at(
+    tmp_path: Path,
+    sshd: Sshd,
+    start_backend: BackendFactory,
+    token_env: dict[str, str],
+    svc: TunnelService,
+    retry_for: float,
+) -> tuple[Settings, RunningBackend, Devsite]:
+    ssh = sshd.ssh_settings(destinations=ALLOWED)
+    devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
+    doc = site_dict(
+        tmp_path / "state",
+        f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
+        hpc=hpc(devsite.url, tunnel="ssh", ssh=ssh, retry_for=retry_for),
+    )
+    doc["default_system"] = "hpc"
+    doc["tunnel_service"] = {"url": f"http://127.0.0.1:{svc.port}"}
+    settings = parse_settings(yaml.safe_dump(doc), "test")
+    token_env.update({PASSWORD_ENV: PASSWORD, "LABLINK_TUNNEL_TOKEN": svc.token})
+    try:
+        return settings, await start_backend(settings), devsite
+    except BaseException:
+        devsite.stop()
+        raise
+
+
+async def messages_of(client: httpx.AsyncClient, lab_id: str) -> list[str]:
+    return [e["message"] for e in (await client.get(f"/labs/{lab_id}/events")).json()]
+
+
+async def test_a_tunnel_service_that_comes_late_is_waited_for(
+    tmp_path: Path,
+    sshd: Sshd,
+    start_backend: BackendFactory,
+    token_env: dict[str, str],
+) -> None:
+    """The backend shows that it retries, and the lab runs once the service is there."""
+    ssh = sshd.ssh_settings(destinations=ALLOWED)
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
+    svc.port = free_port()  # where it will be; nothing listens there yet
+    _, backend, devsite = await hpc_lab_with_tunnel_at(
+        tmp_path, sshd, start_backend, token_env, svc, retry_for=60
+    )
+    try:
+        async with backend.client("alice") as alice:
+            body = lab_request("alice", options={"system": "hpc"})
+            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+            retrying = "The tunnel to the lab cannot be made yet; retrying."
+            deadline = time.monotonic() + 30
+            while retrying not in await messages_of(alice, lab_id):
+                assert time.monotonic() < deadline, await messages_of(alice, lab_id)
+                await asyncio.sleep(0.1)
+            assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "starting"
+            svc.start()
+            lab = await wait_state(alice, lab_id, {"running", "failed"})
+            assert lab["state"] == "running", lab
+            await alice.delete(f"/labs/{lab_id}")
+            await wait_state(alice, lab_id, {"stopped"})
+    finally:
+        svc.stop()
+        devsite.stop()
+
+
+async def test_no_tunnel_in_time_fails_the_lab_and_ends_its_job(
+    tmp_path: Path,
+    sshd: Sshd,
+    start_backend: BackendFactory,
+    token_env: dict[str, str],
+) -> None:
+    ssh = sshd.ssh_settings(destinations=ALLOWED)
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
+    svc.port = free_port()  # never started
+    _, backend, devsite = await hpc_lab_with_tunnel_at(
+        tmp_path, sshd, start_backend, token_env, svc, retry_for=2
+    )
+    try:
+        async with backend.client("alice") as alice:
+            body = lab_request("alice", options={"system": "hpc"})
+            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+            lab = await wait_state(alice, lab_id, {"running", "failed"})
+            assert lab["state"] == "failed", lab
+            messages = await messages_of(alice, lab_id)
+            assert "The tunnel to the lab cannot be made yet; retrying." in messages
+            assert any("no tunnel to its compute node could be made" in m for m in messages)
+        assert job_processes(devsite) == []  # the job was ended
+    finally:
         devsite.stop()
