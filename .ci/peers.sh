@@ -47,11 +47,12 @@ postgres_start() {
 # -- OpenSSH: the programs only; every test starts its own sshd -------------------
 openssh_install() {
   if [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 \
-    && command -v ssh-keygen >/dev/null 2>&1; then
+    && command -v ssh-keygen >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
     return 0
   fi
-  echo "peers: installing OpenSSH (server and client)"
-  apt_install openssh-server openssh-client || return 1
+  # iproute2: the tunnel's topology test puts login and compute nodes in network namespaces
+  echo "peers: installing OpenSSH (server and client) and iproute2"
+  apt_install openssh-server openssh-client iproute2 || return 1
   [ -x /usr/sbin/sshd ] || { echo "peers: /usr/sbin/sshd is missing after the install" >&2; return 1; }
 }
 

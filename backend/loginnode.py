@@ -119,9 +119,11 @@ class LoginNodeFiles:
         return self.directory / "sshd.pid"
 
     def host_key_line(self) -> str:
-        """The known_hosts line for this sshd: ``[127.0.0.1]:<port> ssh-ed25519 AAAA…``."""
+        """The known_hosts line for this sshd: ``[127.0.0.1]:<port> ssh-ed25519 AAAA…``
+        (the bare host on port 22, as OpenSSH writes it)."""
         kind, key = self.host_key.with_name(self.host_key.name + ".pub").read_text().split()[:2]
-        return f"[{self.host}]:{self.port} {kind} {key}\n"
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return f"{name} {kind} {key}\n"
 
     def prepare(self) -> None:
         """Write keys (if not there yet), authorized_keys, known_hosts and sshd_config;

@@ -123,6 +123,7 @@ class Sshd(LoginNodeFiles):
     start_timeout: float = 10.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     comment: str = "lablink-test"
+    netns: str | None = None  # run inside this network namespace (tests/helpers/netns.py)
 
     def __post_init__(self) -> None:
         self.user = self.user or TUNNEL_USER
@@ -166,8 +167,11 @@ class Sshd(LoginNodeFiles):
     def _launch(self) -> str | None:
         """Run sshd and wait for its banner: None when it answers, else what went wrong."""
         with self.out.open("ab") as out:
+            argv = self.argv()
+            if self.netns:
+                argv = ["ip", "netns", "exec", self.netns, *argv]  # it execs: the same pid
             self.proc = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + self.start_timeout
         problem = "no answer"
