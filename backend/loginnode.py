@@ -84,6 +84,7 @@ class LoginNodeFiles:
     user: str = ""
     gateway_ports: str = "no"  # "clientspecified" lets a reverse forward bind off loopback
     comment: str = "lablink"
+    extra_config: str = ""  # sshd_config lines that come first (and so win: tests)
 
     def __post_init__(self) -> None:
         self.user = self.user or default_user()
@@ -154,6 +155,7 @@ class LoginNodeFiles:
             keys = f"AuthorizedKeysFile {self.authorized_keys}\n"
         self.config.write_text(
             f"# Written by Lablink: a login node on {self.host}, for SSH tunnels only.\n"
+            f"{self.extra_config}"
             f"ListenAddress {self.host}\n"
             f"Port {self.port}\n"
             f"HostKey {self.host_key}\n"

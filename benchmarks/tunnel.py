@@ -16,8 +16,10 @@ compute node"). Each *path* sets up a local endpoint that reaches that server:
 
 and is measured with
   throughput  one GET /big?bytes=<size> read to EOF on a raw socket (MiB/s),
-              after one uncounted 16 MiB warm-up transfer (``--transfers N``:
-              the median of N such transfers; one alone varies by +-30 % here);
+              after one uncounted 16 MiB warm-up transfer; the median of
+              ``--transfers`` (5) such transfers, made in rounds that take the
+              paths in turn (one transfer alone varies by +-30 % on a shared
+              2-core machine);
   latency     <requests> sequential HTTP/1.0 GETs, each on a NEW TCP connection
               (connect, one request, read to EOF; median and p99 in ms), after
               10 uncounted ones.
@@ -249,26 +251,46 @@ class Result:
     samples_ms: list[float] = field(repr=False)
 
 
-def measure(path: TunnelPath, bench: Bench, size: int, transfers: int, requests: int) -> Result:
-    with path.setup(bench) as endpoint:
-        transfer(endpoint, min(size, WARMUP_BYTES))
-        seconds = [transfer(endpoint, size) for _ in range(transfers)]
-        request_times(endpoint, WARMUP_REQUESTS)
-        times = request_times(endpoint, requests)
-    return Result(
-        path=path.name,
-        describe=path.describe,
-        cipher=endpoint.cipher,
-        size_bytes=size,
-        seconds=seconds,
-        mib_s=size / (1 << 20) / statistics.median(seconds),
-        requests=requests,
-        p50_ms=statistics.median(times),
-        p99_ms=p99(times),
-        mean_ms=statistics.fmean(times),
-        max_ms=max(times),
-        samples_ms=times,
-    )
+def measure(
+    paths: list[TunnelPath], bench: Bench, size: int, transfers: int, requests: int
+) -> dict[str, Result]:
+    """Every path's endpoint up at once; transfers in rounds that take the paths in
+    turn (so that a busy moment of the machine does not fall on one path alone),
+    then each path's requests."""
+    with contextlib.ExitStack() as stack:
+        endpoints = {}
+        for path in paths:
+            print(f"setting up {path.name} ...", file=sys.stderr, flush=True)
+            endpoints[path.name] = stack.enter_context(path.setup(bench))
+        for endpoint in endpoints.values():
+            transfer(endpoint, min(size, WARMUP_BYTES))
+        seconds: dict[str, list[float]] = {name: [] for name in endpoints}
+        for round_ in range(transfers):
+            print(f"transfers, round {round_ + 1} of {transfers} ...", file=sys.stderr, flush=True)
+            for name, endpoint in endpoints.items():
+                seconds[name].append(transfer(endpoint, size))
+        times: dict[str, list[float]] = {}
+        for name, endpoint in endpoints.items():
+            print(f"requests through {name} ...", file=sys.stderr, flush=True)
+            request_times(endpoint, WARMUP_REQUESTS)
+            times[name] = request_times(endpoint, requests)
+    return {
+        path.name: Result(
+            path=path.name,
+            describe=path.describe,
+            cipher=endpoints[path.name].cipher,
+            size_bytes=size,
+            seconds=seconds[path.name],
+            mib_s=size / (1 << 20) / statistics.median(seconds[path.name]),
+            requests=requests,
+            p50_ms=statistics.median(times[path.name]),
+            p99_ms=p99(times[path.name]),
+            mean_ms=statistics.fmean(times[path.name]),
+            max_ms=max(times[path.name]),
+            samples_ms=times[path.name],
+        )
+        for path in paths
+    }
 
 
 def asyncssh_default_cipher() -> str:
@@ -288,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [p.name for p in PATHS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=512, help="throughput transfer (512)")
-    parser.add_argument("--transfers", type=int, default=1, help="median of N transfers (1)")
+    parser.add_argument(
+        "--transfers", type=int, default=5, help="median of N transfers per path, in turns (5)"
+    )
     parser.add_argument("--requests", type=int, default=1000, help="latency requests (1000)")
     parser.add_argument("--paths", default=",".join(names), help=f"comma list of {names}")
     parser.add_argument("--subject", default="lablink", help="path of the last line (lablink)")
@@ -311,10 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.sshd.start()
         bench.backend.start()
         try:
-            for path in PATHS:
-                if path.name in chosen:
-                    print(f"measuring {path.name} ...", file=sys.stderr, flush=True)
-                    results[path.name] = measure(path, bench, size, args.transfers, args.requests)
+            paths = [path for path in PATHS if path.name in chosen]
+            results = measure(paths, bench, size, args.transfers, args.requests)
         finally:
             bench.backend.stop()
             bench.sshd.stop()

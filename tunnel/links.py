@@ -27,6 +27,8 @@ import asyncssh
 
 from backend.sshconfig import LoginNode, SshTunnel
 
+from . import fastpath
+
 log = logging.getLogger("lablink.tunnel")
 
 # AES-GCM first: with AES-NI it is several times faster than chacha20 in asyncssh
@@ -89,6 +91,7 @@ class NodeLink:
             self._task = asyncio.create_task(self._run(), name=f"ssh-{self.name}")
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
+        fastpath.install()  # forwarded data: fewer copies in asyncssh (see fastpath.py)
         ssh = self.ssh
         return await asyncio.wait_for(
             asyncssh.connect(
