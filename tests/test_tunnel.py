@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
@@ -318,16 +319,12 @@ async def test_an_hpc_lab_is_reached_through_the_tunnel(
 ) -> None:
     """Backend → development site (local job) → lab; the backend and the proxy reach
     the lab through the tunnel service's forward, which goes when the lab stops."""
-    ssh = sshd.ssh_settings(destinations=ALLOWED)
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
-    svc.start()
-    settings, backend, devsite = await hpc_lab_with_tunnel_at(
-        tmp_path, sshd, start_backend, token_env, svc, retry_for=1
-    )
+    stack = await hpc_through_a_tunnel(tmp_path, sshd, start_backend, token_env, retry_for=1)
+    settings, svc, devsite = stack.settings, stack.tunnel, stack.devsite
     try:
-        async with backend.client("alice") as alice:
-            body = lab_request("alice", options={"system": "hpc"})
-            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        svc.start()
+        async with stack.backend.client("alice") as alice:
+            lab_id = await stack.start_lab(alice)
             lab = await wait_state(alice, lab_id, {"running", "failed"})
             assert lab["state"] == "running", lab
             with svc.client() as client:
@@ -350,15 +347,30 @@ async def test_an_hpc_lab_is_reached_through_the_tunnel(
         devsite.stop()
 
 
-async def hpc_lab_with_tunnel_at(
+@dataclass
+class HpcWithTunnel:
+    settings: Settings
+    backend: RunningBackend
+    devsite: Devsite
+    tunnel: TunnelService
+
+    async def start_lab(self, client: httpx.AsyncClient) -> str:
+        body = lab_request("alice", options={"system": "hpc"})
+        return str((await client.post("/labs", json=body)).json()["id"])
+
+
+async def hpc_through_a_tunnel(
     tmp_path: Path,
     sshd: Sshd,
     start_backend: BackendFactory,
     token_env: dict[str, str],
-    svc: TunnelService,
     retry_for: float,
-) -> tuple[Settings, RunningBackend, Devsite]:
+) -> HpcWithTunnel:
+    """A backend whose HPC system (the development site, local jobs) is reached
+    through a tunnel service that is set up but not started."""
     ssh = sshd.ssh_settings(destinations=ALLOWED)
+    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
+    svc.port = free_port()
     devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
     doc = site_dict(
         tmp_path / "state",
@@ -370,7 +382,7 @@ async def hpc_lab_with_tunnel_at(
     settings = parse_settings(yaml.safe_dump(doc), "test")
     token_env.update({PASSWORD_ENV: PASSWORD, "LABLINK_TUNNEL_TOKEN": svc.token})
     try:
-        return settings, await start_backend(settings), devsite
+        return HpcWithTunnel(settings, await start_backend(settings), devsite, svc)
     except BaseException:
         devsite.stop()
         raise
@@ -387,16 +399,11 @@ async def test_a_tunnel_service_that_comes_late_is_waited_for(
     token_env: dict[str, str],
 ) -> None:
     """The backend shows that it retries, and the lab runs once the service is there."""
-    ssh = sshd.ssh_settings(destinations=ALLOWED)
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
-    svc.port = free_port()  # where it will be; nothing listens there yet
-    _, backend, devsite = await hpc_lab_with_tunnel_at(
-        tmp_path, sshd, start_backend, token_env, svc, retry_for=60
-    )
+    stack = await hpc_through_a_tunnel(tmp_path, sshd, start_backend, token_env, retry_for=60)
+    svc, devsite = stack.tunnel, stack.devsite  # nothing listens at svc's port yet
     try:
-        async with backend.client("alice") as alice:
-            body = lab_request("alice", options={"system": "hpc"})
-            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        async with stack.backend.client("alice") as alice:
+            lab_id = await stack.start_lab(alice)
             retrying = "The tunnel to the lab cannot be made yet; retrying."
             deadline = time.monotonic() + 30
             while retrying not in await messages_of(alice, lab_id):
@@ -419,16 +426,11 @@ async def test_no_tunnel_in_time_fails_the_lab_and_ends_its_job(
     start_backend: BackendFactory,
     token_env: dict[str, str],
 ) -> None:
-    ssh = sshd.ssh_settings(destinations=ALLOWED)
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
-    svc.port = free_port()  # never started
-    _, backend, devsite = await hpc_lab_with_tunnel_at(
-        tmp_path, sshd, start_backend, token_env, svc, retry_for=2
-    )
+    stack = await hpc_through_a_tunnel(tmp_path, sshd, start_backend, token_env, retry_for=2)
+    devsite = stack.devsite  # the tunnel service is never started
     try:
-        async with backend.client("alice") as alice:
-            body = lab_request("alice", options={"system": "hpc"})
-            lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        async with stack.backend.client("alice") as alice:
+            lab_id = await stack.start_lab(alice)
             lab = await wait_state(alice, lab_id, {"running", "failed"})
             assert lab["state"] == "failed", lab
             messages = await messages_of(alice, lab_id)
