@@ -6,10 +6,14 @@ refusal names the field and what is allowed, in one sentence.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from .cloud.config import MAX_IMAGE, Flavor, KubernetesSystem, is_image_reference
 from .settings import LocalSystem, Settings
 from .unicore.config import Partition, Range, UnicoreSystem
+
+AnySystem = LocalSystem | UnicoreSystem | KubernetesSystem
 
 UNICORE_KEYS = (
     "system",
@@ -21,6 +25,7 @@ UNICORE_KEYS = (
     "gpus",
     "reservation",
 )
+KUBERNETES_KEYS = ("system", "flavor", "image", "cpu", "memory")
 
 
 class OptionError(ValueError):
@@ -44,8 +49,19 @@ def _partition_entry(system: UnicoreSystem, name: str, part: Partition) -> dict[
     }
 
 
+def _flavor_entry(name: str, flavor: Flavor) -> dict[str, Any]:
+    return {
+        "name": name,
+        "display_name": flavor.display_name or name,
+        "description": flavor.description,
+        "cpu": flavor.cpu,
+        "memory": flavor.memory,
+        "gpus": flavor.gpus,
+    }
+
+
 def system_entry(
-    name: str, system: LocalSystem | UnicoreSystem, user: str, groups: frozenset[str]
+    name: str, system: AnySystem, user: str, groups: frozenset[str]
 ) -> dict[str, Any] | None:
     """The catalog entry of one system for this person; None if it is not theirs."""
     entry: dict[str, Any] = {
@@ -63,6 +79,14 @@ def system_entry(
         entry["partitions"] = [
             _partition_entry(system, p, part) for p, part in system.partitions.items()
         ]
+    if isinstance(system, KubernetesSystem):
+        entry["flavors"] = [_flavor_entry(f, flavor) for f, flavor in system.flavors.items()]
+        entry["images"] = [
+            {"image": i.image, "display_name": i.display_name or i.image,
+             "description": i.description}
+            for i in system.images
+        ]  # fmt: skip
+        entry["image_patterns"] = system.image_patterns
     return entry
 
 
@@ -79,9 +103,11 @@ def catalog(settings: Settings, user: str, groups: frozenset[str] = frozenset())
     }
 
 
-def allowed_keys(system: LocalSystem | UnicoreSystem) -> tuple[str, ...]:
+def allowed_keys(system: AnySystem) -> tuple[str, ...]:
     if isinstance(system, UnicoreSystem):
         return UNICORE_KEYS
+    if isinstance(system, KubernetesSystem):
+        return KUBERNETES_KEYS
     return ("system",)
 
 
@@ -120,6 +146,54 @@ def _number(key: str, value: Any, r: Range, where: str) -> int:
             f"options.{key}: {number} is out of range {where}; allowed: {r.min} to {r.max}."
         )
     return number
+
+
+def _amount(key: str, value: Any, most: float, unit: str, where: str) -> float:
+    """A positive amount up to ``most`` (the flavor's limit); ``most`` when left out."""
+    if value in (None, ""):
+        return most
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,3})?", value.strip()):
+        number = float(value.strip())
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise OptionError(f"options.{key}: {_text(value)} is not a number of {unit}.")
+    if not 0 < number <= most:
+        raise OptionError(
+            f"options.{key}: {number:g} {unit} is more than {where} allows; allowed: above 0 "
+            f"up to {most:g}."
+        )
+    return number
+
+
+def _kubernetes_options(
+    name: str, system: KubernetesSystem, options: dict[str, Any]
+) -> dict[str, Any]:
+    clean: dict[str, Any] = {"system": name}
+    flavor_name = _choose(
+        "flavor", options.get("flavor"), system.flavor_names(), f"on system {name!r}"
+    )
+    flavor = system.flavors[flavor_name]
+    clean["flavor"] = flavor_name
+    image = options.get("image")
+    if image in (None, ""):
+        image = system.images[0].image
+    if not isinstance(image, str) or not is_image_reference(image):
+        raise OptionError(
+            f"options.image: {_text(image)} is not an image reference; allowed: "
+            f"registry/path:tag in lower case, at most {MAX_IMAGE} characters."
+        )
+    if not system.image_allowed(image):
+        offered = ", ".join([i.image for i in system.images] + system.image_patterns)
+        raise OptionError(
+            f"options.image: {_text(image)} is not allowed on system {name!r}; allowed: {offered}."
+        )
+    clean["image"] = image
+    where = f"flavor {flavor_name!r}"
+    clean["cpu"] = _amount("cpu", options.get("cpu"), flavor.cpu, "cores", where)
+    clean["memory"] = _amount("memory", options.get("memory"), flavor.memory, "GiB", where)
+    return clean
 
 
 def _unicore_options(
@@ -178,4 +252,6 @@ def validate_options(
             )
     if isinstance(system, UnicoreSystem):
         return system_name, _unicore_options(system_name, system, options, user, groups)
+    if isinstance(system, KubernetesSystem):
+        return system_name, _kubernetes_options(system_name, system, options)
     return system_name, {"system": system_name}

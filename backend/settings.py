@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .cloud.config import KubernetesSystem, UserlabManager
 from .config_base import NAME_PATTERN, Strict
 from .sshconfig import TunnelService
 from .unicore.config import UnicoreSystem
@@ -83,8 +84,10 @@ class LocalSystem(Strict):
     )
 
 
-SystemSettings = Annotated[LocalSystem | UnicoreSystem, Field(discriminator="kind")]
-SYSTEM_KINDS = ("local", "unicore")
+SystemSettings = Annotated[
+    LocalSystem | UnicoreSystem | KubernetesSystem, Field(discriminator="kind")
+]
+SYSTEM_KINDS = ("local", "unicore", "kubernetes")
 
 
 class Settings(Strict):
@@ -111,6 +114,11 @@ class Settings(Strict):
         default_factory=TunnelService,
         description="the SSH tunnel service: its URL and token (backend), bind address and "
         "port range (service)",
+    )
+    userlab_manager: UserlabManager = Field(
+        default_factory=UserlabManager,
+        description="the UserLab Manager: its URL and token (backend), and how it reaches "
+        "Kubernetes (manager)",
     )
     systems: dict[str, SystemSettings] = Field(
         min_length=1,

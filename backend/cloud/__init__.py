@@ -1,0 +1,1 @@
+"""Cloud systems: labs as Kubernetes pods, started by the UserLab Manager."""
