@@ -18,9 +18,16 @@ from .api import router
 from .auth import TokenChecker
 from .db import create_engine, migrate
 from .labs import LabManager
-from .settings import Settings, system_secrets, token_secrets, tunnel_token
+from .settings import (
+    Settings,
+    system_secrets,
+    token_secrets,
+    tunnel_token,
+    userlab_manager_token,
+)
 from .store import Store
 from .tunnels import TunnelClient
+from .userlabs import UserlabClient
 
 log = logging.getLogger("lablink.backend")
 
@@ -99,6 +106,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     tokens = TokenChecker(token_secrets(settings, env))
     secrets = system_secrets(settings, env)
     tunnel_secret = tunnel_token(settings, env)
+    userlab_secret = userlab_manager_token(settings, env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,7 +118,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         tunnels = None
         if tunnel_secret is not None:
             tunnels = TunnelClient(http, settings.tunnel_service.url, tunnel_secret)
-        manager = LabManager(settings, store, http, secrets, tunnels)
+        userlabs = None
+        if userlab_secret is not None:
+            userlabs = UserlabClient(http, settings.userlab_manager.url, userlab_secret)
+        manager = LabManager(settings, store, http, secrets, tunnels, userlabs)
         app.state.store = store
         app.state.manager = manager
         await manager.recover_all()

@@ -65,12 +65,27 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
 
 
 def cmd_userlab_manager(args: argparse.Namespace) -> int:
-    from userlab_manager.app import create_app
+    from kubernetes.config import ConfigException
 
-    token = _service_token(args.token_env, "userlab-manager")
+    from userlab_manager.app import create_app
+    from userlab_manager.kube import Kube, api_client
+
+    overrides = {"state_dir": args.state_dir} if args.state_dir else None
+    try:
+        settings = load_settings(args.site, overrides)
+    except SettingsError as exc:
+        print(f"lablink userlab-manager: {exc}", file=sys.stderr)
+        return 2
+    var = args.token_env or settings.userlab_manager.token_env
+    token = _service_token(var, "userlab-manager")
     if token is None:
         return 2
-    return _serve(create_app(token), args.host, args.port, args.log_level)
+    try:
+        kube = Kube(api_client(args.kubeconfig or settings.userlab_manager.kubeconfig))
+    except (ConfigException, OSError) as exc:
+        print(f"lablink userlab-manager: no Kubernetes configuration: {exc}", file=sys.stderr)
+        return 2
+    return _serve(create_app(settings, token, kube), args.host, args.port, args.log_level)
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -210,9 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tunnel.set_defaults(func=cmd_tunnel)
 
-    ulm = sub.add_parser("userlab-manager", help="the UserLab Manager (health only for now)")
+    ulm = sub.add_parser("userlab-manager", help="the UserLab Manager: lab pods on Kubernetes")
     common(ulm, 8030)
-    ulm.add_argument("--token-env", default="LABLINK_USERLAB_MANAGER_TOKEN")
+    ulm.add_argument("--site", required=True, help="the site file (YAML)")
+    ulm.add_argument("--state-dir", type=Path, help="overrides state_dir of the site file")
+    ulm.add_argument(
+        "--token-env", help="the variable holding the token (default: userlab_manager.token_env)"
+    )
+    ulm.add_argument("--kubeconfig", help="overrides userlab_manager.kubeconfig of the site file")
     ulm.set_defaults(func=cmd_userlab_manager)
 
     dev = sub.add_parser(

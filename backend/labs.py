@@ -17,16 +17,22 @@ import httpx
 
 from .catalog import validate_options
 from .drivers.base import Driver, LabContext, LabEnded, LabFailed, lab_log_name
+from .drivers.kubernetes import KubernetesDriver
 from .drivers.local import LocalDriver
 from .drivers.unicore import UnicoreDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Lab, Store
 from .tunnels import TunnelClient
+from .userlabs import UserlabClient
 
 log = logging.getLogger("lablink.backend.labs")
 
-DRIVERS: dict[str, type[Driver]] = {"local": LocalDriver, "unicore": UnicoreDriver}
+DRIVERS: dict[str, type[Driver]] = {
+    "local": LocalDriver,
+    "unicore": UnicoreDriver,
+    "kubernetes": KubernetesDriver,
+}
 
 INTERNAL_ERROR = (
     "An internal error stopped the lab; the site's admins can find the details in the backend log."
@@ -41,11 +47,13 @@ class LabManager:
         http: httpx.AsyncClient,
         system_secrets: dict[str, str] | None = None,
         tunnels: TunnelClient | None = None,
+        userlabs: UserlabClient | None = None,
     ):
         self.settings = settings
         self.store = store
         self.system_secrets = dict(system_secrets or {})
         self.tunnels = tunnels
+        self.userlabs = userlabs
         # the person's OIDC access token per lab, in memory only (never stored)
         self._access_tokens: dict[str, str] = {}
         self.drivers: dict[str, Driver] = {kind: cls(http) for kind, cls in DRIVERS.items()}
@@ -81,6 +89,8 @@ class LabManager:
             token_source=lambda: self._access_tokens.get(lab.id),
             site_secret=self.system_secrets.get(lab.system),
             tunnels=self.tunnels,
+            userlabs=self.userlabs,
+            vo=lab.vo or "",
         )
 
     # -- public operations ---------------------------------------------------

@@ -351,3 +351,18 @@ def tunnel_token(settings: Settings, environ: dict[str, str] | None = None) -> s
             f"variable {var} must hold the tunnel service's token (16 characters or more)"
         )
     return token
+
+
+def userlab_manager_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The UserLab Manager's token when a system is ``kind: kubernetes`` (else None)."""
+    if not any(s.kind == "kubernetes" for s in settings.systems.values()):
+        return None
+    env = os.environ if environ is None else environ
+    var = settings.userlab_manager.token_env
+    token = env.get(var, "")
+    if len(token) < 16:
+        raise SettingsError(
+            f"userlab_manager.token_env: a system is kind: kubernetes, so the environment "
+            f"variable {var} must hold the UserLab Manager's token (16 characters or more)"
+        )
+    return token

@@ -99,7 +99,7 @@ def labels(lab: LabPod) -> dict[str, str]:
     return out
 
 
-def annotations(lab: LabPod) -> dict[str, str]:
+def annotations_of(lab: LabPod) -> dict[str, str]:
     return {
         ANNOTATION_USER: lab.user,
         ANNOTATION_SERVER: lab.server_name,
@@ -134,7 +134,7 @@ def pod_manifest(lab: LabPod) -> dict[str, Any]:
             "name": name,
             "namespace": lab.namespace,
             "labels": labels(lab),
-            "annotations": annotations(lab),
+            "annotations": annotations_of(lab),
         },
         "spec": {
             "restartPolicy": "Never",  # a lab that ends is over; the person starts a new one
@@ -184,7 +184,7 @@ def service_manifest(lab: LabPod) -> dict[str, Any]:
             "name": name,
             "namespace": lab.namespace,
             "labels": labels(lab),
-            "annotations": annotations(lab),
+            "annotations": annotations_of(lab),
         },
         "spec": {
             "type": "ClusterIP",

@@ -99,6 +99,8 @@ class LabContext:
     token_source: Callable[[], str | None] = field(default=lambda: None, repr=False)
     site_secret: str | None = field(default=None, repr=False)
     tunnels: Any = None  # the tunnel service's client, for systems with `tunnel: ssh`
+    userlabs: Any = None  # the UserLab Manager's client, for `kind: kubernetes` systems
+    vo: str = ""  # the VO the lab was started in
 
     @property
     def access_token(self) -> str | None:

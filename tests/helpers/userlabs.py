@@ -1,0 +1,150 @@
+"""Run the UserLab Manager (``lablink userlab-manager``) as a subprocess, as an admin
+would, against the Kubernetes API emulator (tests/helpers/kube.py)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from backend.drivers.procs import free_port
+from tests.helpers.kube import KubeApi
+from tests.helpers.stack import end_process, launch
+
+NAMESPACE = "lablink-labs"
+IMAGE = "quay.io/jupyter/scipy-notebook:2025-01-06"
+
+
+def cloud_system(**changes: Any) -> dict[str, Any]:
+    """A cloud system whose labs are reached at their pod's IP (the tests play the
+    kubelet and give each pod a loopback address)."""
+    system: dict[str, Any] = {
+        "kind": "kubernetes",
+        "display_name": "Test Cloud",
+        "namespace": NAMESPACE,
+        "reach": "pod_ip",
+        "flavors": {
+            "small": {"cpu": 1, "memory": 2, "cpu_request": 0.5, "memory_request": 1},
+            "gpu": {"cpu": 8, "memory": 32, "gpus": 1},
+        },
+        "images": [{"image": IMAGE, "display_name": "SciPy"}],
+        "image_patterns": ["quay.io/jupyter/*"],
+        "poll_interval": 0.2,
+        "retry_for": 2,
+        "start_timeout": 30,
+    }
+    system.update(changes)
+    return system
+
+
+def cloud_site(state_dir: Path, kubeconfig: Path, **system: Any) -> dict[str, Any]:
+    return {
+        "state_dir": str(state_dir),
+        "tokens": [{"name": "hub", "secret_env": "LABLINK_TEST_HUB_TOKEN"}],
+        "default_system": "cloud",
+        "userlab_manager": {"kubeconfig": str(kubeconfig)},
+        "systems": {"cloud": cloud_system(**system)},
+    }
+
+
+@dataclass
+class UserlabManager:
+    directory: Path
+    site: dict[str, Any]
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def for_kube(cls, directory: Path, kube: KubeApi, **system: Any) -> UserlabManager:
+        site = cloud_site(directory / "state", kube.kubeconfig(directory / "kubeconfig"), **system)
+        return cls(directory, site)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "userlab-manager.log"
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1", headers=headers, timeout=40, trust_env=False
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        site_file = self.directory / "site.yaml"
+        site_file.write_text(yaml.safe_dump(self.site, sort_keys=False))
+        self.port = self.port or free_port()
+        env = {
+            **os.environ,
+            "LABLINK_USERLAB_MANAGER_TOKEN": self.token,
+            "LABLINK_TEST_HUB_TOKEN": secrets.token_urlsafe(24),
+        }
+        argv = [sys.executable, "-m", "backend.cli", "userlab-manager", "--site", str(site_file),
+                "--port", str(self.port), "--log-level", "debug"]  # fmt: skip
+
+        def ready() -> bool:
+            with self.client() as client:
+                return client.get("/health").status_code == 200
+
+        self.proc = launch(argv, env, self.log, ready, "the UserLab Manager", timeout)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        return end_process(self.proc, sig, 20)
+
+    def log_text(self, last: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""
+
+
+def lab_body(lab_id: str = "lab-0001", **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "lab_id": lab_id,
+        "system": "cloud",
+        "user": "alice",
+        "server_name": "",
+        "vo": "demo",
+        "flavor": "small",
+        "image": IMAGE,
+        "prefix": "/user/alice/",
+        "env": {"JUPYTERHUB_USER": "alice", "JUPYTERHUB_API_TOKEN": "t0ken-for-the-lab"},
+    }
+    body.update(changes)
+    return body
+
+
+def scheduled(
+    ip: str = "", ready: bool = False, phase: str = "Pending", **state: Any
+) -> dict[str, Any]:
+    """A pod status as the kubelet reports it: scheduled, the container in ``state``."""
+    conditions = [{"type": "PodScheduled", "status": "True"}]
+    if ready:
+        conditions.append({"type": "Ready", "status": "True"})
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conditions,
+        "containerStatuses": [
+            {  # what a kubelet always sets (the client's models require it)
+                "name": "lab",
+                "image": IMAGE,
+                "imageID": "",
+                "restartCount": 0,
+                "ready": ready,
+                "state": state or {"waiting": {"reason": "ContainerCreating"}},
+            }
+        ],
+    }
+    if ip:
+        status["podIP"] = ip
+    return status
