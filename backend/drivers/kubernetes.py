@@ -129,9 +129,10 @@ class KubernetesDriver(Driver):
                     return url
             if time.monotonic() > deadline:
                 await self._end_quietly(ctx)
-                minutes = max(1, round(ctx.system.start_timeout / 60))
+                limit = ctx.system.start_timeout
+                took = f"{limit / 60:g} minutes" if limit >= 120 else f"{limit:g} seconds"
                 raise LabFailed(
-                    f"The lab did not start within {minutes} minutes ({lab['message']}); its pod "
+                    f"The lab did not start within {took} ({lab['message'].rstrip('.')}); its pod "
                     "was deleted. Please try again, perhaps with a smaller flavor."
                 )
             wait = 0.0 if state == "ready" else LONG_POLL
