@@ -20,6 +20,7 @@ from .db import create_engine, migrate
 from .labs import LabManager
 from .settings import (
     Settings,
+    TokenSettings,
     system_secrets,
     token_secrets,
     tunnel_token,
@@ -99,6 +100,16 @@ def service_app(
     app.state.tokens = tokens
     install_error_handlers(app)
     return app
+
+
+def backend_only_app(
+    title: str, description: str, token: str, token_env: str, lifespan: Any
+) -> FastAPI:
+    """A service only the backend calls, with the one token in ``token_env``."""
+    if len(token) < 16:
+        raise ValueError("the service token must have at least 16 characters")
+    backend = TokenSettings(name="backend", secret_env=token_env, role="admin")
+    return service_app(title, description, TokenChecker({token: backend}), lifespan)
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:

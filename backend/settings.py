@@ -338,31 +338,31 @@ def system_secrets(settings: Settings, environ: dict[str, str] | None = None) ->
     return out
 
 
-def tunnel_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
-    """The tunnel service's token when a system uses `tunnel: ssh` (else None)."""
-    if not any(getattr(s, "tunnel", "none") == "ssh" for s in settings.systems.values()):
+def _peer_token(needed: bool, var: str, key: str, why: str, environ: Any) -> str | None:
+    """The token in ``var`` when ``needed`` (else None); too short is an error."""
+    if not needed:
         return None
     env = os.environ if environ is None else environ
-    var = settings.tunnel_service.token_env
-    token = env.get(var, "")
+    token = str(env.get(var, ""))
     if len(token) < 16:
         raise SettingsError(
-            f"tunnel_service.token_env: a system uses tunnel: ssh, so the environment "
-            f"variable {var} must hold the tunnel service's token (16 characters or more)"
+            f"{key}: {why}, so the environment variable {var} must hold its token "
+            "(16 characters or more)"
         )
     return token
+
+
+def tunnel_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
+    """The tunnel service's token when a system uses `tunnel: ssh` (else None)."""
+    needed = any(getattr(s, "tunnel", "none") == "ssh" for s in settings.systems.values())
+    var = settings.tunnel_service.token_env
+    why = "a system uses tunnel: ssh (the tunnel service)"
+    return _peer_token(needed, var, "tunnel_service.token_env", why, environ)
 
 
 def userlab_manager_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
     """The UserLab Manager's token when a system is ``kind: kubernetes`` (else None)."""
-    if not any(s.kind == "kubernetes" for s in settings.systems.values()):
-        return None
-    env = os.environ if environ is None else environ
+    needed = any(s.kind == "kubernetes" for s in settings.systems.values())
     var = settings.userlab_manager.token_env
-    token = env.get(var, "")
-    if len(token) < 16:
-        raise SettingsError(
-            f"userlab_manager.token_env: a system is kind: kubernetes, so the environment "
-            f"variable {var} must hold the UserLab Manager's token (16 characters or more)"
-        )
-    return token
+    why = "a system is kind: kubernetes (the UserLab Manager)"
+    return _peer_token(needed, var, "userlab_manager.token_env", why, environ)

@@ -30,9 +30,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
-from backend.app import service_app
-from backend.auth import Principal, TokenChecker, authenticate
-from backend.settings import Settings, TokenSettings
+from backend.app import backend_only_app
+from backend.auth import Principal, authenticate
+from backend.settings import Settings
 from backend.sshconfig import HOST_PATTERN, SshTunnel
 
 from .links import Forward, LinkDown, NodeLink, SystemLink, port_in_use
@@ -256,9 +256,6 @@ async def close_tunnel(request: Request, lab_id: str, who: Auth) -> Response:
 
 
 def create_app(settings: Settings, token: str) -> FastAPI:
-    if len(token) < 16:
-        raise ValueError("the service token must have at least 16 characters")
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -270,13 +267,11 @@ def create_app(settings: Settings, token: str) -> FastAPI:
         finally:
             await tunnels.close()
 
-    service = TokenSettings(
-        name="backend", secret_env=settings.tunnel_service.token_env, role="admin"
-    )
-    app = service_app(
+    app = backend_only_app(
         "Lablink tunnel",
         "SSH port forwards through login nodes. Every call needs a bearer token.",
-        TokenChecker({token: service}),
+        token,
+        settings.tunnel_service.token_env,
         lifespan,
     )
     app.include_router(router)

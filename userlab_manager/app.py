@@ -30,10 +30,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
-from backend.app import service_app
-from backend.auth import Principal, TokenChecker, authenticate
+from backend.app import backend_only_app
+from backend.auth import Principal, authenticate
 from backend.cloud.config import KubernetesSystem, is_image_reference
-from backend.settings import Settings, TokenSettings
+from backend.settings import Settings
 
 from .kube import ClusterError, Kube
 from .manifests import LABEL_LAB, LabPod, name_of, pod_manifest, service_manifest
@@ -316,9 +316,6 @@ async def delete_lab(request: Request, lab_id: str, who: Auth, response: Respons
 
 
 def create_app(settings: Settings, token: str, kube: Kube) -> FastAPI:
-    if len(token) < 16:
-        raise ValueError("the service token must have at least 16 characters")
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -333,13 +330,11 @@ def create_app(settings: Settings, token: str, kube: Kube) -> FastAPI:
         finally:
             await asyncio.to_thread(kube.close)
 
-    service = TokenSettings(
-        name="backend", secret_env=settings.userlab_manager.token_env, role="admin"
-    )
-    app = service_app(
+    app = backend_only_app(
         "Lablink UserLab Manager",
         "Lab pods on Kubernetes for cloud systems. Every call needs a bearer token.",
-        TokenChecker({token: service}),
+        token,
+        settings.userlab_manager.token_env,
         lifespan,
     )
     app.include_router(router)
