@@ -49,12 +49,14 @@ SECRET_VARIABLES = frozenset(
         "JUPYTERHUB_CRYPT_KEY",
         "LABLINK_DEVSITE_PASSWORD",
         "LABLINK_TUNNEL_TOKEN",
+        "LABLINK_USERLAB_MANAGER_TOKEN",
     }
 )
 DEVSITE_PASSWORD_ENV = "LABLINK_DEVSITE_PASSWORD"  # noqa: S105 (a variable name)
 DEVSITE_USER = "lablink"
 DEVSITE_NAME = "DEVSITE"
 TUNNEL_TOKEN_ENV = "LABLINK_TUNNEL_TOKEN"  # noqa: S105 (a variable name)
+USERLAB_TOKEN_ENV = "LABLINK_USERLAB_MANAGER_TOKEN"  # noqa: S105 (a variable name)
 # where `make slurm-up` (.ci/peers.sh) runs its cluster
 SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
 
@@ -138,12 +140,31 @@ def site_tunnels(site: str, state: Path) -> SiteTunnels | None:
         return None
     own = str(state / "ssh") + os.sep
     ours = any(str((s.get("ssh") or {}).get("key_file", "")).startswith(own) for s in tunneled)
-    service = doc.get("tunnel_service") or {}
+    token_env, port = _peer(doc, "tunnel_service", TUNNEL_TOKEN_ENV, 8020)
+    return SiteTunnels(token_env, port, ours)
+
+
+def _peer(doc: dict[str, Any], key: str, token_env: str, port: int) -> tuple[str, int]:
+    """The token variable and port of the service the site's block ``key`` names."""
+    block = doc.get(key) or {}
     try:
-        port = urlsplit(str(service.get("url") or "http://127.0.0.1:8020")).port or 8020
+        port = urlsplit(str(block.get("url") or f"http://127.0.0.1:{port}")).port or port
     except ValueError:
-        port = 8020  # the service itself says what is wrong with the URL
-    return SiteTunnels(str(service.get("token_env") or TUNNEL_TOKEN_ENV), port, ours)
+        pass  # the service itself says what is wrong with the URL
+    return str(block.get("token_env") or token_env), port
+
+
+def site_userlab_manager(site: str) -> tuple[str, int] | None:
+    """The UserLab Manager's token variable and port when a system of the site is
+    ``kind: kubernetes`` (else None)."""
+    try:
+        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    systems = [s for s in (doc.get("systems") or {}).values() if isinstance(s, dict)]
+    if not any(s.get("kind") == "kubernetes" for s in systems):
+        return None
+    return _peer(doc, "userlab_manager", USERLAB_TOKEN_ENV, 8030)
 
 
 def slurm_conf() -> str | None:
@@ -232,6 +253,7 @@ class Embedded:
         self.services: dict[str, Service] = {}
         self.slurm: str | None = None
         self.tunnels: SiteTunnels | None = None
+        self.userlabs: tuple[str, int] | None = None  # the manager's token variable, port
         self.login_node: LoginNodeFiles | None = None
 
     def _local_tunnel(self) -> LocalTunnel | None:
@@ -275,6 +297,7 @@ class Embedded:
         # the children get this environment minus every secret; each service then
         # gets only the secrets it needs
         hidden = SECRET_VARIABLES | ({self.tunnels.token_env} if self.tunnels else set())
+        hidden |= {self.userlabs[0]} if self.userlabs else set()
         base = {k: v for k, v in os.environ.items() if k not in hidden}
         base["LABLINK_STATE_DIR"] = str(self.state)
         base.setdefault("LABLINK_PROXY_COMMAND", default_proxy_command())
@@ -316,6 +339,19 @@ class Embedded:
                 {**base, self.tunnels.token_env: tunnel_token},
                 self.state,
                 self.logs / "tunnel.log",
+            )
+        if self.userlabs is not None:
+            var, port = self.userlabs
+            manager_token = secrets.token_urlsafe(32)
+            backend_env[var] = manager_token
+            argv = [*me, "userlab-manager", "--site", self.site, "--state-dir", str(self.state),
+                    "--port", str(port), "--log-level", level]  # fmt: skip
+            services["userlab-manager"] = Service(
+                "userlab-manager",
+                argv,
+                {**base, var: manager_token},
+                self.state,
+                self.logs / "userlab-manager.log",
             )
         return services | {
             "backend": Service(
@@ -417,6 +453,15 @@ class Embedded:
                 {"Authorization": f"Bearer {svc.env[self.tunnels.token_env]}"},
                 60,
             )
+        elif name == "userlab-manager":
+            assert self.userlabs is not None
+            var, port = self.userlabs
+            ok = await self._wait_http(
+                svc,
+                f"http://127.0.0.1:{port}/api/v1/health",
+                {"Authorization": f"Bearer {svc.env[var]}"},
+                60,
+            )
         elif name == "backend":
             ok = await self._wait_http(
                 svc,
@@ -516,6 +561,7 @@ class Embedded:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._write_site()
         self.tunnels = site_tunnels(self.site, self.state)
+        self.userlabs = site_userlab_manager(self.site)
         if self.tunnels is not None and self.tunnels.own_login_node:
             self.login_node = LoginNodeFiles(self.state / "ssh", port=self.args.sshd_port)
             await asyncio.to_thread(self.login_node.prepare)  # ssh-keygen, useradd
@@ -555,7 +601,7 @@ class Embedded:
             await self.services["hub"].stop(60)
             await self._stop_active_labs()
             await self.services["backend"].stop(15)
-            for name in ("tunnel", "sshd"):
+            for name in ("tunnel", "sshd", "userlab-manager"):
                 if name in self.services:
                     await self.services[name].stop(15)
             if "devsite" in self.services:
