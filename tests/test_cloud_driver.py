@@ -28,7 +28,13 @@ from tests.conftest import (
 )
 from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401 (fixture)
 from tests.helpers.labs import assert_error
-from tests.helpers.userlabs import NAMESPACE, UserlabManager, cloud_system, scheduled
+from tests.helpers.userlabs import (
+    NAMESPACE,
+    UserlabManager,
+    cloud_system,
+    pod_environment,
+    scheduled,
+)
 
 pytestmark = [pytest.mark.cloud, pytest.mark.integration]
 
@@ -52,8 +58,7 @@ class Kubelet:
         raise AssertionError("no pod was made")
 
     def run(self, pod: dict[str, Any]) -> None:
-        [container] = pod["spec"]["containers"]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = pod_environment(self.kube, pod)
         prefix = env["JUPYTERHUB_SERVICE_PREFIX"]
         lab_env = {**os.environ, **env, "JUPYTERHUB_SERVICE_URL": f"http://{self.ip}:8888{prefix}"}
         self.procs.append(subprocess.Popen(FAKELAB, env=lab_env))

@@ -4,6 +4,7 @@ for a person, and the catalog and option checks of a ``kubernetes`` system."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from userlab_manager.manifests import (
     labels,
     name_of,
     pod_manifest,
+    secret_manifest,
     service_manifest,
 )
 from userlab_manager.status import lab_status
@@ -55,7 +57,7 @@ def lab(**changes: Any) -> LabPod:
 # -- manifests ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [pod_manifest, service_manifest])
+@pytest.mark.parametrize("build", [pod_manifest, service_manifest, secret_manifest])
 @pytest.mark.parametrize("gpus", [0, 2])
 def test_every_manifest_is_valid_kubernetes(build: Any, gpus: int) -> None:
     kubernetes_validate.validate(build(lab(gpus=gpus)), KUBERNETES, strict=True)
@@ -91,10 +93,25 @@ def test_the_pod_runs_unprivileged_with_the_flavors_resources() -> None:
         "path": "/user/alice@example.org/gpu/api",
         "port": 8888,
     }
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/user/alice@example.org/gpu/"
     assert env["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8888/user/alice@example.org/gpu/"
     assert env["LABLINK_LAB_ID"] == lab().lab_id
+
+
+def test_the_hubs_token_is_in_the_labs_secret_not_in_the_pod_spec() -> None:
+    pod = pod_manifest(lab())
+    assert "secret-token" not in json.dumps(pod)
+    [token] = [
+        e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "JUPYTERHUB_API_TOKEN"
+    ]
+    assert token == {
+        "name": "JUPYTERHUB_API_TOKEN",
+        "valueFrom": {
+            "secretKeyRef": {"name": name_of(lab().lab_id), "key": "JUPYTERHUB_API_TOKEN"}
+        },
+    }
+    assert secret_manifest(lab())["stringData"] == {"JUPYTERHUB_API_TOKEN": "secret-token"}
 
 
 def test_labels_find_the_lab_and_name_its_owner_in_a_valid_form() -> None:

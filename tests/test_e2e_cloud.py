@@ -32,7 +32,7 @@ from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.stack import Stack
-from tests.helpers.userlabs import NAMESPACE, cloud_system, scheduled
+from tests.helpers.userlabs import NAMESPACE, cloud_system, pod_environment, scheduled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.cloud]
 
@@ -63,8 +63,7 @@ class Kubelet:
 
     def _run(self, pod: dict[str, Any], ip: str) -> str:
         """Start the pod's lab at ``ip``; its URL prefix."""
-        [container] = pod["spec"]["containers"]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = pod_environment(self.kube, pod)
         prefix = env["JUPYTERHUB_SERVICE_PREFIX"]
         home = self.home / pod["metadata"]["name"]
         home.mkdir(parents=True, exist_ok=True)

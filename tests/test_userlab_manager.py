@@ -50,6 +50,7 @@ def test_a_lab_pod_is_made_followed_to_ready_and_deleted(
         lab = resp.json()
         assert lab["state"] == "scheduling" and "Waiting for a node" in lab["message"]
         assert names(kube.pods(NAMESPACE)) == names(kube.services(NAMESPACE)) == ["lab-lab-0001"]
+        assert names(kube.objects("secrets", NAMESPACE)) == ["lab-lab-0001"]
         [pod] = kube.pods(NAMESPACE)
         assert pod["metadata"]["labels"]["lablink.io/vo"] == "demo"
         [container] = pod["spec"]["containers"]
@@ -74,6 +75,7 @@ def test_a_lab_pod_is_made_followed_to_ready_and_deleted(
         resp = client.delete("/labs/lab-0001")
         assert resp.status_code == 200 and resp.json()["state"] == "gone"
         assert kube.pods(NAMESPACE) == [] and kube.services(NAMESPACE) == []
+        assert kube.objects("secrets", NAMESPACE) == []
         assert client.delete("/labs/lab-0001").status_code == 204  # gone is fine
         assert_error(client.get("/labs/lab-0001"), 404)
 

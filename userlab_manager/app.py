@@ -36,7 +36,14 @@ from backend.cloud.config import KubernetesSystem, is_image_reference
 from backend.settings import Settings
 
 from .kube import ClusterError, Kube
-from .manifests import LABEL_LAB, LabPod, name_of, pod_manifest, service_manifest
+from .manifests import (
+    LABEL_LAB,
+    LabPod,
+    name_of,
+    pod_manifest,
+    secret_manifest,
+    service_manifest,
+)
 from .status import ACTIVE, lab_status
 
 log = logging.getLogger("lablink.userlab_manager")
@@ -254,7 +261,9 @@ async def create_lab(request: Request, body: LabIn, who: Auth, response: Respons
     labs.known[body.lab_id] = {"system": body.system, "namespace": pod.namespace}
     labs.save()  # before the pod: a restart must not take it for an orphan
     try:
-        await labs.kube.create(pod.namespace, pod_manifest(pod), service_manifest(pod))
+        await labs.kube.create(
+            pod.namespace, pod_manifest(pod), service_manifest(pod), secret_manifest(pod)
+        )
     except ClusterError as exc:
         labs.known.pop(body.lab_id, None)
         labs.save()

@@ -80,9 +80,12 @@ class Kube:
         except Exception as exc:  # urllib3 errors: the cluster is not reachable
             raise ClusterError(0, f"{type(exc).__name__}: {exc}") from None
 
-    async def create(self, namespace: str, pod: dict[str, Any], service: dict[str, Any]) -> None:
-        """Create the service, then the pod; one that exists already is fine."""
+    async def create(
+        self, namespace: str, pod: dict[str, Any], service: dict[str, Any], secret: dict[str, Any]
+    ) -> None:
+        """Create the secret, the service, then the pod; one that exists is fine."""
         for create, body in (
+            (self.core.create_namespaced_secret, secret),
             (self.core.create_namespaced_service, service),
             (self.core.create_namespaced_pod, pod),
         ):
@@ -116,8 +119,12 @@ class Kube:
         return str(text or "")
 
     async def delete(self, namespace: str, name: str) -> None:
-        """Delete the pod and the service; what is gone already is fine."""
-        for delete in (self.core.delete_namespaced_pod, self.core.delete_namespaced_service):
+        """Delete the pod, the service and the secret; what is gone already is fine."""
+        for delete in (
+            self.core.delete_namespaced_pod,
+            self.core.delete_namespaced_service,
+            self.core.delete_namespaced_secret,
+        ):
             try:
                 await self._call(delete, name, namespace)
             except ClusterError as exc:

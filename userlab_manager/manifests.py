@@ -1,8 +1,9 @@
 """A lab's pod and service, as data (pure functions; no cluster needed).
 
-Every lab is one pod running ``jupyterhub-singleuser`` and one ClusterIP
-service in front of it, both named ``lab-<lab id>`` and labelled so that the
-manager finds them again after a restart. The pod runs as a non-root user
+Every lab is one pod running ``jupyterhub-singleuser``, one ClusterIP
+service in front of it and one Secret with its credentials (the hub's API
+token), all named ``lab-<lab id>`` and labelled so that the manager finds them
+again after a restart. The pod runs as a non-root user
 with no privilege escalation and no added capabilities; a readiness probe on
 the lab's own API tells when JupyterLab answers.
 
@@ -108,13 +109,42 @@ def annotations_of(lab: LabPod) -> dict[str, str]:
     }
 
 
-def environment(lab: LabPod) -> list[dict[str, str]]:
-    """The hub's variables with Lablink's own on top, sorted (stable manifests)."""
+def is_secret(name: str) -> bool:
+    """Variables that hold credentials (the hub's API token, and the like): they go
+    into the lab's Secret, not into the pod spec that anyone reading pods can see."""
+    return any(word in name.upper() for word in ("TOKEN", "SECRET", "PASSWORD", "KEY"))
+
+
+def environment(lab: LabPod) -> list[dict[str, Any]]:
+    """The hub's variables with Lablink's own on top, sorted (stable manifests);
+    credentials come from the lab's Secret."""
     env = dict(lab.env)
     env["JUPYTERHUB_SERVICE_PREFIX"] = lab.prefix
     env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{lab.port}{lab.prefix}"
     env["LABLINK_LAB_ID"] = lab.lab_id
-    return [{"name": key, "value": value} for key, value in sorted(env.items())]
+    out: list[dict[str, Any]] = []
+    for key, value in sorted(env.items()):
+        if is_secret(key):
+            ref = {"name": name_of(lab.lab_id), "key": key}
+            out.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            out.append({"name": key, "value": value})
+    return out
+
+
+def secret_manifest(lab: LabPod) -> dict[str, Any]:
+    """The lab's credentials (deleted with its pod)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name_of(lab.lab_id),
+            "namespace": lab.namespace,
+            "labels": labels(lab),
+        },
+        "stringData": {k: v for k, v in sorted(lab.env.items()) if is_secret(k)},
+    }
 
 
 def resources(lab: LabPod) -> dict[str, dict[str, str]]:

@@ -3,6 +3,7 @@ would, against the Kubernetes API emulator (tests/helpers/kube.py)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -148,3 +149,21 @@ def scheduled(
     if ip:
         status["podIP"] = ip
     return status
+
+
+def pod_environment(kube: KubeApi, pod: dict[str, Any]) -> dict[str, str]:
+    """The lab container's environment as a kubelet resolves it, secrets included."""
+    secrets_ = {s["metadata"]["name"]: s for s in kube.objects("secrets", NAMESPACE)}
+    [container] = pod["spec"]["containers"]
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        secret = secrets_[ref["name"]]
+        if ref["key"] in (secret.get("stringData") or {}):
+            env[item["name"]] = secret["stringData"][ref["key"]]
+        else:
+            env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
