@@ -1,8 +1,10 @@
 """The options form on the spawn page (pure: catalog in, HTML out).
 
 One select for the system; for each HPC system a group of fields (account,
-project, partition, nodes, runtime, GPUs, reservation) named
-``<system>.<option>``, shown while that system is selected. The limits in the
+project, partition, nodes, runtime, GPUs, reservation), for each cloud system
+one with flavor, image (and a free field where the site allows image
+patterns), CPU and memory, all named ``<system>.<option>`` and shown while
+that system is selected. The limits in the
 form are a convenience: the backend checks every value again.
 """
 
@@ -13,6 +15,7 @@ from html import escape
 from typing import Any
 
 HPC_FIELDS = ("account", "project", "partition", "nodes", "runtime", "gpus", "reservation")
+CLOUD_FIELDS = ("flavor", "image", "cpu", "memory")
 
 _SCRIPT = """
 <script>
@@ -40,7 +43,22 @@ _SCRIPT = """
     });
     res.value = "";
   }
+  function flavor(box) {
+    var choice = box.querySelector("select[data-role=flavor]");
+    if (!choice) { return; }
+    var info = JSON.parse(choice.selectedOptions[0].dataset.limits);
+    ["cpu", "memory"].forEach(function (key) {
+      var input = box.querySelector("input[data-role=" + key + "]");
+      input.max = info[key]; input.placeholder = "up to " + info[key];
+      if (input.value && Number(input.value) > info[key]) { input.value = ""; }
+    });
+  }
   select.addEventListener("change", show);
+  document.querySelectorAll("select[data-role=flavor]").forEach(function (choice) {
+    var box = choice.closest(".lablink-system-fields");
+    choice.addEventListener("change", function () { flavor(box); });
+    flavor(box);
+  });
   document.querySelectorAll("select[data-role=partition]").forEach(function (part) {
     var box = part.closest(".lablink-system-fields");
     part.addEventListener("change", function () { limits(box); });
@@ -121,6 +139,67 @@ def _hpc_fields(system: dict[str, Any]) -> str:
     )
 
 
+def _amount(system: str, role: str, label: str, most: float) -> str:
+    field = f"{system}.{role}"
+    ident = f"lablink-{system}-{role}"
+    return (
+        f'<div class="form-group"><label for="{escape(ident)}">{label}</label>'
+        f'<input class="form-control" type="number" id="{escape(ident)}" name="{escape(field)}" '
+        f'data-role="{role}" min="0.5" step="0.5" max="{most:g}" placeholder="up to {most:g}">'
+        "</div>"
+    )
+
+
+def _cloud_fields(system: dict[str, Any]) -> str:
+    name = system["name"]
+    flavors = system.get("flavors") or []
+    rows = []
+    for f in flavors:
+        cores = "core" if f["cpu"] == 1 else "cores"
+        size = f"{f['cpu']:g} {cores}, {f['memory']:g} GiB"
+        if f.get("gpus"):
+            size += f", {f['gpus']} GPU" + ("s" if f["gpus"] > 1 else "")
+        limits = {"cpu": f["cpu"], "memory": f["memory"]}
+        rows.append(
+            f"<option value=\"{escape(f['name'])}\" data-limits='{escape(json.dumps(limits))}'>"
+            f"{escape(f.get('display_name') or f['name'])} ({escape(size)})</option>"
+        )
+    ident = f"lablink-{name}-flavor"
+    parts = [
+        f'<div class="form-group"><label for="{escape(ident)}">Flavor</label>'
+        f'<select class="form-control" id="{escape(ident)}" name="{escape(name)}.flavor" '
+        f'data-role="flavor">{"".join(rows)}</select></div>'
+    ]
+    images = "".join(
+        f'<option value="{escape(i["image"])}">{escape(i.get("display_name") or i["image"])}'
+        "</option>"
+        for i in system.get("images") or []
+    )
+    ident = f"lablink-{name}-image"
+    parts.append(
+        f'<div class="form-group"><label for="{escape(ident)}">Image</label>'
+        f'<select class="form-control" id="{escape(ident)}" name="{escape(name)}.image" '
+        f'data-role="image">{images}</select></div>'
+    )
+    patterns = system.get("image_patterns") or []
+    if patterns:
+        ident = f"lablink-{name}-image_other"
+        parts.append(
+            f'<div class="form-group"><label for="{escape(ident)}">Or another image</label>'
+            f'<input class="form-control" type="text" id="{escape(ident)}" '
+            f'name="{escape(name)}.image_other" data-role="image_other" maxlength="255" '
+            f'placeholder="{escape(", ".join(patterns))}"></div>'
+        )
+    first = flavors[0] if flavors else {"cpu": 0, "memory": 0}
+    parts.append(_amount(name, "cpu", "CPU cores (empty: the flavor's)", first["cpu"]))
+    parts.append(_amount(name, "memory", "Memory in GiB (empty: the flavor's)", first["memory"]))
+    return (
+        f'<fieldset class="lablink-system-fields" data-system="{escape(name)}">'
+        + "".join(parts)
+        + "</fieldset>"
+    )
+
+
 def options_form_html(catalog: dict[str, Any] | None) -> str:
     if not catalog or not catalog.get("systems"):
         return (
@@ -142,6 +221,8 @@ def options_form_html(catalog: dict[str, Any] | None) -> str:
         rows.append(f'<option value="{name}"{selected}>{text}</option>')
         if system.get("kind") == "unicore":
             fields.append(_hpc_fields(system))
+        elif system.get("kind") == "kubernetes":
+            fields.append(_cloud_fields(system))
     return (
         '<div class="form-group">'
         '<label for="lablink-system">System</label>'
@@ -160,8 +241,11 @@ def options_from_form(formdata: dict[str, list[str]]) -> dict[str, Any]:
     if not system:
         return options
     options["system"] = system
-    for key in HPC_FIELDS:
+    for key in (*HPC_FIELDS, *CLOUD_FIELDS):
         values = formdata.get(f"{system}.{key}")
         if values and values[0].strip():
             options[key] = values[0].strip()
+    other = (formdata.get(f"{system}.image_other") or [""])[0].strip()
+    if other:
+        options["image"] = other  # typed: the backend checks it against the patterns
     return options

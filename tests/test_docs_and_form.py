@@ -122,3 +122,62 @@ def test_options_from_form_takes_the_chosen_systems_fields() -> None:
         "nodes": "2",
         "runtime": "30",
     }
+
+
+CLOUD_CATALOG = {
+    "site_name": "Test",
+    "default_system": "cloud",
+    "systems": [
+        {
+            "name": "cloud",
+            "kind": "kubernetes",
+            "display_name": "HDF Cloud",
+            "description": "",
+            "flavors": [
+                {"name": "small", "display_name": "Small <b>", "description": "", "cpu": 1.0,
+                 "memory": 2.0, "gpus": 0},
+                {"name": "gpu", "display_name": "gpu", "description": "", "cpu": 8.0,
+                 "memory": 32.0, "gpus": 2},
+            ],
+            "images": [
+                {"image": "quay.io/jupyter/scipy-notebook:2025-01-06",
+                 "display_name": "SciPy <script>alert(1)</script>", "description": ""},
+            ],
+            "image_patterns": ["quay.io/jupyter/*"],
+        },
+    ],
+}  # fmt: skip
+
+
+def test_form_offers_a_cloud_systems_flavors_images_and_limits() -> None:
+    html = options_form_html(CLOUD_CATALOG)
+    assert '<fieldset class="lablink-system-fields" data-system="cloud">' in html
+    assert 'name="cloud.flavor"' in html
+    assert "Small &lt;b&gt; (1 core, 2 GiB)</option>" in html
+    assert "gpu (8 cores, 32 GiB, 2 GPUs)</option>" in html
+    assert '<option value="quay.io/jupyter/scipy-notebook:2025-01-06">' in html
+    assert "<script>alert(1)</script>" not in html and "SciPy &lt;script&gt;" in html
+    assert 'name="cloud.image_other"' in html and 'placeholder="quay.io/jupyter/*"' in html
+    assert 'name="cloud.cpu"' in html and 'max="1"' in html
+    assert 'name="cloud.memory"' in html and 'max="2"' in html
+
+
+def test_options_from_form_takes_the_chosen_cloud_systems_fields() -> None:
+    spawner = LablinkSpawner()
+    form = {
+        "system": ["cloud"],
+        "cloud.flavor": ["gpu"],
+        "cloud.image": ["quay.io/jupyter/scipy-notebook:2025-01-06"],
+        "cloud.image_other": [""],
+        "cloud.cpu": ["4"],
+        "cloud.memory": [""],
+        "hpc.partition": ["batch"],
+    }
+    assert spawner.options_from_form(form) == {
+        "system": "cloud",
+        "flavor": "gpu",
+        "image": "quay.io/jupyter/scipy-notebook:2025-01-06",
+        "cpu": "4",
+    }
+    form["cloud.image_other"] = [" quay.io/jupyter/pytorch-notebook:cuda12 "]
+    assert spawner.options_from_form(form)["image"] == "quay.io/jupyter/pytorch-notebook:cuda12"
