@@ -109,6 +109,18 @@ def annotations_of(lab: LabPod) -> dict[str, str]:
     }
 
 
+def metadata(lab: LabPod, annotate: bool = True) -> dict[str, Any]:
+    """The name, namespace and labels every object of a lab has (and annotations)."""
+    meta: dict[str, Any] = {
+        "name": name_of(lab.lab_id),
+        "namespace": lab.namespace,
+        "labels": labels(lab),
+    }
+    if annotate:
+        meta["annotations"] = annotations_of(lab)
+    return meta
+
+
 def is_secret(name: str) -> bool:
     """Variables that hold credentials (the hub's API token, and the like): they go
     into the lab's Secret, not into the pod spec that anyone reading pods can see."""
@@ -138,11 +150,7 @@ def secret_manifest(lab: LabPod) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": name_of(lab.lab_id),
-            "namespace": lab.namespace,
-            "labels": labels(lab),
-        },
+        "metadata": metadata(lab, annotate=False),
         "stringData": {k: v for k, v in sorted(lab.env.items()) if is_secret(k)},
     }
 
@@ -156,16 +164,10 @@ def resources(lab: LabPod) -> dict[str, dict[str, str]]:
 
 
 def pod_manifest(lab: LabPod) -> dict[str, Any]:
-    name = name_of(lab.lab_id)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": lab.namespace,
-            "labels": labels(lab),
-            "annotations": annotations_of(lab),
-        },
+        "metadata": metadata(lab),
         "spec": {
             "restartPolicy": "Never",  # a lab that ends is over; the person starts a new one
             "automountServiceAccountToken": False,
@@ -206,16 +208,10 @@ def pod_manifest(lab: LabPod) -> dict[str, Any]:
 
 
 def service_manifest(lab: LabPod) -> dict[str, Any]:
-    name = name_of(lab.lab_id)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": lab.namespace,
-            "labels": labels(lab),
-            "annotations": annotations_of(lab),
-        },
+        "metadata": metadata(lab),
         "spec": {
             "type": "ClusterIP",
             "selector": {LABEL_LAB: lab.lab_id, LABEL_MANAGED_BY: MANAGED_BY},
