@@ -131,6 +131,14 @@ class Driver(abc.ABC):
     def __init__(self, http: httpx.AsyncClient):
         self.http = http
 
+    async def _answers(self, probe: str) -> bool:
+        """Whether the lab answers 200 at ``probe`` (its API under its prefix)."""
+        try:
+            resp = await self.http.get(probe, timeout=2.0)
+        except httpx.TransportError:
+            return False
+        return resp.status_code == 200
+
     @abc.abstractmethod
     async def start(self, ctx: LabContext) -> str: ...
 

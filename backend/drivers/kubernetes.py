@@ -19,8 +19,6 @@ import logging
 import time
 from typing import Any, ClassVar
 
-import httpx
-
 from ..states import LabState
 from ..userlabs import UserlabError
 from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
@@ -57,13 +55,6 @@ class KubernetesDriver(Driver):
             f"The cloud {_name(ctx)!r} cannot be reached right now; please try again later "
             "or choose another system."
         )
-
-    async def _answers(self, probe: str) -> bool:
-        try:
-            resp = await self.http.get(probe, timeout=2.0)
-        except httpx.TransportError:
-            return False
-        return resp.status_code == 200
 
     async def _end_quietly(self, ctx: LabContext) -> str:
         try:

@@ -421,13 +421,6 @@ class UnicoreDriver(Driver):
             ) from None
         await ctx.save({**ctx.handle, "local_host": endpoint.host, "local_port": endpoint.port})
 
-    async def _answers(self, probe: str) -> bool:
-        try:
-            resp = await self.http.get(probe, timeout=2.0)
-        except httpx.TransportError:
-            return False
-        return resp.status_code == 200
-
     async def status(self, ctx: LabContext) -> LabStatus:
         uc = self.client(ctx)
         job_url = ctx.handle.get("job")
