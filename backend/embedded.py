@@ -432,6 +432,11 @@ class Embedded:
             await asyncio.sleep(0.05)
         return False
 
+    async def _wait_health(self, svc: Service, port: int, token_env: str) -> bool:
+        """A service only the backend calls: healthy once /api/v1/health answers 200."""
+        bearer = {"Authorization": f"Bearer {svc.env[token_env]}"}
+        return await self._wait_http(svc, f"http://127.0.0.1:{port}/api/v1/health", bearer, 60)
+
     async def _start(self, name: str) -> bool:
         svc = self.services[name]
         await svc.start()
@@ -447,21 +452,11 @@ class Embedded:
             ok = await self._wait_sshd(svc, 10)
         elif name == "tunnel":
             assert self.tunnels is not None
-            ok = await self._wait_http(
-                svc,
-                f"http://127.0.0.1:{self.tunnels.port}/api/v1/health",
-                {"Authorization": f"Bearer {svc.env[self.tunnels.token_env]}"},
-                60,
-            )
+            ok = await self._wait_health(svc, self.tunnels.port, self.tunnels.token_env)
         elif name == "userlab-manager":
             assert self.userlabs is not None
             var, port = self.userlabs
-            ok = await self._wait_http(
-                svc,
-                f"http://127.0.0.1:{port}/api/v1/health",
-                {"Authorization": f"Bearer {svc.env[var]}"},
-                60,
-            )
+            ok = await self._wait_health(svc, port, var)
         elif name == "backend":
             ok = await self._wait_http(
                 svc,
