@@ -14,10 +14,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
-from .catalog import OptionError, catalog
-from .labs import LabManager
+from .catalog import OptionError, catalog, vo_entry
+from .labs import LabManager, NotInVO
 from .states import FINAL, PROGRESS, LabState, exit_status
-from .store import Event, Lab, ServerNameBusy, Store
+from .store import Event, Lab, QuotaExceeded, ServerNameBusy, Store, UserRecord
+from .vos import MAX_ENTITLEMENT, Identity, memberships
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
@@ -33,10 +34,21 @@ Auth = Annotated[Principal, Depends(authenticate)]
 # -- models -------------------------------------------------------------------
 
 
-class UserIn(BaseModel):
+GroupName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_CONTROL)]
+Entitlement = Annotated[str, Field(min_length=1, max_length=MAX_ENTITLEMENT, pattern=NO_CONTROL)]
+VO_NAME = r"^[a-z][a-z0-9-]{0,62}$"
+
+
+class IdentityIn(BaseModel):
+    """What the hub knows of a person from the login: groups and entitlements."""
+
     model_config = ConfigDict(extra="forbid")
+    groups: list[GroupName] = Field(default_factory=list, max_length=1000)
+    entitlements: list[Entitlement] = Field(default_factory=list, max_length=1000)
+
+
+class UserIn(IdentityIn):
     name: str = Field(max_length=128)
-    groups: list[str] = Field(default_factory=list, max_length=1000)
     admin: bool = False
     access_token: SecretStr | None = Field(default=None, max_length=16384)
 
@@ -54,7 +66,12 @@ class LabRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: UserIn
     server_name: str = Field(default="", pattern=SERVER_NAME)
-    vo: str | None = Field(default=None, max_length=255, pattern=NO_CONTROL)
+    vo: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=VO_NAME,
+        description="the VO to account the lab to (one of the person's); unset: their active VO",
+    )
     options: dict[str, Any] = Field(default_factory=dict, max_length=64)
     env: dict[str, str] = Field(default_factory=dict, max_length=200)
 
@@ -88,6 +105,20 @@ class LabOut(BaseModel):
     )
     created: datetime
     updated: datetime
+
+
+class VOChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vo: str = Field(max_length=64, pattern=VO_NAME, description="the name of one of your VOs")
+
+
+class UserOut(BaseModel):
+    name: str
+    groups: list[str]
+    vo: str | None = Field(description="the active VO: new labs are accounted to it")
+    vos: list[dict[str, Any]] = Field(
+        description="the person's VOs, in the site's order, with quota used/limit"
+    )
 
 
 class EventOut(BaseModel):
@@ -172,16 +203,98 @@ async def health(request: Request, who: Auth) -> Health:
     return Health(status="ok", version=__version__, pid=os.getpid(), active_labs=len(labs))
 
 
+async def identity_of(request: Request, name: str, groups: list[str] | None = None) -> Identity:
+    """The person as the hub last described them (``groups``, when given, win)."""
+    record = await store_of(request).get_user(name) if name else None
+    record = record or UserRecord(name)
+    chosen = frozenset(g[:255] for g in groups) if groups else record.groups
+    return Identity(name, chosen, record.entitlements)
+
+
+async def user_out(request: Request, identity: Identity) -> UserOut:
+    manager = manager_of(request)
+    vos = request.app.state.settings.vos
+    active = await manager.active_vo(identity) if memberships(vos, identity) else None
+    usage = await manager.usage(identity)
+    return UserOut(
+        name=identity.user,
+        groups=sorted(identity.groups),
+        vo=active,
+        vos=[vo_entry(v, vos[v], v == active, usage.get(v)) for v in memberships(vos, identity)],
+    )
+
+
+def acting_for(who: Principal, name: str) -> None:
+    if not USER_NAME.fullmatch(name):
+        raise HTTPException(404, "No such user.")
+    if not who.may_see(name):
+        raise HTTPException(
+            403, f"This request acts for {who.user!r} and cannot read or change another user."
+        )
+
+
 @router.get("/catalog")
 async def get_catalog(
     request: Request,
     who: Auth,
     group: Annotated[list[str], Query(max_length=1000)] = [],  # noqa: B006
+    vo: Annotated[str | None, Query(max_length=64, pattern=VO_NAME)] = None,
 ) -> dict[str, Any]:
-    """The systems the acting user may start labs on, with their options (partitions,
-    ranges, the user's accounts and projects). ``group`` names the user's hub groups."""
+    """The systems the acting user may start labs on in their active VO (or ``vo``),
+    with their options (partitions, ranges, accounts and projects, all cut to the
+    VO's allowances), and the user's VOs with quota used/limit. ``group`` names
+    the user's hub groups (default: what the hub last sent with ``PUT users``)."""
     user = acting_user(who) if who.user is not None or not who.admin else ""
-    return catalog(request.app.state.settings, user, frozenset(g[:255] for g in group))
+    identity = await identity_of(request, user, group)
+    manager = manager_of(request)
+    settings = request.app.state.settings
+    mine = memberships(settings.vos, identity)
+    try:
+        active = await manager.active_vo(identity, vo) if mine or vo else None
+    except NotInVO as exc:
+        raise HTTPException(403, str(exc)) from None
+    if settings.vos and active is None:
+        # in no VO: nothing to offer; the hub says why
+        return {**catalog(settings, user, identity.groups, vo=None), "systems": []}
+    return catalog(
+        settings,
+        user,
+        identity.groups,
+        entitlements=identity.entitlements,
+        vo=active,
+        vos=mine,
+        usage=await manager.usage(identity),
+    )
+
+
+@router.put("/users/{name}", response_model=UserOut)
+async def put_user(request: Request, name: str, body: IdentityIn, who: Auth) -> UserOut:
+    """Store what the hub knows of a person (groups, entitlements), at login and before
+    the catalog; answers with their VOs and the active one."""
+    acting_for(who, name)
+    record = await store_of(request).put_identity(name, body.groups, body.entitlements)
+    return await user_out(request, Identity(name, record.groups, record.entitlements))
+
+
+@router.get("/users/{name}", response_model=UserOut)
+async def get_user(request: Request, name: str, who: Auth) -> UserOut:
+    acting_for(who, name)
+    return await user_out(request, await identity_of(request, name))
+
+
+@router.put("/users/{name}/vo", response_model=UserOut)
+async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) -> UserOut:
+    """Choose the active VO: the catalog is cut to it and new labs are accounted to it."""
+    acting_for(who, name)
+    identity = await identity_of(request, name)
+    try:
+        if not request.app.state.settings.vos:
+            raise NotInVO("vo: this site has no VOs.")
+        vo = await manager_of(request).active_vo(identity, body.vo)
+    except NotInVO as exc:
+        raise HTTPException(403, str(exc)) from None
+    await store_of(request).set_active_vo(name, vo)
+    return await user_out(request, identity)
 
 
 @router.post("/labs", status_code=202, response_model=LabOut)
@@ -199,12 +312,17 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
             options=body.options,
             env=body.env,
             groups=body.user.groups,
+            entitlements=body.user.entitlements,
             access_token=(
                 body.user.access_token.get_secret_value() if body.user.access_token else None
             ),
         )
+    except NotInVO as exc:
+        raise HTTPException(403, str(exc)) from None
     except OptionError as exc:
         raise HTTPException(422, str(exc)) from None
+    except QuotaExceeded as exc:
+        raise HTTPException(429, quota_refusal(exc), headers={"Retry-After": "60"}) from None
     except ServerNameBusy as exc:
         existing = f" (lab {exc.existing.id})" if exc.existing else ""
         name = repr(body.server_name) if body.server_name else "the default server"
@@ -215,6 +333,19 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
         ) from None
     response.headers["Location"] = f"/api/v1/labs/{lab.id}"
     return lab_out(lab)
+
+
+def quota_refusal(exc: QuotaExceeded) -> str:
+    vo, used = exc.admission.vo, exc.usage
+    if exc.limit == "labs":
+        return (
+            f"VO {vo!r} has reached its limit of {exc.admission.labs} active labs "
+            f"({used.labs} in use); try again when one has stopped."
+        )
+    return (
+        f"You have {used.user_labs} active labs in VO {vo!r}, its limit per person "
+        f"({exc.admission.labs_per_user}); stop one of them first."
+    )
 
 
 @router.get("/labs", response_model=list[LabOut])

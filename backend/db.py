@@ -42,7 +42,7 @@ labs = Table(
     Column("user_name", String(255), nullable=False, index=True),
     Column("server_name", String(255), nullable=False, default=""),
     Column("system", String(64), nullable=False),
-    Column("vo", String(255), nullable=True),
+    Column("vo", String(255), nullable=True, index=True),
     Column("options", JSON, nullable=False),
     Column("state", String(16), nullable=False, index=True),
     Column("last_seq", Integer, nullable=False, default=0),
@@ -60,6 +60,17 @@ labs = Table(
         sqlite_where=text(ACTIVE_CONDITION),
         postgresql_where=text(ACTIVE_CONDITION),
     ),
+)
+
+# what the hub last told of each person (groups, entitlements) and their active VO
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("groups", JSON, nullable=False),
+    Column("entitlements", JSON, nullable=False),
+    Column("vo", String(255), nullable=True),
+    Column("updated", DateTime(timezone=True), nullable=False),
 )
 
 events = Table(
@@ -86,7 +97,17 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+IMMEDIATE = "lablink_immediate"
+
+
 def create_engine(url: str) -> AsyncEngine:
+    """The async engine; on SQLite, transactions are begun by us (see ``IMMEDIATE``).
+
+    A connection with the execution option ``lablink_immediate`` begins its
+    transaction with ``BEGIN IMMEDIATE`` on SQLite, which takes the write lock
+    at once: reads in that transaction see every write before it and no other
+    writer can slip in (what admission needs). PostgreSQL uses locks instead.
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -100,6 +121,13 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # let SQLAlchemy's begin (below) emit BEGIN, not the driver
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get(IMMEDIATE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)

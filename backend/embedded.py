@@ -50,6 +50,7 @@ SECRET_VARIABLES = frozenset(
         "LABLINK_DEVSITE_PASSWORD",
         "LABLINK_TUNNEL_TOKEN",
         "LABLINK_USERLAB_MANAGER_TOKEN",
+        "LABLINK_OIDC_CLIENT_SECRET",
     }
 )
 DEVSITE_PASSWORD_ENV = "LABLINK_DEVSITE_PASSWORD"  # noqa: S105 (a variable name)
@@ -59,6 +60,18 @@ TUNNEL_TOKEN_ENV = "LABLINK_TUNNEL_TOKEN"  # noqa: S105 (a variable name)
 USERLAB_TOKEN_ENV = "LABLINK_USERLAB_MANAGER_TOKEN"  # noqa: S105 (a variable name)
 # where `make slurm-up` (.ci/peers.sh) runs its cluster
 SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
+
+
+def crypt_key(path: Path) -> str:
+    """The hub's auth_state key from ``path``, made (32 random bytes, hex) if missing."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
 
 
 @dataclass(frozen=True)
@@ -318,6 +331,13 @@ class Embedded:
             "LABLINK_PROXY_API_PORT": str(self.args.proxy_api_port),
             "LABLINK_DEMO_PASSWORD": password,
         }
+        if os.environ.get("LABLINK_OIDC_ISSUER"):
+            # OpenID Connect login: the hub alone gets the client secret, and the key
+            # that encrypts auth_state (kept in the state directory unless given)
+            hub_env["LABLINK_OIDC_CLIENT_SECRET"] = os.environ.get("LABLINK_OIDC_CLIENT_SECRET", "")
+            hub_env["JUPYTERHUB_CRYPT_KEY"] = os.environ.get("JUPYTERHUB_CRYPT_KEY") or crypt_key(
+                self.state / "hub" / "crypt_key"
+            )
         level = self.args.log_level
         services: dict[str, Service] = {}
         if uses_devsite(self.site):

@@ -22,9 +22,10 @@ from .drivers.local import LocalDriver
 from .drivers.unicore import UnicoreDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
-from .store import Lab, Store
+from .store import Admission, Lab, Store, Usage
 from .tunnels import TunnelClient
 from .userlabs import UserlabClient
+from .vos import Identity, memberships
 
 log = logging.getLogger("lablink.backend.labs")
 
@@ -33,6 +34,20 @@ DRIVERS: dict[str, type[Driver]] = {
     "unicore": UnicoreDriver,
     "kubernetes": KubernetesDriver,
 }
+
+
+class NotInVO(Exception):
+    """The person may not start a lab in the VO they named (or in any); for the person."""
+
+
+def quota_sentence(vo: str, limits: Admission, usage: Usage) -> str:
+    """How full the VO is with this lab counted, for the spawn page."""
+    labs = f"{usage.labs} of {limits.labs}" if limits.labs is not None else f"{usage.labs}"
+    mine = f"{usage.user_labs} of {limits.labs_per_user}"
+    if limits.labs_per_user is None:
+        mine = f"{usage.user_labs}"
+    return f"VO {vo!r}: {labs} labs in use; yours: {mine}."
+
 
 INTERNAL_ERROR = (
     "An internal error stopped the lab; the site's admins can find the details in the backend log."
@@ -93,6 +108,39 @@ class LabManager:
             vo=lab.vo or "",
         )
 
+    # -- VOs --------------------------------------------------------------------
+
+    async def active_vo(self, identity: Identity, requested: str | None = None) -> str | None:
+        """The VO a lab of this person belongs to: ``requested``, else the one they chose,
+        else their first. None on a site without VOs. Raises NotInVO."""
+        vos = self.settings.vos
+        if not vos:
+            return requested
+        mine = memberships(vos, identity)
+        if not mine:
+            raise NotInVO(
+                "You are not a member of any VO of this site, so you cannot start a lab; "
+                "ask the site's support or your workshop's organizers to add you to one."
+            )
+        if requested:
+            if requested not in mine:
+                raise NotInVO(
+                    f"vo: you are not a member of VO {requested[:64]!r}; your VOs: "
+                    f"{', '.join(mine)}."
+                )
+            return requested
+        record = await self.store.get_user(identity.user)
+        if record is not None and record.vo in mine:
+            return record.vo
+        return mine[0]
+
+    async def usage(self, identity: Identity) -> dict[str, Usage]:
+        """Active labs of each of the person's VOs, and theirs in it."""
+        return {
+            vo: await self.store.usage(vo, identity.user)
+            for vo in memberships(self.settings.vos, identity)
+        }
+
     # -- public operations ---------------------------------------------------
 
     async def create(
@@ -104,23 +152,47 @@ class LabManager:
         options: dict[str, Any],
         env: dict[str, str],
         groups: list[str] | None = None,
+        entitlements: list[str] | None = None,
         access_token: str | None = None,
     ) -> Lab:
-        """Validate, store (state ``accepted``) and start a lab in the background.
+        """Validate, admit against the VO's quota, store (state ``accepted``) and start a
+        lab in the background.
 
-        Raises OptionError for bad options and ServerNameBusy if the user has an
-        active lab with this server name; nothing is stored then.
+        Raises NotInVO, OptionError for bad options, QuotaExceeded when the VO is
+        full and ServerNameBusy if the user has an active lab with this server
+        name; nothing is stored then.
         """
+        identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
+        if self.settings.vos:  # the hub's newest word on the person, for the catalog too
+            await self.store.put_identity(user_name, identity.groups, identity.entitlements)
+        vo = await self.active_vo(identity, vo)
         system_name, clean = validate_options(
-            self.settings, options, user_name, frozenset(groups or ())
+            self.settings,
+            options,
+            user_name,
+            identity.groups,
+            entitlements=identity.entitlements,
+            vo=vo if self.settings.vos else None,
         )
+        accepted = f"Lab accepted for system {system_name}."
+        admission = None
+        if vo is not None and vo in self.settings.vos:
+            quota = self.settings.vos[vo].quota
+            admission = Admission(vo, quota.labs, quota.labs_per_user)
+
+        def message(usage: Usage | None) -> str:
+            if admission is None or usage is None:
+                return accepted
+            return f"{accepted} {quota_sentence(admission.vo, admission, usage)}"
+
         lab = await self.store.create_lab(
             user_name=user_name,
             server_name=server_name,
             system=system_name,
             vo=vo,
             options=clean,
-            message=f"Lab accepted for system {system_name}.",
+            message=message,
+            admission=admission,
         )
         if access_token:
             self._access_tokens[lab.id] = access_token

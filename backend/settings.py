@@ -29,6 +29,7 @@ from .cloud.config import KubernetesSystem, UserlabManager
 from .config_base import NAME_PATTERN, Strict
 from .sshconfig import TunnelService
 from .unicore.config import UnicoreSystem
+from .vos import IdentitySettings, VOSettings
 
 
 class SettingsError(Exception):
@@ -124,6 +125,15 @@ class Settings(Strict):
         min_length=1,
         description="the systems labs run on, by name (lower-case letters, digits, '-')",
     )
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings,
+        description="how the OIDC provider's entitlements become accounts and projects",
+    )
+    vos: dict[str, VOSettings] = Field(
+        default_factory=dict,
+        description="virtual organizations, by name, in the order people see them; none: "
+        "labs belong to no VO and have no quota",
+    )
 
     @field_validator("systems")
     @classmethod
@@ -135,6 +145,17 @@ class Settings(Strict):
                     "starting with a letter"
                 )
         return systems
+
+    @field_validator("vos")
+    @classmethod
+    def _vo_names(cls, vos: dict[str, Any]) -> dict[str, Any]:
+        for name in vos:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(
+                    f"VO name {name!r} must be lower-case letters, digits and '-', "
+                    "starting with a letter"
+                )
+        return vos
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -149,7 +170,33 @@ class Settings(Strict):
         if len(names) != len(set(names)):
             raise ValueError("tokens: every token needs its own name")
         self._check_shared_login_nodes()
+        self._check_vo_references()
         return self
+
+    def _check_vo_references(self) -> None:
+        """Every system, partition and flavor a VO names is one of the site's."""
+        for name, vo in self.vos.items():
+            for i, system in enumerate(vo.systems or []):
+                if system not in self.systems:
+                    reason = f"{system!r} is not one of the systems ({', '.join(self.systems)})"
+                    raise _error_at(("vos", name, "systems", i), system, reason)
+            for key, kind, attr in (
+                ("partitions", "unicore", "partitions"),
+                ("flavors", "kubernetes", "flavors"),
+            ):
+                for system, chosen in getattr(vo, key).items():
+                    target = self.systems.get(system)
+                    if target is None or target.kind != kind:
+                        reason = f"{system!r} is not a {kind} system of this site"
+                        raise _error_at(("vos", name, key, system), system, reason)
+                    known = getattr(target, attr)
+                    for i, item in enumerate(chosen):
+                        if item not in known:
+                            reason = (
+                                f"{item!r} is not one of the {key} of system {system!r} "
+                                f"({', '.join(known)})"
+                            )
+                            raise _error_at(("vos", name, key, system, i), item, reason)
 
     def _check_shared_login_nodes(self) -> None:
         """Systems that share a login node share its one SSH connection, so they must

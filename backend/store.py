@@ -9,17 +9,19 @@ woken after the commit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import as_utc, events, labs, utcnow
+from .db import IMMEDIATE, as_utc, events, labs, users, utcnow
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
 
 
@@ -53,6 +55,43 @@ class Event:
     state: LabState
     message: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the hub last told of a person, and the VO they chose."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+    entitlements: frozenset[str] = frozenset()
+    vo: str | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The limits a new lab is admitted against: its VO's (None: no limit)."""
+
+    vo: str
+    labs: int | None
+    labs_per_user: int | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Active labs of a VO, and of one person in it."""
+
+    labs: int
+    user_labs: int
+
+
+class QuotaExceeded(Exception):
+    """Admitting the lab would pass a limit of its VO; nothing was stored."""
+
+    def __init__(self, admission: Admission, limit: str, usage: Usage):
+        super().__init__(f"VO {admission.vo}: {limit} reached")
+        self.admission = admission
+        self.limit = limit  # "labs" or "labs_per_user"
+        self.usage = usage
 
 
 class ServerNameBusy(Exception):
@@ -111,10 +150,91 @@ class Notifier:
             ev.set()
 
 
+def _lock_key(vo: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory lock of one VO."""
+    digest = hashlib.blake2b(f"lablink-vo:{vo}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+ACTIVE_STATES = [s.value for s in ACTIVE]
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None):
         self.engine = engine
         self.notifier = notifier or Notifier()
+        self.dialect = engine.dialect.name
+
+    # -- people ------------------------------------------------------------------
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).first()
+        if row is None:
+            return None
+        return UserRecord(
+            name=row.name,
+            groups=frozenset(row.groups or ()),
+            entitlements=frozenset(row.entitlements or ()),
+            vo=row.vo,
+        )
+
+    async def _upsert_user(self, name: str, values: dict[str, Any]) -> UserRecord:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        row: dict[str, Any] = {"name": name, "groups": [], "entitlements": [], "vo": None}
+        row.update(values, updated=now)
+        stmt = dialect_insert(users).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[users.c.name], set_={**values, "updated": now}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+        found = await self.get_user(name)
+        assert found is not None
+        return found
+
+    async def put_identity(
+        self, name: str, groups: Collection[str], entitlements: Collection[str]
+    ) -> UserRecord:
+        """Store what the hub says of a person now (their chosen VO stays)."""
+        return await self._upsert_user(
+            name, {"groups": sorted(set(groups)), "entitlements": sorted(set(entitlements))}
+        )
+
+    async def set_active_vo(self, name: str, vo: str | None) -> UserRecord:
+        return await self._upsert_user(name, {"vo": vo})
+
+    # -- labs --------------------------------------------------------------------
+
+    async def usage(self, vo: str, user_name: str, conn: AsyncConnection | None = None) -> Usage:
+        """Active labs of ``vo``, and of ``user_name`` in it."""
+        active = labs.c.state.in_(ACTIVE_STATES)
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((labs.c.user_name == user_name, 1), else_=0)), 0),
+        ).where(labs.c.vo == vo, active)
+        if conn is not None:
+            row = (await conn.execute(query)).one()
+        else:
+            async with self.engine.connect() as own:
+                row = (await own.execute(query)).one()
+        return Usage(labs=int(row[0]), user_labs=int(row[1]))
+
+    async def _admit(self, conn: AsyncConnection, admission: Admission, user_name: str) -> Usage:
+        """Count under the VO's lock; raise QuotaExceeded when a limit is reached."""
+        if self.dialect == "postgresql":
+            # one admission per VO at a time; others wait here until this one commits
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(admission.vo)}
+            )
+        # on SQLite the transaction began IMMEDIATE: it holds the write lock already
+        usage = await self.usage(admission.vo, user_name, conn)
+        if admission.labs is not None and usage.labs >= admission.labs:
+            raise QuotaExceeded(admission, "labs", usage)
+        if admission.labs_per_user is not None and usage.user_labs >= admission.labs_per_user:
+            raise QuotaExceeded(admission, "labs_per_user", usage)
+        return Usage(labs=usage.labs + 1, user_labs=usage.user_labs + 1)
 
     async def create_lab(
         self,
@@ -124,47 +244,75 @@ class Store:
         system: str,
         vo: str | None,
         options: dict[str, Any],
-        message: str,
+        message: str | Callable[[Usage | None], str],
+        admission: Admission | None = None,
     ) -> Lab:
+        """Store a new lab (state ``accepted``) and its first event, in one transaction.
+
+        With ``admission``, the lab is counted against its VO's limits first, so
+        that concurrent requests never admit more than the limits allow; a
+        callable ``message`` is given the VO's usage with the new lab counted.
+        Raises QuotaExceeded or ServerNameBusy; nothing is stored then.
+        """
         lab_id = str(uuid.uuid4())
-        now = utcnow()
-        state = LabState.ACCEPTED
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    insert(labs).values(
-                        id=lab_id,
-                        user_name=user_name,
-                        server_name=server_name,
-                        system=system,
-                        vo=vo,
-                        options=options,
-                        state=state.value,
-                        last_seq=1,
-                        url=None,
-                        handle={},
-                        message=message,
-                        created=now,
-                        updated=now,
+            async with self.engine.connect() as conn:
+                if admission is not None and self.dialect == "sqlite":
+                    conn = await conn.execution_options(**{IMMEDIATE: True})
+                async with conn.begin():
+                    usage = await self._admit(conn, admission, user_name) if admission else None
+                    text_ = message(usage) if callable(message) else message
+                    await self._insert_lab(
+                        conn, lab_id, user_name, server_name, system, vo, options, text_
                     )
-                )
-                await conn.execute(
-                    insert(events).values(
-                        lab_id=lab_id,
-                        seq=1,
-                        time=now,
-                        progress=PROGRESS[state],
-                        state=state.value,
-                        message=message,
-                        detail="",
-                    )
-                )
         except IntegrityError:
             raise ServerNameBusy(await self.active_lab(user_name, server_name)) from None
         self.notifier.publish(lab_id)
         lab = await self.get_lab(lab_id)
         assert lab is not None
         return lab
+
+    async def _insert_lab(
+        self,
+        conn: AsyncConnection,
+        lab_id: str,
+        user_name: str,
+        server_name: str,
+        system: str,
+        vo: str | None,
+        options: dict[str, Any],
+        message: str,
+    ) -> None:
+        now = utcnow()
+        state = LabState.ACCEPTED
+        await conn.execute(
+            insert(labs).values(
+                id=lab_id,
+                user_name=user_name,
+                server_name=server_name,
+                system=system,
+                vo=vo,
+                options=options,
+                state=state.value,
+                last_seq=1,
+                url=None,
+                handle={},
+                message=message,
+                created=now,
+                updated=now,
+            )
+        )
+        await conn.execute(
+            insert(events).values(
+                lab_id=lab_id,
+                seq=1,
+                time=now,
+                progress=PROGRESS[state],
+                state=state.value,
+                message=message,
+                detail="",
+            )
+        )
 
     async def get_lab(self, lab_id: str) -> Lab | None:
         async with self.engine.connect() as conn:
@@ -178,7 +326,7 @@ class Store:
                     select(labs).where(
                         labs.c.user_name == user_name,
                         labs.c.server_name == server_name,
-                        labs.c.state.in_([s.value for s in ACTIVE]),
+                        labs.c.state.in_(ACTIVE_STATES),
                     )
                 )
             ).first()
@@ -191,7 +339,7 @@ class Store:
         if user_name is not None:
             query = query.where(labs.c.user_name == user_name)
         if active_only:
-            query = query.where(labs.c.state.in_([s.value for s in ACTIVE]))
+            query = query.where(labs.c.state.in_(ACTIVE_STATES))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_lab(r) for r in rows]

@@ -28,7 +28,9 @@ from backend.unicore.config import (  # noqa: E402
     Reservation,
     UnicoreSystem,
 )
+from backend.vos import IdentitySettings, Members, Quota, VOSettings  # noqa: E402
 from spawner.auth import DemoAuthenticator  # noqa: E402
+from spawner.oidc import LablinkOIDCAuthenticator  # noqa: E402
 from spawner.spawner import LablinkSpawner  # noqa: E402
 
 TARGET = ROOT / "docs" / "config-reference.md"
@@ -132,11 +134,35 @@ def render() -> str:
         "",
         *model_table(TunnelService),
         "",
+        "### `identity`",
+        "",
+        *model_table(IdentitySettings),
+        "",
+        "### `vos.<name>`",
+        "",
+        "A virtual organization. A person is in it when any of `members` matches; new labs",
+        "are accounted to the person's active VO and admitted against its `quota`.",
+        "",
+        *model_table(VOSettings),
+        "",
+        "#### `members`",
+        "",
+        *model_table(Members),
+        "",
+        "#### `quota`",
+        "",
+        *model_table(Quota),
+        "",
         "## Hub settings (`jupyterhub_config.py`)",
         "",
         *trait_table(LablinkSpawner),
         "",
         *trait_table(DemoAuthenticator),
+        "",
+        "OpenID Connect login (`authenticator_class = \"lablink-oidc\"`), beside every trait of",
+        "oauthenticator's `GenericOAuthenticator`:",
+        "",
+        *trait_table(LablinkOIDCAuthenticator),
         "",
     ]
     return "\n".join(out)

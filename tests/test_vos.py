@@ -1,0 +1,289 @@
+"""VOs: membership, the catalog cut to the active VO, and atomic admission.
+
+The backend runs as a real HTTP server on SQLite and on PostgreSQL; labs are
+fakelab processes. The admission test sends 50 start requests at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from backend.settings import Settings, SettingsError, parse_settings
+from tests.conftest import (
+    BackendFactory,
+    RunningBackend,
+    lab_request,
+    site_dict,
+    wait_state,
+)
+from tests.helpers.labs import assert_error, fakelab_processes
+from tests.test_api import stop_and_wait, stop_everything
+from tests.test_unicore_jobs import hpc_system
+
+pytestmark = [pytest.mark.quota, pytest.mark.integration]
+
+ENTITLEMENT = "urn:geant:h-df.de:res:hpc:training2026:act:alice1#login.helmholtz.de"
+
+
+@pytest.fixture
+def token_env(tokens: dict[str, str]) -> dict[str, str]:
+    return {
+        "LABLINK_TEST_HUB_TOKEN": tokens["hub"],
+        "LABLINK_TEST_ADMIN_TOKEN": tokens["admin"],
+        "UNICORE_PW": "not-used-in-these-tests",
+    }
+
+
+def vo_site(tmp_path: Path, database_url: str, vos: dict[str, Any], **extra: Any) -> Settings:
+    doc = site_dict(tmp_path / "state", database_url)
+    doc["systems"]["hpc"] = hpc_system(access=[])
+    doc["systems"]["failing"] = {"kind": "local", "command": ["false"], "start_timeout": 10}
+    doc["vos"] = vos
+    doc.update(extra)
+    return parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+
+
+WORKSHOP = {
+    "display_name": "Workshop 2026",
+    "members": {"groups": ["workshop"], "entitlements": ["urn:geant:h-df.de:group:ws2026#*"]},
+    "systems": ["local", "hpc", "failing"],
+    "partitions": {"hpc": ["batch"]},
+    "quota": {"labs": 10, "labs_per_user": 2, "nodes": 2, "runtime": 60},
+}
+RESEARCH = {"members": {"users": ["alice"]}, "systems": ["hpc"]}
+
+
+def start_body(user: str, server: str = "", **options: Any) -> dict[str, Any]:
+    body = lab_request(user, server, options=options)
+    body["user"]["groups"] = ["workshop"]
+    return body
+
+
+async def post_lab(backend: RunningBackend, body: dict[str, Any]) -> httpx.Response:
+    async with backend.client(body["user"]["name"]) as client:
+        return await client.post("/labs", json=body)
+
+
+# -- atomic admission ----------------------------------------------------------------
+
+
+async def test_fifty_starts_at_once_admit_exactly_the_room_left(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    settings = vo_site(tmp_path, database_url, {"workshop": WORKSHOP})
+    backend = await start_backend(settings)
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(
+        base_url=f"{backend.url}/api/v1", timeout=60, trust_env=False, limits=limits
+    ) as http:
+
+        async def start(i: int) -> httpx.Response:
+            headers = {
+                "Authorization": f"Bearer {backend.tokens['hub']}",
+                "X-Lablink-User": f"user{i}",
+            }
+            return await http.post("/labs", json=start_body(f"user{i}"), headers=headers)
+
+        answers = await asyncio.gather(*(start(i) for i in range(50)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses.count(202) == 10, statuses
+    assert statuses.count(429) == 40, statuses
+    for refused in (r for r in answers if r.status_code == 429):
+        assert_error(refused, 429, "VO 'workshop'", "limit of 10 active labs")
+        assert refused.headers["retry-after"] == "60"
+    async with backend.client(None, admin_token=True) as admin:
+        stored = (await admin.get("/labs")).json()
+    assert len(stored) == 10 and {lab["vo"] for lab in stored} == {"workshop"}
+    await stop_everything(backend)
+
+
+async def test_quota_is_released_when_a_lab_stops_or_fails(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    one = {**WORKSHOP, "quota": {"labs": 1}}
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": one}))
+    first = await post_lab(backend, start_body("alice"))
+    assert first.status_code == 202, first.text
+    assert_error(await post_lab(backend, start_body("bob")), 429, "VO 'workshop'", "1")
+    async with backend.client("alice") as alice:
+        await stop_and_wait(alice, first.json()["id"])
+    failing = await post_lab(backend, start_body("bob", system="failing"))
+    assert failing.status_code == 202, failing.text
+    async with backend.client("bob") as bob:
+        lab = await wait_state(bob, failing.json()["id"], {"failed", "stopped"})
+    assert lab["state"] == "failed"
+    again = await post_lab(backend, start_body("carol"))  # the failed lab left room
+    assert again.status_code == 202, again.text
+    await stop_everything(backend)
+
+
+async def test_a_person_has_at_most_labs_per_user_in_a_vo(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": WORKSHOP}))
+    for server in ("a", "b"):
+        assert (await post_lab(backend, start_body("alice", server))).status_code == 202
+    refused = await post_lab(backend, start_body("alice", "c"))
+    assert_error(refused, 429, "You have 2 active labs in VO 'workshop'", "per person")
+    assert (await post_lab(backend, start_body("bob"))).status_code == 202  # others still can
+    await stop_everything(backend)
+
+
+async def test_the_first_event_shows_the_vos_quota(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": WORKSHOP}))
+    resp = await post_lab(backend, start_body("alice"))
+    assert resp.status_code == 202
+    async with backend.client("alice") as alice:
+        events = (await alice.get(f"/labs/{resp.json()['id']}/events")).json()
+        assert events[0]["message"] == (
+            "Lab accepted for system local. VO 'workshop': 1 of 10 labs in use; yours: 1 of 2."
+        )
+        await stop_and_wait(alice, resp.json()["id"])
+
+
+# -- membership and refusals ----------------------------------------------------------
+
+
+async def test_a_vo_the_person_is_not_in_is_refused_and_nothing_stored(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    vos = {"workshop": WORKSHOP, "research": RESEARCH}
+    backend = await start_backend(vo_site(tmp_path, database_url, vos))
+    body = start_body("bob")
+    body["vo"] = "research"
+    assert_error(
+        await post_lab(backend, body), 403, "not a member of VO 'research'", "your VOs: workshop"
+    )
+    body["vo"] = "Research; rm -rf /"
+    assert (await post_lab(backend, body)).status_code == 422
+    async with backend.client("bob") as bob:
+        assert_error(await bob.put("/users/bob/vo", json={"vo": "research"}), 403, "research")
+    nobody = lab_request("mallory")  # in no VO at all
+    detail = assert_error(await post_lab(backend, nobody), 403, "not a member of any VO")
+    assert "ask" in detail
+    async with backend.client("mallory") as mallory:
+        catalog = (await mallory.get("/catalog")).json()
+    assert catalog["systems"] == [] and catalog["vos"] == [] and catalog["vo"] is None
+    async with backend.client(None, admin_token=True) as admin:
+        assert (await admin.get("/labs")).json() == []
+    assert fakelab_processes() == []
+
+
+async def test_a_hub_token_cannot_act_for_another_person(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": WORKSHOP}))
+    async with backend.client("mallory") as mallory:
+        forged = await mallory.post("/labs", json=start_body("alice"))
+        assert_error(forged, 403, "acts for 'mallory'")
+        identity = {"groups": ["workshop"], "entitlements": []}
+        assert_error(await mallory.put("/users/alice", json=identity), 403, "another user")
+        assert_error(await mallory.put("/users/alice/vo", json={"vo": "workshop"}), 403)
+        assert_error(await mallory.get("/users/alice"), 403)
+    async with backend.client(None, admin_token=True) as admin:
+        assert (await admin.get("/labs")).json() == []
+
+
+async def test_options_beyond_the_vos_maxima_are_refused(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": WORKSHOP}))
+    body = start_body("alice", system="hpc", nodes=3)
+    body["user"]["entitlements"] = [ENTITLEMENT]
+    assert_error(
+        await post_lab(backend, body),
+        422,
+        "options.nodes: 3 is out of range for partition 'batch' in VO 'workshop'",
+        "allowed: 1 to 2",
+    )
+    body["options"] = {"system": "hpc", "runtime": 90}
+    assert_error(await post_lab(backend, body), 422, "options.runtime", "allowed: 10 to 60")
+    body["options"] = {"system": "hpc", "partition": "gpus"}
+    assert_error(await post_lab(backend, body), 422, "'gpus' is not offered on system 'hpc' in VO")
+    research = start_body("alice", system="local")
+    research["vo"] = "workshop"
+    research["options"] = {"system": "nope"}
+    assert_error(await post_lab(backend, research), 422, "options.system")
+    async with backend.client(None, admin_token=True) as admin:
+        assert (await admin.get("/labs")).json() == []
+
+
+# -- catalog and the active VO ---------------------------------------------------------
+
+
+async def test_catalog_follows_the_active_vo_and_shows_used_and_limit(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    vos = {"workshop": WORKSHOP, "research": RESEARCH}
+    backend = await start_backend(vo_site(tmp_path, database_url, vos))
+    async with backend.client("alice") as alice:
+        identity = {"groups": ["workshop"], "entitlements": [ENTITLEMENT]}
+        me = (await alice.put("/users/alice", json=identity)).json()
+        assert me["vo"] == "workshop" and [v["name"] for v in me["vos"]] == ["workshop", "research"]
+        body = start_body("alice")
+        body["user"]["entitlements"] = [ENTITLEMENT]  # each start carries the whole identity
+        lab = await post_lab(backend, body)
+        assert lab.status_code == 202
+        catalog = (await alice.get("/catalog")).json()
+        assert catalog["vo"] == "workshop"
+        assert [s["name"] for s in catalog["systems"]] == ["local", "hpc", "failing"]
+        [hpc] = [s for s in catalog["systems"] if s["name"] == "hpc"]
+        assert hpc["accounts"] == ["alice1"] and hpc["projects"] == ["training2026"]
+        assert [p["name"] for p in hpc["partitions"]] == ["batch"]
+        assert hpc["partitions"][0]["nodes"] == {"min": 1, "max": 2, "default": 1}
+        quota = catalog["vos"][0]["quota"]
+        assert quota["labs"] == {"used": 1, "limit": 10}
+        assert quota["labs_per_user"] == {"used": 1, "limit": 2}
+        assert quota["per_lab"]["nodes"] == 2 and quota["per_lab"]["runtime"] == 60
+
+        me = (await alice.put("/users/alice/vo", json={"vo": "research"})).json()
+        assert me["vo"] == "research"
+        catalog = (await alice.get("/catalog")).json()
+        assert [s["name"] for s in catalog["systems"]] == ["hpc"]
+        [hpc] = catalog["systems"]
+        assert [p["name"] for p in hpc["partitions"]] == ["batch", "gpus", "login"]
+        assert catalog["vos"][1]["active"] and catalog["vos"][1]["quota"]["labs"]["limit"] is None
+        # a new lab goes to the active VO, where the local system is not offered
+        refused = await post_lab(
+            backend, {**body, "server_name": "x", "options": {"system": "local"}}
+        )
+        assert_error(refused, 422, "options.system", "not offered in VO 'research'")
+        await stop_and_wait(alice, lab.json()["id"])
+
+
+async def test_membership_by_entitlement_pattern(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    backend = await start_backend(vo_site(tmp_path, database_url, {"workshop": WORKSHOP}))
+    async with backend.client("dave") as dave:
+        outsider = {"groups": [], "entitlements": ["urn:geant:h-df.de:group:other#x"]}
+        assert (await dave.put("/users/dave", json=outsider)).json()["vos"] == []
+        member = {"groups": [], "entitlements": ["urn:geant:h-df.de:group:ws2026#login.x"]}
+        assert (await dave.put("/users/dave", json=member)).json()["vo"] == "workshop"
+        long = {"groups": [], "entitlements": ["x" * 513]}
+        assert (await dave.put("/users/dave", json=long)).status_code == 422
+
+
+def test_vos_naming_unknown_systems_partitions_or_flavors_are_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    for vo, where in (
+        ({"systems": ["juwels"]}, "vos.x.systems.0"),
+        ({"partitions": {"hpc": ["nope"]}}, "vos.x.partitions.hpc.0"),
+        ({"partitions": {"local": ["batch"]}}, "vos.x.partitions.local"),
+        ({"flavors": {"hpc": ["small"]}}, "vos.x.flavors.hpc"),
+        ({"quota": {"labs": -1}}, "vos.x.quota.labs"),
+        ({"members": {"users": "alice"}}, "vos.x.members.users"),
+    ):
+        with pytest.raises(SettingsError) as err:
+            vo_site(tmp_path, url, {"x": vo})
+        assert where in str(err.value) and "line" in str(err.value), str(err.value)
+    with pytest.raises(SettingsError, match="named groups system, project, account"):
+        vo_site(tmp_path, url, {}, identity={"entitlement_pattern": "^urn:(.*)$"})
