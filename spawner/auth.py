@@ -12,8 +12,10 @@ from typing import Any
 from jupyterhub.auth import Authenticator
 from traitlets import List, Unicode, default
 
+from .vo import VOPages
 
-class DemoAuthenticator(Authenticator):
+
+class DemoAuthenticator(VOPages, Authenticator):
     password = Unicode(
         help="""The password of every demo user. Defaults to LABLINK_DEMO_PASSWORD.
 

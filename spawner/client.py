@@ -79,6 +79,15 @@ class BackendClient:
         resp = await self._request("GET", "/catalog", user, params=params)
         return resp.json()  # type: ignore[no-any-return]
 
+    async def put_user(self, user: str, identity: dict[str, list[str]]) -> dict[str, Any]:
+        """Tell the backend the person's groups and entitlements; answers with their VOs."""
+        resp = await self._request("PUT", f"/users/{user}", user, json=identity)
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def put_user_vo(self, user: str, vo: str) -> dict[str, Any]:
+        resp = await self._request("PUT", f"/users/{user}/vo", user, json={"vo": vo})
+        return resp.json()  # type: ignore[no-any-return]
+
     async def create(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
         resp = await self._request("POST", "/labs", user, admin, json=body)
         return resp.json()  # type: ignore[no-any-return]

@@ -200,11 +200,57 @@ def _cloud_fields(system: dict[str, Any]) -> str:
     )
 
 
+NO_VO = (
+    "<p class='lablink-no-vo alert alert-warning'>You are not a member of any VO of this "
+    "site, so there is nothing you can start yet. Ask the site's support, or your "
+    "workshop's organizers, to add you to a VO.</p>"
+)
+
+
+def _limit(used: int, limit: int | None) -> str:
+    return f"{used} of {limit}" if limit is not None else f"{used} (no limit)"
+
+
+PER_LAB = (
+    ("nodes", "{} nodes"),
+    ("gpus", "{} GPUs"),
+    ("runtime", "{} minutes"),
+    ("cpu", "{:g} CPU cores"),
+    ("memory", "{:g} GiB memory"),
+)
+
+
+def vo_summary_html(vo: dict[str, Any]) -> str:
+    """The active VO and its quota, above the form (and a hidden field naming it)."""
+    q = vo["quota"]
+    per_lab = [fmt.format(q["per_lab"][k]) for k, fmt in PER_LAB if q["per_lab"].get(k) is not None]
+    maxima = f"; per lab up to {', '.join(per_lab)}" if per_lab else ""
+    labs = _limit(q["labs"]["used"], q["labs"]["limit"])
+    mine = _limit(q["labs_per_user"]["used"], q["labs_per_user"]["limit"])
+    name = escape(vo["name"])
+    return (
+        f'<div class="lablink-vo-summary alert alert-info" data-vo="{name}">'
+        f"<strong>VO {escape(vo['display_name'])}</strong>: "
+        f'<span class="lablink-vo-labs">{labs} labs in use</span>, '
+        f'<span class="lablink-vo-mine">yours {mine}</span>{escape(maxima)}.'
+        f'<input type="hidden" name="vo" value="{name}"></div>'
+    )
+
+
 def options_form_html(catalog: dict[str, Any] | None) -> str:
-    if not catalog or not catalog.get("systems"):
+    if not catalog:
         return (
             "<p class='lablink-unavailable'>The list of systems cannot be loaded right now. "
             "Start uses the site's default system; if that fails, try again in a minute.</p>"
+        )
+    active = next((v for v in catalog.get("vos") or [] if v.get("active")), None)
+    summary = vo_summary_html(active) if active else ""
+    if not catalog.get("systems"):
+        if active is None:
+            return NO_VO
+        return summary + (
+            f"<p class='lablink-nothing'>VO {escape(active['display_name'])} offers you no "
+            "system here; choose another VO at the top right.</p>"
         )
     names = [s["name"] for s in catalog["systems"]]
     default = catalog.get("default_system")
@@ -223,7 +269,7 @@ def options_form_html(catalog: dict[str, Any] | None) -> str:
             fields.append(_hpc_fields(system))
         elif system.get("kind") == "kubernetes":
             fields.append(_cloud_fields(system))
-    return (
+    return summary + (
         '<div class="form-group">'
         '<label for="lablink-system">System</label>'
         '<select class="form-control" id="lablink-system" name="system">'
@@ -237,6 +283,9 @@ def options_form_html(catalog: dict[str, Any] | None) -> str:
 def options_from_form(formdata: dict[str, list[str]]) -> dict[str, Any]:
     """The chosen system and its fields (``<system>.<option>``) as start options."""
     options: dict[str, Any] = {}
+    vo = (formdata.get("vo") or [""])[0].strip()
+    if vo:
+        options["vo"] = vo  # the spawner sends it as the request's VO, not as an option
     system = (formdata.get("system") or [""])[0].strip()
     if not system:
         return options

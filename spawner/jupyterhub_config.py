@@ -27,6 +27,22 @@ c.ConfigurableHTTPProxy.command = [
 c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "jupyterhub-proxy.pid")
 
 c.JupyterHub.authenticator_class = "lablink-demo"
+# the VO switcher in the header, and the VO page
+c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
+
+# OpenID Connect login (instead of the demo login) when an issuer is given
+if os.environ.get("LABLINK_OIDC_ISSUER"):
+    c.JupyterHub.authenticator_class = "lablink-oidc"
+    oidc = c.LablinkOIDCAuthenticator
+    oidc.issuer = os.environ["LABLINK_OIDC_ISSUER"]
+    oidc.client_id = os.environ.get("LABLINK_OIDC_CLIENT_ID", "")
+    oidc.client_secret = os.environ.get("LABLINK_OIDC_CLIENT_SECRET", "")
+    oidc.oauth_callback_url = c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
+    oidc.login_service = os.environ.get("LABLINK_OIDC_NAME", "your institution")
+    if os.environ.get("LABLINK_OIDC_REFRESH_MARGIN"):
+        oidc.refresh_margin = int(os.environ["LABLINK_OIDC_REFRESH_MARGIN"])
+    if os.environ.get("LABLINK_OIDC_AUTH_REFRESH_AGE"):
+        oidc.auth_refresh_age = int(os.environ["LABLINK_OIDC_AUTH_REFRESH_AGE"])
 c.JupyterHub.spawner_class = "lablink"
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5

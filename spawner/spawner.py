@@ -30,6 +30,7 @@ from traitlets import Float, Unicode, default
 
 from .client import FINAL, BackendClient, BackendError
 from .form import options_form_html, options_from_form
+from .vo import identity
 
 
 class LabSpawnError(SpawnException):
@@ -131,17 +132,18 @@ class LablinkSpawner(Spawner):
     # -- lifecycle --------------------------------------------------------------
 
     async def _request_body(self) -> dict[str, Any]:
-        auth_state = await self.user.get_auth_state() or {}
+        options = dict(self.user_options or {})
+        vo = options.pop("vo", None)  # the VO the form was shown for; unset: the active one
         return {
             "user": {
                 "name": self.user.name,
-                "groups": sorted(g.name for g in getattr(self.user, "groups", [])),
+                **await identity(self.user),
                 "admin": bool(getattr(self.user, "admin", False)),
-                "access_token": auth_state.get("access_token"),
+                "access_token": await self._access_token(),
             },
             "server_name": self.name or "",
-            "vo": None,
-            "options": dict(self.user_options or {}),
+            "vo": vo if isinstance(vo, str) and vo else None,
+            "options": options,
             "env": {k: str(v) for k, v in self.get_env().items()},
         }
 
@@ -255,8 +257,8 @@ def _backend_decides(spawner: Spawner, user_options: dict[str, Any]) -> None:
 
 async def _render_form(spawner: LablinkSpawner) -> str:
     try:
-        groups = sorted(g.name for g in getattr(spawner.user, "groups", []))
-        catalog = await spawner.backend.catalog(spawner.user.name, groups)
+        await spawner.backend.put_user(spawner.user.name, await identity(spawner.user))
+        catalog = await spawner.backend.catalog(spawner.user.name)
     except BackendError as exc:
         spawner.log.warning("cannot load the catalog: %s", exc.detail)
         catalog = None

@@ -1,0 +1,115 @@
+"""The hub's pages for VOs, and what the hub tells the backend about a person.
+
+- ``identity(user)``: the person's groups (the hub's, which the OIDC login
+  keeps in step with the claims) and entitlements (from ``auth_state``).
+- ``/hub/lablink/vo``: GET shows the person's VOs with their quota (HTML, or
+  JSON with ``?format=json`` for the header's switcher); POST chooses the
+  active VO. The backend decides membership; this page only asks it.
+- ``LablinkSpawnHandler``: JupyterHub's spawn page, except that a person whose
+  login cannot be refreshed before a spawn is sent to log in again instead of
+  getting an error page.
+
+Both are added to the hub by the authenticators (``VOPages.get_handlers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyterhub.handlers import BaseHandler
+from jupyterhub.handlers.pages import SpawnHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httputil import url_concat
+
+from .client import BackendClient, BackendError
+
+
+async def identity(user: Any) -> dict[str, list[str]]:
+    """What the backend needs to know of a person: hub groups and entitlements."""
+    state = await user.get_auth_state() or {}
+    entitlements = state.get("entitlements") or []
+    return {
+        "groups": sorted(g.name for g in getattr(user, "groups", [])),
+        "entitlements": sorted(e for e in entitlements if isinstance(e, str)),
+    }
+
+
+def backend_of(user: Any) -> BackendClient:
+    backend = getattr(user.spawner, "backend", None)
+    if not isinstance(backend, BackendClient):
+        raise web.HTTPError(501, "VOs need the Lablink spawner.")
+    return backend
+
+
+def _local_next(handler: BaseHandler, target: str) -> str:
+    """``target`` if it is a path on this hub, else the hub's home page."""
+    parts = urlsplit(target)
+    if target.startswith("/") and not target.startswith("//") and not parts.netloc:
+        if "\\" not in target and parts.path.startswith(handler.base_url):
+            return target
+    return url_path_join(handler.hub.base_url, "home")
+
+
+class VOHandler(BaseHandler):
+    """The person's VOs: list them with quota, and choose the active one."""
+
+    async def _vos(self, user: Any) -> dict[str, Any]:
+        backend = backend_of(user)
+        try:
+            return await backend.put_user(user.name, await identity(user))
+        except BackendError as exc:
+            raise web.HTTPError(502 if exc.status >= 500 else exc.status, exc.detail) from None
+
+    @web.authenticated
+    async def get(self) -> None:
+        user = self.current_user
+        data = await self._vos(user)
+        if self.get_argument("format", "") == "json":
+            self.set_header("Content-Type", "application/json")
+            self.set_header("Cache-Control", "no-store")
+            self.finish({"vo": data["vo"], "vos": data["vos"]})
+            return
+        html = await self.render_template(
+            "lablink_vo.html", vos=data["vos"], active=data["vo"], next_url=""
+        )
+        self.finish(html)
+
+    @web.authenticated
+    async def post(self) -> None:
+        user = self.current_user
+        chosen = self.get_body_argument("vo", "")
+        await self._vos(user)  # the backend decides with the newest claims
+        try:
+            await backend_of(user).put_user_vo(user.name, chosen)
+        except BackendError as exc:
+            raise web.HTTPError(exc.status if exc.status < 500 else 502, exc.detail) from None
+        self.redirect(_local_next(self, self.get_body_argument("next", "")))
+
+
+class LablinkSpawnHandler(SpawnHandler):
+    """The spawn page; a login that cannot be refreshed sends the person to log in."""
+
+    async def post(self, user_name: str | None = None, server_name: str = "") -> Any:
+        user = self.current_user
+        if user is not None and self.authenticator.refresh_pre_spawn:
+            if user_name in (None, user.name) and await self.refresh_auth(user, force=True) is None:
+                self.log.info("login of %s has expired; sending them to log in", user.name)
+                self.clear_login_cookie()
+                self.redirect(url_concat(self.get_login_url(), {"next": self.request.path}))
+                return None
+        return await super().post(user_name, server_name)
+
+
+class VOPages:
+    """Mixin for authenticators: adds the VO page and the spawn page above."""
+
+    def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        own: list[tuple[str, Any]] = [
+            (r"/lablink/vo", VOHandler),
+            (r"/spawn", LablinkSpawnHandler),
+            (r"/spawn/([^/]+)", LablinkSpawnHandler),
+            (r"/spawn/([^/]+)/([^/]+)", LablinkSpawnHandler),
+        ]
+        return own + list(super().get_handlers(app))  # type: ignore[misc]
