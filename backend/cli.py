@@ -122,8 +122,10 @@ def cmd_unicore_devsite(args: argparse.Namespace) -> int:
         users = [parse_user(spec, environ) for spec in args.user]
         tokens = [parse_token(spec, environ, False) for spec in args.token]
         tokens += [parse_token(spec, environ, True) for spec in args.token_env]
-        if not users and not tokens:
-            raise ValueError("give at least one --user NAME:PASSWORD or --token TOKEN:NAME")
+        if not users and not tokens and not args.oidc_userinfo:
+            raise ValueError(
+                "give at least one --user NAME:PASSWORD, --token TOKEN:NAME or --oidc-userinfo URL"
+            )
         names = [u.name for u in users]
         twice = {n for n in names if names.count(n) > 1}
         if twice:
@@ -139,6 +141,7 @@ def cmd_unicore_devsite(args: argparse.Namespace) -> int:
             gpu_resource=args.gpu_resource,
             queues=tuple(q for q in args.queues.split(",") if q) or ("local",),
             environ=environ,
+            oidc_userinfo=args.oidc_userinfo,
         )
         app = create_app(config)
         if args.slurm:
@@ -257,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VAR:NAME",
         help="a bearer token read from the environment variable VAR",
+    )
+    dev.add_argument(
+        "--oidc-userinfo",
+        default="",
+        metavar="URL",
+        help="an OIDC provider's userinfo endpoint: bearer tokens it accepts log in; the "
+        "person's uids are the accounts of their eduperson_entitlement claims",
     )
     dev.add_argument("--slurm", action="store_true", help="run BATCH jobs through Slurm")
     dev.add_argument(

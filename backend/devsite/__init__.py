@@ -47,6 +47,11 @@ class DevsiteConfig:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     grace: float = 3.0  # seconds between SIGTERM and SIGKILL for local jobs
     lifetime_check: float = 60.0  # seconds between looks for expired jobs
+    # an OIDC provider's userinfo endpoint: bearer tokens it accepts are valid here
+    # (as UNICORE/X's OAuth2 authenticator does); the person's uids are the accounts
+    # of their entitlements
+    oidc_userinfo: str = ""
+    entitlement_pattern: str = ""
 
 
 def _secret(value: str, environ: Mapping[str, str], what: str) -> str:

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
 from . import DevsiteConfig
 from .jobs import (
     Job,
@@ -126,6 +128,33 @@ def check_credentials(config: DevsiteConfig, header: str) -> tuple[str, str] | N
     return None
 
 
+async def oidc_caller(site: Devsite, header: str) -> tuple[str, tuple[str, ...]] | None:
+    """(name, uids) of the person whose bearer token the OIDC provider's userinfo accepts."""
+    config = site.config
+    scheme, _, token = header.strip().partition(" ")
+    if not config.oidc_userinfo or scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        resp = await site.http.get(
+            config.oidc_userinfo, headers={"Authorization": f"Bearer {token.strip()}"}
+        )
+    except httpx.HTTPError as exc:
+        log.warning("the OIDC provider cannot be asked: %r", exc)
+        raise SiteError(503, "The identity provider cannot be reached; try again later.") from None
+    if resp.status_code != 200:
+        return None
+    claims = resp.json()
+    name = str(claims.get("preferred_username") or claims.get("sub") or "")
+    if not name:
+        return None
+    grants = entitlement_grants(
+        config.entitlement_pattern or DEFAULT_ENTITLEMENT_PATTERN,
+        frozenset(e for e in claims.get("eduperson_entitlement") or [] if isinstance(e, str)),
+    )
+    uids = sorted({a for accounts in grants.accounts.values() for a in accounts})
+    return name, tuple(uids) or (name,)
+
+
 async def authenticate(request: Request) -> Caller:
     """The dependency that every route uses: who calls, with which uid and group."""
     site: Devsite = request.app.state.devsite
@@ -135,11 +164,16 @@ async def authenticate(request: Request) -> Caller:
     if not header:
         raise SiteError(401, "Log in with a user name and password or a bearer token.", challenge)
     found = check_credentials(config, header)
-    if found is None:
+    oidc = None if found else await oidc_caller(site, header)
+    if found is None and oidc is None:
         raise SiteError(401, "The user name and password or the token are not valid.", challenge)
-    name, method = found
-    user = config.users.get(name)
-    uids = user.uids if user else (name,)
+    if oidc is not None:
+        name, method, uids = oidc[0], "OAUTH", oidc[1]
+    else:
+        assert found is not None
+        name, method = found
+        user = config.users.get(name)
+        uids = user.uids if user else (name,)
     prefs = parse_preferences(request.headers.get("x-unicore-user-preferences") or "uid:" + uids[0])
     uid = prefs.get("uid", uids[0])
     if uid not in uids:
@@ -192,6 +226,7 @@ class Devsite:
         self.up_since = datetime.now(UTC)
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
 
     async def open(self) -> None:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
@@ -214,6 +249,7 @@ class Devsite:
         await self.local.close()
         if self.slurm is not None:
             await self.slurm.close()
+        await self.http.aclose()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -423,7 +459,7 @@ def paged(name: str, urls: list[str], url: str, offset: int, num: int) -> dict[s
 def create_app(config: DevsiteConfig) -> FastAPI:
     if not SITE_PATTERN.match(config.site):
         raise ValueError(f"the site name '{config.site}' may only hold letters, digits, _ and -")
-    if not config.users and not config.tokens:
+    if not config.users and not config.tokens and not config.oidc_userinfo:
         raise ValueError("the development site needs at least one user or token")
     site = Devsite(config)
 
