@@ -8,6 +8,9 @@ PIP := $(PY) -m pip
 CHP_DIR := $(VENV)/proxy
 CHP := $(CHP_DIR)/node_modules/.bin/configurable-http-proxy
 CHP_VERSION ?= 5
+# the OpenID Connect provider the tests log in through (npm oidc-provider, run by Node)
+OIDC_DIR := $(VENV)/oidc
+OIDC := $(OIDC_DIR)/node_modules/oidc-provider/package.json
 ARGS ?=
 LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
@@ -58,7 +61,7 @@ $(VENV)/.stamp: pyproject.toml
 	@$(PIP) install --quiet --disable-pip-version-check -e .
 	@touch $@
 
-test-deps: $(VENV)/.stamp-test
+test-deps: $(VENV)/.stamp-test $(OIDC)
 
 $(VENV)/.stamp-test: $(VENV)/.stamp pyproject.toml
 	@$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
@@ -71,6 +74,12 @@ $(CHP):
 	@mkdir -p $(CHP_DIR)
 	@npm install --silent --no-audit --no-fund --prefix $(CHP_DIR) configurable-http-proxy@$(CHP_VERSION) >/dev/null
 	@test -x $@
+
+$(OIDC):
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+	@mkdir -p $(OIDC_DIR)
+	@npm install --silent --no-audit --no-fund --prefix $(OIDC_DIR) oidc-provider@9 >/dev/null
+	@test -f $@
 
 ## slurm-up: start only the one-node Slurm cluster the tests use (SLURM_CONF=/tmp/lablink-slurm/slurm.conf)
 slurm-up:

@@ -199,6 +199,10 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
         are read again with it (groups and entitlements may have changed);
         otherwise, or when the provider refuses it, the refresh token is used.
         """
+        if handler is not None and not hasattr(handler, "_token_authenticated"):
+            # JupyterHub 6.1 reads this after a failed refresh but sets it only for
+            # token-authenticated requests: a cookie-authenticated spawn would break
+            handler._token_authenticated = False
         state = await user.get_auth_state()
         if not state or not state.get("access_token") or not state.get("token_response"):
             self.log.info("%s has no tokens in auth_state; login required", user.name)
