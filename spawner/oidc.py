@@ -68,9 +68,9 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
         and vos.*.members.entitlements).""",
     ).tag(config=True)
 
-    groups_claim = Unicode(
-        "groups", help="The claim with plain group names; empty: none."
-    ).tag(config=True)
+    groups_claim = Unicode("groups", help="The claim with plain group names; empty: none.").tag(
+        config=True
+    )
 
     group_entitlement_pattern = Unicode(
         r"^urn:[^#]*:group:(?P<group>[^#]+)(#.*)?$",
