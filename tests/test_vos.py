@@ -287,3 +287,30 @@ def test_vos_naming_unknown_systems_partitions_or_flavors_are_refused(tmp_path: 
         assert where in str(err.value) and "line" in str(err.value), str(err.value)
     with pytest.raises(SettingsError, match="named groups system, project, account"):
         vo_site(tmp_path, url, {}, identity={"entitlement_pattern": "^urn:(.*)$"})
+
+
+def test_the_form_names_the_vo_and_its_quota_or_says_there_is_none() -> None:
+    from spawner.form import options_form_html, options_from_form
+
+    assert "not a member of any VO" in options_form_html(
+        {"systems": [], "vos": [], "vo": None, "default_system": "local"}
+    )
+    vo = {
+        "name": "workshop",
+        "display_name": "Workshop <2026>",
+        "active": True,
+        "quota": {
+            "labs": {"used": 3, "limit": 10},
+            "labs_per_user": {"used": 1, "limit": None},
+            "per_lab": {"nodes": 2, "gpus": None, "runtime": 60, "cpu": None, "memory": None},
+        },
+    }
+    system = {"name": "local", "kind": "local", "display_name": "Here"}
+    html = options_form_html({"systems": [system], "vos": [vo], "default_system": "local"})
+    assert "VO Workshop &lt;2026&gt;" in html and "3 of 10 labs in use" in html
+    assert "yours 1 (no limit)" in html and "per lab up to 2 nodes, 60 minutes" in html
+    assert '<input type="hidden" name="vo" value="workshop">' in html
+    assert options_from_form({"vo": ["workshop"], "system": ["local"]}) == {
+        "vo": "workshop",
+        "system": "local",
+    }
