@@ -20,6 +20,7 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -135,27 +136,17 @@ class Settings(Strict):
         "labs belong to no VO and have no quota",
     )
 
-    @field_validator("systems")
+    @field_validator("systems", "vos")
     @classmethod
-    def _system_names(cls, systems: dict[str, Any]) -> dict[str, Any]:
-        for name in systems:
+    def _names(cls, named: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        what = "system" if info.field_name == "systems" else "VO"
+        for name in named:
             if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(
-                    f"system name {name!r} must be lower-case letters, digits and '-', "
+                    f"{what} name {name!r} must be lower-case letters, digits and '-', "
                     "starting with a letter"
                 )
-        return systems
-
-    @field_validator("vos")
-    @classmethod
-    def _vo_names(cls, vos: dict[str, Any]) -> dict[str, Any]:
-        for name in vos:
-            if not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(
-                    f"VO name {name!r} must be lower-case letters, digits and '-', "
-                    "starting with a letter"
-                )
-        return vos
+        return named
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
