@@ -159,7 +159,7 @@ def render() -> str:
         "",
         *trait_table(DemoAuthenticator),
         "",
-        "OpenID Connect login (`authenticator_class = \"lablink-oidc\"`), beside every trait of",
+        'OpenID Connect login (`authenticator_class = "lablink-oidc"`), beside every trait of',
         "oauthenticator's `GenericOAuthenticator`:",
         "",
         *trait_table(LablinkOIDCAuthenticator),
