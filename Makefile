@@ -11,12 +11,13 @@ CHP_VERSION ?= 5
 # the OpenID Connect provider the tests log in through (npm oidc-provider, run by Node)
 OIDC_DIR := $(VENV)/oidc
 OIDC := $(OIDC_DIR)/node_modules/oidc-provider/package.json
+OIDC_VERSION ?= 9
 ARGS ?=
 LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs bench-spawn bench-hpc bench-tunnel venv proxy test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs bench-spawn bench-hpc bench-tunnel venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -75,10 +76,12 @@ $(CHP):
 	@npm install --silent --no-audit --no-fund --prefix $(CHP_DIR) configurable-http-proxy@$(CHP_VERSION) >/dev/null
 	@test -x $@
 
+oidc: $(OIDC)
+
 $(OIDC):
 	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
 	@mkdir -p $(OIDC_DIR)
-	@npm install --silent --no-audit --no-fund --prefix $(OIDC_DIR) oidc-provider@9 >/dev/null
+	@npm install --silent --no-audit --no-fund --prefix $(OIDC_DIR) oidc-provider@$(OIDC_VERSION) >/dev/null
 	@test -f $@
 
 ## slurm-up: start only the one-node Slurm cluster the tests use (SLURM_CONF=/tmp/lablink-slurm/slurm.conf)

@@ -4,8 +4,22 @@
 the site's identity provider: users with passwords and claims (entitlements,
 groups), clients registered dynamically (RFC 7591) with their redirect URIs,
 refresh tokens, revocation and introspection. ``browser_login`` walks the
-authorization-code flow as a browser does, from the hub's login URL to its
-callback, filling in the provider's login form.
+authorization-code flow as a browser does, from the application's login URL to
+its callback, filling in the provider's login form.
+
+What the provider does (tests/helpers/oidc_provider.mjs):
+
+- scopes ``openid profile email eduperson_entitlement offline_access``; the
+  ``eduperson_entitlement`` scope releases both ``eduperson_entitlement`` and
+  ``groups``. The claims come at the userinfo endpoint and in the ID token.
+- ``sub`` is the user's name, ``preferred_username`` too unless the user's
+  claims give one; the rest of the claims as ``set_user`` gives them.
+- a refresh token with every code exchange by a client allowed the
+  ``refresh_token`` grant (no ``prompt=consent`` needed); refresh tokens are
+  not rotated unless ``rotate_refresh_tokens=True`` (then each refresh returns a
+  new one and reusing an old one revokes the whole login, as the package does).
+- no consent page; PKCE (S256) is checked when the client sends it and
+  required of no one.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,32 +38,49 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from backend.drivers.procs import free_port
+from backend.drivers.procs import free_port, tail
 from tests.helpers.stack import end_process
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / ".venv" / "oidc" / "node_modules" / "oidc-provider"
 SCRIPT = Path(__file__).with_name("oidc_provider.mjs")
+TIMEOUT = httpx.Timeout(10)
+# the provider's login form (and only it): its action is /interaction/<uid>/login
+LOGIN_FORM = re.compile(r'<form method="post" action="(/interaction/[A-Za-z0-9_-]+/login)"')
+
+
+def origin(url: str | httpx.URL) -> str:
+    parts = urlsplit(str(url))
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class OIDCProvider:
+    """One provider process on 127.0.0.1; ``start()`` it, or use it as a context manager.
+
+    The users live in ``workdir/users.json``, which the provider reads again at every
+    use: ``set_user`` while it runs changes the next login, userinfo and token TTL.
+    """
+
     def __init__(
         self,
         workdir: Path,
         port: int | None = None,
         access_token_ttl: int = 3600,
         refresh_token_ttl: int = 86400,
+        rotate_refresh_tokens: bool = False,
     ):
         self.workdir = workdir
         self.port = port or free_port()
         self.access_token_ttl = access_token_ttl
         self.refresh_token_ttl = refresh_token_ttl
+        self.rotate_refresh_tokens = rotate_refresh_tokens
         self.registration_token = secrets.token_urlsafe(24)
         self.users_file = workdir / "users.json"
         self.log = workdir / "oidc-provider.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._users: dict[str, Any] = {}
         self.discovery: dict[str, Any] = {}
+        self._users: dict[str, Any] = {}
+        self._basic_clients: set[str] = set()
 
     @property
     def issuer(self) -> str:
@@ -62,23 +94,29 @@ class OIDCProvider:
         self.stop()
 
     def start(self, timeout: float = 20) -> None:
+        """Start the provider; return once its discovery document answers (and is in
+        ``self.discovery``). Raise ``RuntimeError`` if Node.js or the package is
+        missing, or if the provider does not answer within ``timeout`` seconds."""
         node = shutil.which("node")
-        if node is None or not (PACKAGE / "package.json").exists():
+        if node is None or not (PACKAGE / "package.json").is_file():
             raise RuntimeError(
                 "the OIDC provider needs Node.js and the npm package oidc-provider in "
                 f"{PACKAGE.parent}: run `make test-deps`"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_users()
+        entry = json.loads((PACKAGE / "package.json").read_text())["main"]
         config = {
             "issuer": self.issuer,
             "port": self.port,
-            "provider_module": (PACKAGE / "lib" / "index.js").as_uri(),
+            # an ES module import does not look at NODE_PATH: import the package by path
+            "provider_module": (PACKAGE / entry).as_uri(),
             "users_file": str(self.users_file),
             "registration_token": self.registration_token,
             "cookie_keys": [secrets.token_urlsafe(32)],
             "access_token_ttl": self.access_token_ttl,
             "refresh_token_ttl": self.refresh_token_ttl,
+            "rotate_refresh_tokens": self.rotate_refresh_tokens,
         }
         cfg = self.workdir / "oidc-provider.json"
         cfg.write_text(json.dumps(config))
@@ -87,33 +125,33 @@ class OIDCProvider:
                 [node, str(SCRIPT), str(cfg)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 resp = httpx.get(
                     f"{self.issuer}/.well-known/openid-configuration", timeout=1, trust_env=False
                 )
-                if resp.status_code == 200:
-                    self.discovery = resp.json()
-                    return
             except httpx.HTTPError:
-                pass
+                time.sleep(0.05)
+                continue
+            if resp.status_code == 200:
+                self.discovery = resp.json()
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the OIDC provider did not come up:\n{self.log_text()}")
 
     def stop(self) -> None:
-        end_process(self.proc, __import__("signal").SIGTERM, 10)
+        end_process(self.proc, signal.SIGTERM, 10)
         self.proc = None
 
-    def log_text(self, last: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""
+    def log_text(self, lines: int = 40) -> str:
+        """The end of the provider's log (its output and errors)."""
+        return tail(self.log, lines)
 
     # -- users and clients -----------------------------------------------------------
 
     def _write_users(self) -> None:
-        tmp = self.users_file.with_suffix(".tmp")
+        tmp = self.users_file.with_name(f".{self.users_file.name}.tmp")
         tmp.write_text(json.dumps(self._users))
         os.replace(tmp, self.users_file)
 
@@ -125,6 +163,8 @@ class OIDCProvider:
         access_token_ttl: int | None = None,
         refresh_token_ttl: int | None = None,
     ) -> None:
+        """Add or replace a user; the TTLs (seconds) apply to tokens issued from now on.
+        Without them the provider's defaults apply."""
         user: dict[str, Any] = {"password": password, "claims": claims or {}}
         if access_token_ttl is not None:
             user["access_token_ttl"] = access_token_ttl
@@ -133,49 +173,92 @@ class OIDCProvider:
         self._users[name] = user
         self._write_users()
 
-    def register_client(self, redirect_uris: list[str]) -> tuple[str, str]:
+    def register_client(
+        self, redirect_uris: list[str], token_endpoint_auth_method: str = "client_secret_post"
+    ) -> tuple[str, str]:
+        """Register a confidential client allowed the authorization_code and
+        refresh_token grants; return ``(client_id, client_secret)``.
+
+        ``token_endpoint_auth_method`` is ``client_secret_post`` (what oauthenticator
+        does by default) or ``client_secret_basic`` (its ``basic_auth = True``); the
+        provider accepts only the registered one."""
         resp = httpx.post(
             self.discovery["registration_endpoint"],
             json={
                 "redirect_uris": redirect_uris,
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
-                "token_endpoint_auth_method": "client_secret_post",
+                "token_endpoint_auth_method": token_endpoint_auth_method,
             },
             headers={"Authorization": f"Bearer {self.registration_token}"},
-            timeout=10,
+            timeout=TIMEOUT,
             trust_env=False,
         )
         resp.raise_for_status()
         body = resp.json()
-        return str(body["client_id"]), str(body["client_secret"])
+        client_id, client_secret = str(body["client_id"]), str(body["client_secret"])
+        if token_endpoint_auth_method == "client_secret_basic":
+            self._basic_clients.add(client_id)
+        return client_id, client_secret
 
-    def _client_call(self, endpoint: str, token: str, client: tuple[str, str]) -> httpx.Response:
+    def client_post(
+        self, endpoint: str, data: dict[str, str], client_id: str, client_secret: str
+    ) -> httpx.Response:
+        """POST ``data`` to the discovery document's ``endpoint`` (e.g.
+        ``"token_endpoint"``) as the client, with the client's registered way of
+        authenticating."""
+        auth = None
+        if client_id in self._basic_clients:
+            auth = httpx.BasicAuth(client_id, client_secret)
+        else:
+            data = {**data, "client_id": client_id, "client_secret": client_secret}
         return httpx.post(
-            self.discovery[endpoint],
-            data={"token": token, "client_id": client[0], "client_secret": client[1]},
-            timeout=10,
-            trust_env=False,
+            self.discovery[endpoint], data=data, auth=auth, timeout=TIMEOUT, trust_env=False
         )
 
-    def revoke(self, token: str, client: tuple[str, str]) -> None:
-        self._client_call("revocation_endpoint", token, client).raise_for_status()
+    def revoke(self, token: str, client_id: str, client_secret: str) -> None:
+        """Revoke an access or refresh token of this client (RFC 7009); revoking a
+        refresh token ends the whole login (its access tokens too)."""
+        # RFC 7009: 200 also for a token that is unknown or already revoked
+        resp = self.client_post("revocation_endpoint", {"token": token}, client_id, client_secret)
+        resp.raise_for_status()
 
-    def introspect(self, token: str, client: tuple[str, str]) -> dict[str, Any]:
-        resp = self._client_call("introspection_endpoint", token, client)
+    def introspect(self, token: str, client_id: str, client_secret: str) -> dict[str, Any]:
+        """The provider's view of a token (RFC 7662): ``{"active": False}`` once it
+        expired or was revoked, else ``active``, ``exp``, ``sub``, ``scope``, ..."""
+        resp = self.client_post(
+            "introspection_endpoint", {"token": token}, client_id, client_secret
+        )
         resp.raise_for_status()
         return resp.json()  # type: ignore[no-any-return]
 
 
 async def browser_login(
-    http: httpx.AsyncClient, start_url: str, username: str, password: str, provider: str
+    http: httpx.AsyncClient,
+    start_url: str,
+    username: str,
+    password: str,
+    provider: str | None = None,
 ) -> httpx.Response:
-    """Follow redirects from ``start_url`` as a browser does, across the hub and the
-    provider (one cookie jar), and post the provider's login form when it comes.
+    """Log in as a browser does: follow redirects by hand from ``start_url`` (the
+    application's login URL, e.g. ``{hub}/hub/oauth_login?next=...``) across hosts,
+    with ``http``'s one cookie jar, and post ``username`` and ``password`` to the
+    provider's login form when it comes (once).
 
-    Returns the first answer from outside ``provider`` after the login form was
-    posted that is not a redirect (the hub's page after its OAuth callback), or
-    the provider's own answer when it does not let the person in (a 401 form).
+    Returns the first answer that is not a redirect and not the provider's login
+    form before it was posted. That is:
+
+    - after a login the provider accepts: the page the redirects after the
+      application's callback end on (for the hub, ``/hub/home`` or ``next``, 200);
+    - when the provider refuses the password: its login form again, 401;
+    - when the provider refuses the request (an unknown redirect URI, ...): its
+      error page (400, text);
+    - when the provider still has a session in the jar: the application's page,
+      without a form.
+
+    ``provider`` (the issuer) is optional: the login form is recognised by its
+    action, ``/interaction/<uid>/login``; if given, a form on another origin is not
+    filled in. Raises ``AssertionError`` after 30 steps without an answer.
     """
     url, method, data = start_url, "GET", None
     posted = False
@@ -185,17 +268,11 @@ async def browser_login(
         if resp.is_redirect:
             url = urljoin(str(resp.url), resp.headers["location"])
             continue
-        on_provider = str(resp.url).startswith(provider)
-        form = re.search(r'<form method="post" action="([^"]+/login)"', resp.text)
-        if on_provider and form and not posted:
+        form = LOGIN_FORM.search(resp.text) if not posted else None
+        if form and (provider is None or origin(resp.url) == origin(provider)):
             url, method = urljoin(str(resp.url), form.group(1)), "POST"
             data = {"username": username, "password": password}
             posted = True
             continue
         return resp
-    raise AssertionError(f"the login did not end after 30 steps (last: {url})")
-
-
-def origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    raise AssertionError(f"the login did not end after 30 steps (last: {origin(url)})")
