@@ -30,8 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
-from . import loginnode
-from .drivers import procs
+from . import loginnode, procs
 from .loginnode import LoginNodeFiles
 from .unicore.client import Credentials
 

@@ -47,9 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from backend.drivers import procs  # noqa: E402
-from backend.drivers.procs import free_port  # noqa: E402
+from backend import procs  # noqa: E402
 from backend.embedded import become_subreaper  # noqa: E402
+from backend.procs import free_port  # noqa: E402
 from tests.helpers.hub import HubUser  # noqa: E402
 
 PASSWORD = "bench-password-0123456789"

@@ -60,7 +60,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.drivers.procs import free_port  # noqa: E402
+from backend.procs import free_port  # noqa: E402
 from tests.helpers.sshd import HttpBackend, Sshd, http_get  # noqa: E402
 from tests.helpers.tunnel import TunnelService, tunnel_site  # noqa: E402
 from tunnel.links import CIPHERS  # noqa: E402

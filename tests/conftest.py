@@ -27,7 +27,7 @@ import uvicorn
 import yaml
 
 from backend.app import create_app
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from backend.settings import Settings, parse_settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

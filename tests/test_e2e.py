@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend.drivers import procs
+from backend import procs
 from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.kube import KubeApi, KubeError

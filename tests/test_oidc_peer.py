@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlencode
 import httpx
 import pytest
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from tests.helpers import oidc
 from tests.helpers.oidc import OIDCProvider, browser_login
 

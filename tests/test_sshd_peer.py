@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from tests.helpers.sshd import (  # noqa: F401 (the fixtures sshd and http_backend)
     HttpBackend,
     Sshd,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from backend.settings import Settings, parse_settings
 from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
 from tests.helpers.devsite import (

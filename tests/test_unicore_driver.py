@@ -148,7 +148,7 @@ async def test_a_lab_whose_job_ends_by_itself_is_stopped(hpc_backend: HpcBackend
 
 
 async def test_an_unreachable_site_fails_the_lab_with_a_sentence(hpc_backend: HpcBackend) -> None:
-    from backend.drivers.procs import free_port
+    from backend.procs import free_port
 
     url = f"http://127.0.0.1:{free_port()}/NOWHERE/rest/core"
     _, backend = await hpc_backend(url=url)

@@ -30,8 +30,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
-from backend.app import backend_only_app
 from backend.auth import Principal, authenticate
+from backend.service import backend_only_app
 from backend.settings import Settings
 from backend.sshconfig import HOST_PATTERN, SshTunnel
 

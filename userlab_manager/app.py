@@ -30,9 +30,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
-from backend.app import backend_only_app
 from backend.auth import Principal, authenticate
 from backend.cloud.config import KubernetesSystem, is_image_reference
+from backend.service import backend_only_app
 from backend.settings import Settings
 
 from .kube import ClusterError, Kube

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from .. import procs
 from ..settings import LocalSystem
 from ..states import LabState
-from . import procs
 from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
 
 log = logging.getLogger("lablink.backend.local")

@@ -20,7 +20,7 @@ import yaml
 from pyunicore import client as unicore
 from pyunicore.credentials import OIDCToken, UsernamePassword
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from backend.settings import Settings, parse_settings
 from tests.conftest import FAKELAB, site_dict
 from tests.helpers.stack import end_process, launch

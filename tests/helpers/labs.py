@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from backend import procs
 from backend.db import create_engine
-from backend.drivers import procs
 from backend.settings import Settings
 from backend.store import Lab, Store
 

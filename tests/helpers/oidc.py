@@ -38,7 +38,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from backend.drivers.procs import free_port, tail
+from backend.procs import free_port, tail
 from tests.helpers.stack import end_process
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from backend.drivers.procs import free_port, start_time
 from backend.embedded import LocalTunnel
 from backend.loginnode import LoginNodeFiles
+from backend.procs import free_port, start_time
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from backend.drivers.procs import free_port
+from backend.procs import free_port
 from tests.helpers.kube import KubeApi
 from tests.helpers.stack import end_process, launch
 
