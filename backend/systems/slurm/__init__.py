@@ -1,0 +1,1 @@
+"""Kind ``slurm``: labs as Slurm batch jobs submitted through slurmrestd."""
