@@ -22,8 +22,9 @@ from .settings import (
     userlab_manager_token,
 )
 from .store import Store
+from .systems.driver import Peers
+from .systems.kubernetes.client import UserlabClient
 from .tunnels import TunnelClient
-from .userlabs import UserlabClient
 
 log = logging.getLogger("lablink.backend")
 
@@ -48,7 +49,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         userlabs = None
         if userlab_secret is not None:
             userlabs = UserlabClient(http, settings.userlab_manager.url, userlab_secret)
-        manager = LabManager(settings, store, http, secrets, tunnels, userlabs)
+        manager = LabManager(settings, store, http, secrets, Peers(tunnels, userlabs))
         app.state.store = store
         app.state.manager = manager
         await manager.recover_all()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, ConfigDict
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
@@ -13,3 +16,27 @@ class Strict(BaseModel):
     """A part of the site file: unknown keys are errors, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_local_host(host: str) -> bool:
+    """Loopback, link-local or unspecified: this machine, not a compute node or gateway."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
+
+
+def https_url(url: str) -> str:
+    """``url`` if it is https, or plain http to this machine (where tokens do not cross
+    a network); else ValueError with the sentence for the admin."""
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not is_local_host(host):
+        raise ValueError(
+            "use https:// (plain http is allowed only for 127.0.0.1 and localhost, "
+            "where tokens do not cross a network)"
+        )
+    return url

@@ -32,7 +32,8 @@ import yaml
 
 from . import loginnode, procs
 from .loginnode import LoginNodeFiles
-from .unicore.client import Credentials
+from .settings import SettingsError, load_settings
+from .systems.unicore.client import Credentials
 
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW before giving up
@@ -105,8 +106,7 @@ def embedded_site(
     reached through ``tunnel`` when given."""
     doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
     for system in doc.get("systems", {}).values():
-        auth = system.get("auth") or {}
-        if system.get("kind") != "unicore" or auth.get("password_env") != DEVSITE_PASSWORD_ENV:
+        if not logs_in_to_devsite(system):
             continue
         system["url"] = f"http://127.0.0.1:{devsite_port}/{DEVSITE_NAME}/rest/core"
         if tunnel is not None:
@@ -118,16 +118,20 @@ def embedded_site(
     return doc
 
 
+def logs_in_to_devsite(system: Any) -> bool:
+    """Whether a system (as data) logs in to the development site `lablink up` runs: its
+    password is the one `lablink up` makes for it."""
+    auth = system.get("auth") if isinstance(system, dict) else None
+    return isinstance(auth, dict) and auth.get("password_env") == DEVSITE_PASSWORD_ENV
+
+
 def uses_devsite(site: str) -> bool:
     """Whether a system of the site logs in to the development site `lablink up` runs."""
     try:
         doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return False
-    return any(
-        isinstance(s, dict) and (s.get("auth") or {}).get("password_env") == DEVSITE_PASSWORD_ENV
-        for s in (doc.get("systems") or {}).values()
-    )
+    return any(logs_in_to_devsite(s) for s in (doc.get("systems") or {}).values())
 
 
 @dataclass(frozen=True)
@@ -167,15 +171,15 @@ def _peer(doc: dict[str, Any], key: str, token_env: str, port: int) -> tuple[str
 
 
 def site_userlab_manager(site: str) -> tuple[str, int] | None:
-    """The UserLab Manager's token variable and port when a system of the site is
-    ``kind: kubernetes`` (else None)."""
+    """The UserLab Manager's token variable and port when a system of the site needs
+    it (its labs are pods), else None."""
     try:
-        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        settings = load_settings(site)
+    except SettingsError:
+        return None  # the backend says what is wrong with the file
+    if not any("userlab_manager" in s.peers() for s in settings.systems.values()):
         return None
-    systems = [s for s in (doc.get("systems") or {}).values() if isinstance(s, dict)]
-    if not any(s.get("kind") == "kubernetes" for s in systems):
-        return None
+    doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
     return _peer(doc, "userlab_manager", USERLAB_TOKEN_ENV, 8030)
 
 

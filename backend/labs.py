@@ -16,24 +16,14 @@ from typing import Any
 import httpx
 
 from .catalog import validate_options
-from .drivers.base import Driver, LabContext, LabEnded, LabFailed, lab_log_name
-from .drivers.kubernetes import KubernetesDriver
-from .drivers.local import LocalDriver
-from .drivers.unicore import UnicoreDriver
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Admission, Lab, Store, Usage
-from .tunnels import TunnelClient
-from .userlabs import UserlabClient
+from .systems.driver import Driver, LabContext, LabEnded, LabFailed, Peers, lab_log_name
+from .systems.registry import kinds
 from .vos import Identity, memberships
 
 log = logging.getLogger("lablink.backend.labs")
-
-DRIVERS: dict[str, type[Driver]] = {
-    "local": LocalDriver,
-    "unicore": UnicoreDriver,
-    "kubernetes": KubernetesDriver,
-}
 
 
 class NotInVO(Exception):
@@ -61,26 +51,28 @@ class LabManager:
         store: Store,
         http: httpx.AsyncClient,
         system_secrets: dict[str, str] | None = None,
-        tunnels: TunnelClient | None = None,
-        userlabs: UserlabClient | None = None,
+        peers: Peers | None = None,
     ):
         self.settings = settings
         self.store = store
         self.system_secrets = dict(system_secrets or {})
-        self.tunnels = tunnels
-        self.userlabs = userlabs
+        self.peers = peers or Peers()
         # the person's OIDC access token per lab, in memory only (never stored)
         self._access_tokens: dict[str, str] = {}
-        self.drivers: dict[str, Driver] = {kind: cls(http) for kind, cls in DRIVERS.items()}
+        # one driver per kind the site uses
+        used = {system.kind for system in settings.systems.values()}
+        self.drivers: dict[str, Driver[Any]] = {
+            name: kind.driver(http) for name, kind in kinds().items() if name in used
+        }
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
 
     # -- contexts -----------------------------------------------------------
 
-    def driver_for(self, lab: Lab) -> Driver:
+    def driver_for(self, lab: Lab) -> Driver[Any]:
         return self.drivers[self.settings.systems[lab.system].kind]
 
-    def context(self, lab: Lab, env: dict[str, str] | None = None) -> LabContext:
+    def context(self, lab: Lab, env: dict[str, str] | None = None) -> LabContext[Any]:
         async def report(
             state: LabState, message: str, *, detail: str = "", progress: int | None = None
         ) -> None:
@@ -102,9 +94,8 @@ class LabManager:
             save_handle=save,
             env=dict(env or {}),
             token_source=lambda: self._access_tokens.get(lab.id),
-            site_secret=self.system_secrets.get(lab.system),
-            tunnels=self.tunnels,
-            userlabs=self.userlabs,
+            secret=self.system_secrets.get(lab.system),
+            peers=self.peers,
             vo=lab.vo or "",
         )
 
@@ -329,7 +320,7 @@ class LabManager:
                 return
         await self._watch(ctx, driver)
 
-    async def _watch(self, ctx: LabContext, driver: Driver) -> None:
+    async def _watch(self, ctx: LabContext[Any], driver: Driver[Any]) -> None:
         status = await driver.wait_ended(ctx)
         try:
             output = await driver.stop(ctx)  # clears what the lab left behind

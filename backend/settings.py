@@ -11,25 +11,29 @@ that holds them (``secret_env``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .cloud.config import KubernetesSystem, UserlabManager
 from .config_base import NAME_PATTERN, Strict
 from .sshconfig import TunnelService
-from .unicore.config import UnicoreSystem
+from .systems import registry
+from .systems.base import SecretMissing, SystemSettings
+from .systems.kubernetes.config import UserlabManager
 from .vos import IdentitySettings, VOSettings
 
 
@@ -56,40 +60,6 @@ class TokenSettings(Strict):
         description="'hub': acts for the user named in each request; 'admin': sees and stops "
         "every lab",
     )
-
-
-class LocalSystem(Strict):
-    """Labs as processes on the backend's own machine (demo and development)."""
-
-    kind: Literal["local"] = Field(description="'local': each lab is a process on this machine")
-    display_name: str = Field(default="", description="the name people see in the form")
-    description: str = Field(default="", description="one line shown beside the name")
-    command: list[str] = Field(
-        default_factory=lambda: ["jupyterhub-singleuser"],
-        min_length=1,
-        description="the lab's command; a bare name is looked up beside the backend's Python "
-        "first, then on PATH",
-    )
-    args: list[str] = Field(default_factory=list, description="extra arguments for the command")
-    allow_root: bool | None = Field(
-        default=None,
-        description="pass --allow-root to the lab; unset: only when the backend runs as root",
-    )
-    start_timeout: float = Field(
-        default=120, gt=0, le=3600, description="seconds a lab may take to answer before it fails"
-    )
-    stop_grace: float = Field(
-        default=5, ge=0, le=300, description="seconds between SIGTERM and SIGKILL on stop"
-    )
-    output_lines: int = Field(
-        default=20, ge=1, le=500, description="lines of the lab's output kept in its last event"
-    )
-
-
-SystemSettings = Annotated[
-    LocalSystem | UnicoreSystem | KubernetesSystem, Field(discriminator="kind")
-]
-SYSTEM_KINDS = ("local", "unicore", "kubernetes")
 
 
 class Settings(Strict):
@@ -124,7 +94,8 @@ class Settings(Strict):
     )
     systems: dict[str, SystemSettings] = Field(
         min_length=1,
-        description="the systems labs run on, by name (lower-case letters, digits, '-')",
+        description="the systems labs run on, by name (lower-case letters, digits, '-'); "
+        "`kind` says which package runs their labs",
     )
     identity: IdentitySettings = Field(
         default_factory=IdentitySettings,
@@ -165,22 +136,20 @@ class Settings(Strict):
         return self
 
     def _check_vo_references(self) -> None:
-        """Every system, partition and flavor a VO names is one of the site's."""
+        """Every system a VO names is one of the site's, and every partition or flavor
+        one that system has."""
         for name, vo in self.vos.items():
             for i, system in enumerate(vo.systems or []):
                 if system not in self.systems:
                     reason = f"{system!r} is not one of the systems ({', '.join(self.systems)})"
                     raise _error_at(("vos", name, "systems", i), system, reason)
-            for key, kind, attr in (
-                ("partitions", "unicore", "partitions"),
-                ("flavors", "kubernetes", "flavors"),
-            ):
+            for key in VO_CHOICES:
                 for system, chosen in getattr(vo, key).items():
                     target = self.systems.get(system)
-                    if target is None or target.kind != kind:
-                        reason = f"{system!r} is not a {kind} system of this site"
+                    known = target.vo_choices().get(key) if target is not None else None
+                    if known is None:
+                        reason = f"{system!r} is not a system of this site that has {key}"
                         raise _error_at(("vos", name, key, system), system, reason)
-                    known = getattr(target, attr)
                     for i, item in enumerate(chosen):
                         if item not in known:
                             reason = (
@@ -216,6 +185,8 @@ class Settings(Strict):
         return normalize_database_url(url)
 
 
+# the keys of a VO that restrict what its members choose on a system (see vo_choices)
+VO_CHOICES = ("partitions", "flavors")
 SHARED_SSH_KEYS = {"user", "key_file", "known_hosts", "keepalive", "connect_timeout", "hub_forward"}
 
 
@@ -231,6 +202,28 @@ def _error_at(loc: tuple[str | int, ...], value: Any, reason: str) -> Validation
             )
         ],
     )
+
+
+def settings_model() -> type[Settings]:
+    """The site file's model for the registered kinds: ``systems`` is a union of their
+    settings, told apart by ``kind``."""
+    return _settings_model(registry.settings_models())
+
+
+@functools.cache
+def _settings_model(models: tuple[type[SystemSettings], ...]) -> type[Settings]:
+    system: Any = models[0] if len(models) == 1 else Union[models]  # noqa: UP007
+    field = Settings.model_fields["systems"]
+    model: type[Settings] = create_model(
+        "Settings",
+        __base__=Settings,
+        __doc__=Settings.__doc__,
+        systems=(
+            dict[str, Annotated[system, Field(discriminator="kind")]],
+            Field(min_length=1, description=field.description),
+        ),
+    )
+    return model
 
 
 def normalize_database_url(url: str) -> str:
@@ -276,6 +269,12 @@ def _describe(err: Any) -> str:
         return "not a known setting"
     if kind == "missing":
         return "required but missing"
+    if kind == "union_tag_invalid":
+        known = ", ".join(registry.kinds())
+        tag = str((err.get("ctx") or {}).get("tag", ""))[:64]
+        return f"{tag!r} is not a kind of system Lablink knows; allowed: {known}"
+    if kind == "union_tag_not_found":
+        return f"`kind` is required; one of: {', '.join(registry.kinds())}"
     msg = str(err["msg"])
     return msg.removeprefix("Value error, ")
 
@@ -301,13 +300,15 @@ def parse_settings(
             raise SettingsError(f"site file {source}, {exc}") from None
     data.update(overrides or {})
     try:
-        return Settings.model_validate(data)
+        return settings_model().model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            if len(loc) > 2 and loc[0] == "systems" and loc[2] in SYSTEM_KINDS:
+            if len(loc) > 2 and loc[0] == "systems" and loc[2] in registry.kinds():
                 loc = loc[:2] + loc[3:]  # the union's tag is not a key of the file
+            if err["type"] == "union_tag_invalid":
+                loc = (*loc, "kind")
             line = None
             for cut in range(len(loc), -1, -1):
                 if loc[:cut] in lines:
@@ -355,23 +356,20 @@ def token_secrets(
     return out
 
 
-def system_secrets(settings: Settings, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The password of each system that logs in with site-wide basic credentials.
+def system_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each system's own secret (a password, a signing key), by system name.
 
-    Read once at start from the environment; an unset variable is an error, so
-    a misconfigured system fails at start, not at a person's first lab.
+    Read once at start; a missing one is an error, so a misconfigured system fails
+    at start, not at a person's first lab.
     """
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
     for name, system in settings.systems.items():
-        auth = getattr(system, "auth", None)
-        if auth is not None and auth.method == "basic":
-            secret = env.get(auth.password_env, "")
-            if not secret:
-                raise SettingsError(
-                    f"systems.{name}.auth: the environment variable {auth.password_env} "
-                    "must hold the UNICORE password"
-                )
+        try:
+            secret = system.secret(env)
+        except SecretMissing as exc:
+            raise SettingsError(f"systems.{name}.{exc.key}: {exc.message}") from None
+        if secret is not None:
             out[name] = secret
     return out
 
@@ -390,17 +388,21 @@ def _peer_token(needed: bool, var: str, key: str, why: str, environ: Any) -> str
     return token
 
 
+def _needed(settings: Settings, peer: str) -> list[str]:
+    return [name for name, s in settings.systems.items() if peer in s.peers()]
+
+
 def tunnel_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
     """The tunnel service's token when a system uses `tunnel: ssh` (else None)."""
-    needed = any(getattr(s, "tunnel", "none") == "ssh" for s in settings.systems.values())
+    users = _needed(settings, "tunnel")
     var = settings.tunnel_service.token_env
-    why = "a system uses tunnel: ssh (the tunnel service)"
-    return _peer_token(needed, var, "tunnel_service.token_env", why, environ)
+    why = f"system {users[0]!r} uses the tunnel service" if users else ""
+    return _peer_token(bool(users), var, "tunnel_service.token_env", why, environ)
 
 
 def userlab_manager_token(settings: Settings, environ: dict[str, str] | None = None) -> str | None:
-    """The UserLab Manager's token when a system is ``kind: kubernetes`` (else None)."""
-    needed = any(s.kind == "kubernetes" for s in settings.systems.values())
+    """The UserLab Manager's token when a system's labs are pods it starts (else None)."""
+    users = _needed(settings, "userlab_manager")
     var = settings.userlab_manager.token_env
-    why = "a system is kind: kubernetes (the UserLab Manager)"
-    return _peer_token(needed, var, "userlab_manager.token_env", why, environ)
+    why = f"system {users[0]!r} uses the UserLab Manager" if users else ""
+    return _peer_token(bool(users), var, "userlab_manager.token_env", why, environ)

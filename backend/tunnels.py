@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
+
+from .retry import Backoff
 
 log = logging.getLogger("lablink.backend.tunnels")
 
@@ -59,8 +58,7 @@ class TunnelClient:
         with backoff for ``retry_for`` seconds (telling ``on_retry`` the first time),
         raises TunnelError."""
         body = {"lab_id": lab_id, "system": system, "host": host, "port": port}
-        deadline = time.monotonic() + retry_for
-        delay = 0.2
+        backoff = Backoff(retry_for)
         while True:
             try:
                 resp = await self.http.post(
@@ -75,14 +73,13 @@ class TunnelClient:
                 if 400 <= resp.status_code < 500:
                     raise TunnelError(self._detail(resp), refused=True)
                 problem = self._detail(resp)
-            if time.monotonic() + delay > deadline:
+            if not backoff.remaining():
                 raise TunnelError(problem)
             log.info("lab %s: no tunnel yet (%s); retrying", lab_id[:8], problem)
             if on_retry is not None:
                 await on_retry(problem)
                 on_retry = None
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     async def close(self, lab_id: str) -> None:
         """Remove a lab's tunnel (idempotent); errors are logged, not raised."""

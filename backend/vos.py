@@ -106,7 +106,7 @@ class VOSettings(Strict):
     )
     partitions: dict[SystemName, list[SiteName]] = Field(
         default_factory=dict,
-        description="per HPC system, the partitions the VO may use; a system left out: all",
+        description="per batch system, the partitions the VO may use; a system left out: all",
     )
     flavors: dict[SystemName, list[SiteName]] = Field(
         default_factory=dict,
@@ -129,11 +129,11 @@ class VOSettings(Strict):
     def allows_system(self, system: str) -> bool:
         return self.systems is None or system in self.systems
 
-    def allows_partition(self, system: str, partition: str) -> bool:
-        return system not in self.partitions or partition in self.partitions[system]
-
-    def allows_flavor(self, system: str, flavor: str) -> bool:
-        return system not in self.flavors or flavor in self.flavors[system]
+    def allows(self, key: str, system: str, choice: str) -> bool:
+        """Whether the VO lets its members choose ``choice`` of ``key`` (``partitions``
+        or ``flavors``) on ``system``; a system the VO's ``key`` leaves out: all."""
+        restricted: dict[str, list[str]] = getattr(self, key)
+        return system not in restricted or choice in restricted[system]
 
 
 @dataclass(frozen=True)

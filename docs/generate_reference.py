@@ -9,8 +9,10 @@ The test suite runs the check, so the reference cannot drift from the code.
 from __future__ import annotations
 
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -18,17 +20,8 @@ from pydantic_core import PydanticUndefined
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.settings import LocalSystem, Settings, TokenSettings  # noqa: E402
-from backend.sshconfig import Destination, LoginNode, SshTunnel, TunnelService  # noqa: E402
-from backend.unicore.config import (  # noqa: E402
-    AccessGrant,
-    BasicAuth,
-    Partition,
-    Range,
-    Reservation,
-    UnicoreSystem,
-)
-from backend.vos import IdentitySettings, Members, Quota, VOSettings  # noqa: E402
+from backend.settings import Settings, settings_model  # noqa: E402
+from backend.systems.registry import kinds  # noqa: E402
 from spawner.auth import DemoAuthenticator  # noqa: E402
 from spawner.oidc import LablinkOIDCAuthenticator  # noqa: E402
 from spawner.spawner import LablinkSpawner  # noqa: E402
@@ -67,7 +60,61 @@ def trait_table(cls: Any) -> list[str]:
     return rows
 
 
+def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
+    """The models a field holds, each with how its key path goes on: '' for the model
+    itself, '[]' for a list's items, '.<name>' for a mapping's values."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        yield from _models_in(get_args(annotation)[0])
+    elif origin in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            yield from _models_in(arg)
+    elif origin is list:
+        for suffix, model in _models_in(get_args(annotation)[0]):
+            yield "[]" + suffix, model
+    elif origin is dict:
+        for suffix, model in _models_in(get_args(annotation)[1]):
+            yield ".<name>" + suffix, model
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield "", annotation
+
+
+def _tag(model: type[BaseModel]) -> str:
+    """ " with `method: basic`" for a model told apart by a required one-value field."""
+    for name, field in model.model_fields.items():
+        args = get_args(field.annotation)
+        if field.is_required() and get_origin(field.annotation) is Literal and len(args) == 1:
+            return f" with `{name}: {args[0]}`"
+    return ""
+
+
+def _about(model: type[BaseModel]) -> str:
+    doc = (model.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split()) if doc and not doc.startswith("Usage docs") else ""
+
+
+def document(
+    model: type[BaseModel], path: str, level: int, done: dict[type[BaseModel], str]
+) -> list[str]:
+    """A model's table, then each model it holds, once: a model met again is named, not
+    repeated."""
+    out = ["#" * level + f" `{path}`{_tag(model)}", ""]
+    if _about(model):
+        out += [_about(model), ""]
+    out += [*model_table(model), ""]
+    done[model] = path
+    for name, field in model.model_fields.items():
+        for suffix, sub in _models_in(field.annotation):
+            where = f"{path}.{name}{suffix}" if path else f"{name}{suffix}"
+            if sub in done:
+                out += [f"`{where}`: as `{done[sub]}` above.", ""]
+            else:
+                out += document(sub, where, min(level + 1, 5), done)
+    return out
+
+
 def render() -> str:
+    done: dict[type[BaseModel], str] = {}
     out = [
         "# Configuration reference",
         "",
@@ -80,79 +127,33 @@ def render() -> str:
         "",
         "### Top level",
         "",
-        *model_table(Settings),
+        *model_table(settings_model()),
         "",
-        "### `tokens[]`",
-        "",
-        *model_table(TokenSettings),
-        "",
-        "### `systems.<name>` with `kind: local`",
-        "",
-        *model_table(LocalSystem),
-        "",
-        "### `systems.<name>` with `kind: unicore`",
-        "",
-        "An HPC system reached through UNICORE/X; each lab is a UNICORE job.",
-        "",
-        *model_table(UnicoreSystem),
-        "",
-        "#### `auth` with `method: basic`",
-        "",
-        *model_table(BasicAuth),
-        "",
-        "`auth: {method: bearer}` uses the person's OIDC access token from the hub.",
-        "",
-        "#### `partitions.<name>`",
-        "",
-        *model_table(Partition),
-        "",
-        "#### `nodes`, `runtime`, `gpus` (ranges)",
-        "",
-        *model_table(Range),
-        "",
-        "#### `reservations.<name>`",
-        "",
-        *model_table(Reservation),
-        "",
-        "#### `access[]`",
-        "",
-        *model_table(AccessGrant),
-        "",
-        "#### `ssh` (with `tunnel: ssh`)",
-        "",
-        *model_table(SshTunnel),
-        "",
-        "`login_nodes[]`:",
-        "",
-        *model_table(LoginNode),
-        "",
-        "`destinations[]` (`ports` is a range `{min, max}`):",
-        "",
-        *model_table(Destination),
-        "",
-        "### `tunnel_service`",
-        "",
-        *model_table(TunnelService),
-        "",
-        "### `identity`",
-        "",
-        *model_table(IdentitySettings),
-        "",
-        "### `vos.<name>`",
-        "",
-        "A virtual organization. A person is in it when any of `members` matches; new labs",
-        "are accounted to the person's active VO and admitted against its `quota`.",
-        "",
-        *model_table(VOSettings),
-        "",
-        "#### `members`",
-        "",
-        *model_table(Members),
-        "",
-        "#### `quota`",
-        "",
-        *model_table(Quota),
-        "",
+    ]
+    done[Settings] = ""
+    for name, field in Settings.model_fields.items():
+        if name == "systems":
+            continue
+        for suffix, sub in _models_in(field.annotation):
+            out += document(sub, f"{name}{suffix}", 3, done)
+    for name, kind in kinds().items():
+        out += [
+            f"### `systems.<name>` with `kind: {name}`",
+            "",
+            f"{kind.summary[0].upper()}{kind.summary[1:]}.",
+            "",
+            *model_table(kind.settings),
+            "",
+        ]
+        done[kind.settings] = f"systems.<name> (kind: {name})"
+        for key, field in kind.settings.model_fields.items():
+            for suffix, sub in _models_in(field.annotation):
+                where = f"systems.<name>.{key}{suffix}"
+                if sub in done:
+                    out += [f"`{where}`: as `{done[sub]}` above.", ""]
+                else:
+                    out += document(sub, where, 4, done)
+    out += [
         "## Hub settings (`jupyterhub_config.py`)",
         "",
         *trait_table(LablinkSpawner),

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Float, Unicode, default
+from traitlets import Float, List, Unicode, default
 
 from .client import FINAL, BackendClient, BackendError
 from .form import options_form_html, options_from_form
@@ -77,6 +77,25 @@ class LablinkSpawner(Spawner):
 
         After that the hub considers the server stopped; the backend goes on
         stopping it.""",
+    ).tag(config=True)
+
+    form_template_paths = List(
+        Unicode(),
+        help="""Folders searched for the options form's template (lablink_form.html)
+        before Lablink's own, so a site can change how the form looks.
+
+        The template gets the backend's catalog: the systems with their fields, and
+        the active VO with its quota (see spawner/templates/lablink_form.html).""",
+    ).tag(config=True)
+
+    start_timeout_margin = Float(
+        60.0,
+        help="""Seconds the hub waits beyond a system's own limit for a start.
+
+        Each system tells the backend's catalog how long its starts may take at most
+        (queue wait included, `start_limit`); the hub's start_timeout for a lab is
+        that plus this margin, so the backend's own sentence reaches the person
+        before JupyterHub's generic timeout.""",
     ).tag(config=True)
 
     lab_id = Unicode(None, allow_none=True, help="The backend's id of the current lab (state).")
@@ -251,8 +270,24 @@ class LablinkSpawner(Spawner):
                 return
 
 
-def _backend_decides(spawner: Spawner, user_options: dict[str, Any]) -> None:
-    """user_options travel to the backend as they are; it validates them."""
+async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]) -> None:
+    """user_options travel to the backend as they are; it validates them. Only the
+    start timeout follows the chosen system: its start_limit from the catalog."""
+    try:
+        catalog = await spawner.backend.catalog(spawner.user.name)
+    except BackendError as exc:
+        spawner.log.warning("%s: cannot load the catalog: %s", spawner._log_name, exc.detail)
+        return
+    chosen = (user_options or {}).get("system") or catalog.get("default_system")
+    for system in catalog.get("systems") or []:
+        if system.get("name") == chosen and isinstance(system.get("start_limit"), int | float):
+            spawner.start_timeout = int(system["start_limit"] + spawner.start_timeout_margin)
+            spawner.log.debug(
+                "%s: start timeout %ss for system %s",
+                spawner._log_name,
+                spawner.start_timeout,
+                chosen,
+            )
 
 
 async def _render_form(spawner: LablinkSpawner) -> str:
@@ -262,4 +297,4 @@ async def _render_form(spawner: LablinkSpawner) -> str:
     except BackendError as exc:
         spawner.log.warning("cannot load the catalog: %s", exc.detail)
         catalog = None
-    return options_form_html(catalog)
+    return options_form_html(catalog, spawner.form_template_paths)

@@ -13,7 +13,6 @@ from backend import loginnode
 from backend.cli import build_parser
 from backend.embedded import Embedded, SiteTunnels, site_tunnels
 from backend.settings import (
-    LocalSystem,
     Settings,
     SettingsError,
     load_settings,
@@ -21,6 +20,7 @@ from backend.settings import (
     parse_settings,
     token_secrets,
 )
+from backend.systems.local.config import LocalSystem
 
 EMBEDDED = Path(backend.__file__).parent / "data" / "embedded.yaml"
 
@@ -165,7 +165,14 @@ def test_missing_required_key(old: str, new: str, key: str, line: int | None) ->
 def test_missing_system_kind() -> None:
     message = error_of(site_with("    kind: local\n", ""))
     assert message.startswith("site file site.yaml, line 11: systems.local: ")
-    assert "'kind'" in message
+    assert "`kind` is required; one of: " in message and "unicore" in message
+
+
+def test_unknown_system_kind_names_the_kinds_there_are() -> None:
+    message = error_of(site_with("    kind: local\n", "    kind: lsf\n"))
+    assert message.startswith("site file site.yaml, line 12: systems.local.kind: ")
+    assert "'lsf' is not a kind of system Lablink knows; allowed: " in message
+    assert "kubernetes, local, unicore" in message
 
 
 def test_empty_file_lists_every_required_key() -> None:

@@ -7,7 +7,12 @@ import time
 import httpx
 import pytest
 
-from backend.unicore.client import Credentials, UnicoreClient, UnicoreRefused, UnicoreUnavailable
+from backend.systems.unicore.client import (
+    Credentials,
+    UnicoreClient,
+    UnicoreRefused,
+    UnicoreUnavailable,
+)
 
 pytestmark = pytest.mark.unicore
 

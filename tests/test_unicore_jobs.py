@@ -12,9 +12,10 @@ import yaml
 
 from backend.catalog import OptionError, catalog, validate_options
 from backend.settings import Settings, SettingsError, parse_settings
-from backend.unicore import jobs
-from backend.unicore.config import UnicoreSystem
-from backend.unicore.jobs import BadLabFile, job_description, parse_lab_file, start_script
+from backend.systems.batch.script import BadLabFile, parse_lab_file, start_script
+from backend.systems.unicore import jobs
+from backend.systems.unicore.config import UnicoreSystem
+from backend.systems.unicore.jobs import job_description
 
 pytestmark = pytest.mark.unicore
 

@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
 from backend.auth import Principal, authenticate
-from backend.cloud.config import KubernetesSystem, is_image_reference
 from backend.service import backend_only_app
 from backend.settings import Settings
+from backend.systems.kubernetes.config import KubernetesSystem, is_image_reference
 
 from .kube import ClusterError, Kube
 from .manifests import (

@@ -1,71 +1,24 @@
-"""The site file's part for an HPC system reached through UNICORE (``kind: unicore``).
+"""The site file's part every batch kind shares (``unicore``, ``slurm``): partitions
+and their ranges, reservations, who gets which accounts and projects, the lab's
+start script, and how the lab is reached (directly or through the tunnel service).
 
-Example::
-
-    systems:
-      hpc:
-        kind: unicore
-        display_name: JUWELS
-        url: https://unicore.example.org/JUWELS/rest/core
-        auth: {method: bearer}            # the person's OIDC access token
-        setup: ["module load Stages/2026 JupyterLab"]
-        partitions:
-          batch: {nodes: {max: 4}, runtime: {max: 1440}}
-          booster: {gpus: {max: 4, default: 1}}
-          login: {interactive: true, login_node: "jwlogin*"}
-        reservations:
-          workshop: {partitions: [batch]}
-        access:
-          - groups: [hpc-users]
-            accounts: ["{user}"]
-            projects: [training2026]
-"""
+A batch kind's settings model derives from :class:`BatchSystem` and adds how
+the batch system is reached (its URL, its login)."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
-from ..config_base import SITE_NAME_PATTERN, Strict
-from ..sshconfig import SshTunnel
+from ...config_base import SITE_NAME_PATTERN, Strict
+from ...sshconfig import SshTunnel
+from ..base import Range, SystemSettings
 
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-
-
-def is_local_host(host: str) -> bool:
-    """Loopback, link-local or unspecified: this machine, not a compute node or gateway."""
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local or address.is_unspecified
-
-
-class Range(Strict):
-    """Whole numbers a person may choose, with the value the form starts at."""
-
-    min: int = Field(default=1, ge=0, description="smallest value allowed")
-    max: int = Field(default=1, ge=0, description="largest value allowed")
-    default: int | None = Field(default=None, description="the form's value; unset: `min`")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Range:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not be above max ({self.max})")
-        if self.default is not None and not self.min <= self.default <= self.max:
-            raise ValueError(f"default ({self.default}) must lie between min and max")
-        return self
-
-    @property
-    def initial(self) -> int:
-        return self.min if self.default is None else self.default
+# a minute more than the backend's own limits: its sentence reaches the person first
+HUB_MARGIN = 60.0
 
 
 def _nodes() -> Range:
@@ -81,22 +34,10 @@ def _gpus() -> Range:
 
 
 class Partition(Strict):
-    """A batch partition (queue) of the system, or an interactive one on a login node."""
+    """A partition (queue) of the batch system."""
 
     display_name: str = Field(default="", description="the name people see; unset: the key")
     description: str = Field(default="", description="one line shown beside the name")
-    interactive: bool = Field(
-        default=False,
-        description="true: the lab runs on a login node (UNICORE job type ON_LOGIN_NODE), "
-        "not as a batch job",
-    )
-    login_node: str = Field(
-        default="",
-        max_length=128,
-        pattern=r"^[A-Za-z0-9.*?_-]*$",
-        description="for interactive partitions: the login node (a name or pattern UNICORE "
-        "accepts); unset: UNICORE chooses",
-    )
     nodes: Range = Field(default_factory=_nodes, description="nodes per lab")
     runtime: Range = Field(default_factory=_runtime, description="wall time in minutes")
     gpus: Range = Field(default_factory=_gpus, description="GPUs per node")
@@ -110,7 +51,8 @@ class Reservation(Strict):
 
 
 class AccessGrant(Strict):
-    """Accounts and projects given to some users or groups (until OIDC entitlements do it)."""
+    """Accounts and projects given to some users or groups (OIDC entitlements give
+    more, see ``identity``)."""
 
     users: list[str] = Field(
         default_factory=list, description="user names this grant is for ('*': everybody)"
@@ -135,51 +77,12 @@ class AccessGrant(Strict):
         return "*" in self.users or user in self.users or bool(groups & set(self.groups))
 
 
-class BasicAuth(Strict):
-    method: Literal["basic"] = Field(description="'basic': one site-wide login (development)")
-    username: str = Field(min_length=1, max_length=128, description="the UNICORE user name")
-    password_env: str = Field(
-        pattern=r"^[A-Z_][A-Z0-9_]*$",
-        description="the environment variable that holds the password",
-    )
+P = TypeVar("P", bound=Partition)
 
 
-class BearerAuth(Strict):
-    method: Literal["bearer"] = Field(
-        description="'bearer': the person's OIDC access token, handed over by the hub"
-    )
+class BatchSystem(SystemSettings, Generic[P]):
+    """What every batch kind's system has. ``P``: the kind's partition model."""
 
-
-UnicoreAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="method")]
-
-
-class UnicoreSystem(Strict):
-    """Labs as UNICORE jobs (batch or on a login node) on an HPC system."""
-
-    kind: Literal["unicore"] = Field(description="'unicore': labs are jobs submitted to UNICORE/X")
-    display_name: str = Field(default="", description="the name people see in the form")
-    description: str = Field(default="", description="one line shown beside the name")
-    url: str = Field(
-        pattern=r"^https?://[^\s]+/rest/core/?$",
-        description="UNICORE/X base URL, https://<gateway>/<SITE>/rest/core",
-    )
-    auth: UnicoreAuth = Field(
-        default_factory=lambda: BearerAuth(method="bearer"),
-        description="how the backend authenticates to UNICORE: {method: bearer} or "
-        "{method: basic, username, password_env}",
-    )
-    ca_bundle: str = Field(
-        default="", description="a CA file for UNICORE's TLS certificate; unset: the system's"
-    )
-    user_preferences: bool = Field(
-        default=True,
-        description="send X-UNICORE-User-Preferences uid:<account>,group:<project>",
-    )
-    gpu_resource: str = Field(
-        default="GPUS",
-        pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
-        description="the name of the site's GPUs-per-node resource in job descriptions",
-    )
     tunnel: Literal["none", "ssh"] = Field(
         default="none",
         description="'none': the backend and the proxy reach the lab's host:port directly; "
@@ -191,9 +94,9 @@ class UnicoreSystem(Strict):
     lab_hosts: list[str] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
-        description="host name patterns (shell-style) a lab may report in lab.json; others "
-        "are refused, and so are loopback and link-local addresses unless a pattern other "
-        "than '*' names them",
+        description="host name patterns (shell-style) a lab may report as its address; "
+        "others are refused, and so are loopback and link-local addresses unless a pattern "
+        "other than '*' names them",
     )
     setup: list[str] = Field(
         default_factory=list,
@@ -209,7 +112,7 @@ class UnicoreSystem(Strict):
         description="the lab's command on the compute node",
     )
     lab_args: list[str] = Field(default_factory=list, description="extra arguments for it")
-    partitions: dict[Annotated[str, Field(pattern=SITE_NAME_PATTERN)], Partition] = Field(
+    partitions: dict[Annotated[str, Field(pattern=SITE_NAME_PATTERN)], P] = Field(
         min_length=1, description="partitions offered, by the site's partition name"
     )
     reservations: dict[Annotated[str, Field(pattern=SITE_NAME_PATTERN)], Reservation] = Field(
@@ -234,38 +137,20 @@ class UnicoreSystem(Strict):
         description="seconds from the job running until JupyterLab must answer",
     )
     stop_timeout: float = Field(
-        default=60, gt=0, le=600, description="seconds to wait for an aborted job to end"
+        default=60, gt=0, le=600, description="seconds to wait for a cancelled job to end"
     )
     request_timeout: float = Field(
-        default=20, gt=0, le=300, description="seconds for one call to UNICORE"
+        default=20, gt=0, le=300, description="seconds for one call to the batch system"
     )
     retry_for: float = Field(
         default=60,
         ge=0,
         le=3600,
-        description="seconds to keep retrying when UNICORE is unreachable or answers 5xx",
-    )
-    token_wait: float = Field(
-        default=120,
-        ge=0,
-        le=3600,
-        description="with auth bearer: seconds a restarted backend waits for the hub to hand "
-        "over the person's token (the hub does with every poll) before it gives a lab up",
+        description="seconds to keep retrying when the batch system is unreachable or answers 5xx",
     )
     output_lines: int = Field(
         default=20, ge=1, le=500, description="lines of the job's output kept in its last event"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _https(cls, url: str) -> str:
-        host = urlsplit(url).hostname or ""
-        if url.startswith("http://") and not is_local_host(host):
-            raise ValueError(
-                "use https:// (plain http is allowed only for 127.0.0.1 and localhost, "
-                "where tokens do not cross a network)"
-            )
-        return url
 
     @field_validator("environment")
     @classmethod
@@ -276,13 +161,13 @@ class UnicoreSystem(Strict):
         return env
 
     @model_validator(mode="after")
-    def _ssh_given(self) -> UnicoreSystem:
+    def _ssh_given(self) -> BatchSystem[P]:
         if self.tunnel == "ssh" and self.ssh is None:
             raise ValueError("tunnel: ssh needs the `ssh` settings (login nodes, user, key)")
         return self
 
     @model_validator(mode="after")
-    def _reservations_known(self) -> UnicoreSystem:
+    def _reservations_known(self) -> BatchSystem[P]:
         for name, res in self.reservations.items():
             for part in res.partitions:
                 if part not in self.partitions:
@@ -291,6 +176,15 @@ class UnicoreSystem(Strict):
                         f"the partitions ({', '.join(self.partitions)})"
                     )
         return self
+
+    def peers(self) -> frozenset[str]:
+        return frozenset({"tunnel"}) if self.tunnel == "ssh" else frozenset()
+
+    def vo_choices(self) -> dict[str, list[str]]:
+        return {"partitions": list(self.partitions)}
+
+    def start_limit(self) -> float:
+        return self.queue_timeout + self.start_timeout + 2 * self.retry_for + HUB_MARGIN
 
     def grants_for(self, user: str, groups: frozenset[str]) -> tuple[list[str], list[str]]:
         """The accounts and projects this person may use here, in the file's order."""

@@ -28,7 +28,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config_base import Strict
+from ...config_base import Strict
+from ..base import SystemSettings
+
+# a minute more than the backend's own limits: its sentence reaches the person first
+HUB_MARGIN = 60.0
 
 # a container image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case
 # path components as the distribution spec has them (no shell characters, no spaces)
@@ -86,14 +90,12 @@ class LabImage(Strict):
         return self
 
 
-class KubernetesSystem(Strict):
+class KubernetesSystem(SystemSettings):
     """Labs as pods on a Kubernetes cluster, started by the UserLab Manager."""
 
     kind: Literal["kubernetes"] = Field(
         description="'kubernetes': each lab is a pod, started by the UserLab Manager"
     )
-    display_name: str = Field(default="", description="the name people see in the form")
-    description: str = Field(default="", description="one line shown beside the name")
     namespace: str = Field(
         default="lablink",
         pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -132,8 +134,14 @@ class KubernetesSystem(Strict):
         default=60, ge=0, le=3600, description="seconds to retry an unreachable UserLab Manager"
     )
 
-    def flavor_names(self) -> list[str]:
-        return list(self.flavors)
+    def peers(self) -> frozenset[str]:
+        return frozenset({"userlab_manager"})
+
+    def vo_choices(self) -> dict[str, list[str]]:
+        return {"flavors": list(self.flavors)}
+
+    def start_limit(self) -> float:
+        return self.start_timeout + 2 * self.retry_for + HUB_MARGIN
 
     def image_allowed(self, image: str) -> bool:
         return any(i.image == image for i in self.images) or any(

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from .. import procs
-from ..settings import LocalSystem
-from ..states import LabState
-from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
+from ... import procs
+from ...states import LabState
+from ..driver import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
+from .config import LocalSystem
 
 log = logging.getLogger("lablink.backend.local")
 
@@ -58,25 +58,25 @@ def lab_environment(hub_env: dict[str, str], home: Path, port: int, prefix: str)
     return env
 
 
-class LocalDriver(Driver):
-    kind = "local"
+class LocalDriver(Driver[LocalSystem]):
+    log = logging.getLogger("lablink.backend.local")
 
     def __init__(self, http: httpx.AsyncClient):
         super().__init__(http)
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
-    def _paths(self, ctx: LabContext) -> tuple[Path, Path]:
+    def _paths(self, ctx: LabContext[LocalSystem]) -> tuple[Path, Path]:
         run_dir = ctx.state_dir / "labs" / ctx.lab_id
         home = ctx.state_dir / "users" / ctx.user_name
         return run_dir, home
 
-    def _output(self, ctx: LabContext) -> str:
+    def _output(self, ctx: LabContext[LocalSystem]) -> str:
         log_path = ctx.handle.get("log")
         if not log_path:
             return ""
         return procs.tail(Path(log_path), ctx.system.output_lines)
 
-    async def start(self, ctx: LabContext) -> str:
+    async def start(self, ctx: LabContext[LocalSystem]) -> str:
         system: LocalSystem = ctx.system
         run_dir, home = self._paths(ctx)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ class LocalDriver(Driver):
         )
         return await self._wait_ready(ctx, system.start_timeout)
 
-    async def _wait_ready(self, ctx: LabContext, timeout: float) -> str:
+    async def _wait_ready(self, ctx: LabContext[LocalSystem], timeout: float) -> str:
         port = ctx.handle["port"]
         base = f"http://127.0.0.1:{port}"
         probe = f"{base}{ctx.handle['prefix']}api"
@@ -160,7 +160,7 @@ class LocalDriver(Driver):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.1)
 
-    async def status(self, ctx: LabContext) -> LabStatus:
+    async def status(self, ctx: LabContext[LocalSystem]) -> LabStatus:
         child = self._children.get(ctx.lab_id)
         if child is not None and child.returncode is not None:
             return LabStatus(alive=False, exit_code=child.returncode)
@@ -171,7 +171,7 @@ class LocalDriver(Driver):
             return LabStatus(alive=True)
         return LabStatus(alive=False, exit_code=child.returncode if child else None)
 
-    async def wait_ended(self, ctx: LabContext) -> LabStatus:
+    async def wait_ended(self, ctx: LabContext[LocalSystem]) -> LabStatus:
         child = self._children.get(ctx.lab_id)
         if child is not None:
             await child.wait()
@@ -179,7 +179,7 @@ class LocalDriver(Driver):
             await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"))
         return await self.status(ctx)
 
-    async def stop(self, ctx: LabContext) -> str:
+    async def stop(self, ctx: LabContext[LocalSystem]) -> str:
         child = self._children.get(ctx.lab_id)
         if child is not None and not ctx.handle.get("pid"):
             # stopped before the handle was stored: the child object knows the process
@@ -200,7 +200,7 @@ class LocalDriver(Driver):
             await child.wait()
         return self._output(ctx)
 
-    async def _wait_gone(self, ctx: LabContext, timeout: float) -> bool:
+    async def _wait_gone(self, ctx: LabContext[LocalSystem], timeout: float) -> bool:
         child = self._children.get(ctx.lab_id)
         if child is not None:
             try:
@@ -210,7 +210,7 @@ class LocalDriver(Driver):
                 return False
         return await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"), timeout)
 
-    async def recover(self, ctx: LabContext) -> str | None:
+    async def recover(self, ctx: LabContext[LocalSystem]) -> str | None:
         if not ctx.handle.get("pid"):
             return None
         if not procs.is_alive(ctx.handle["pid"], ctx.handle.get("started")):

@@ -13,32 +13,27 @@ development site in the tests, which keeps both honest about the protocol.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from ...retry import Backoff
+from ..batch.session import SiteRefused, SiteUnavailable
 
 log = logging.getLogger("lablink.backend.unicore")
 
 RETRY_STATUS = frozenset({429, 502, 503, 504, 500})
 
 
-class UnicoreUnavailable(Exception):
+class UnicoreUnavailable(SiteUnavailable):
     """UNICORE could not be reached (or kept failing) within the retry budget."""
 
 
-class UnicoreRefused(Exception):
+class UnicoreRefused(SiteRefused):
     """UNICORE answered 4xx: ``status`` and its ``errorMessage``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -112,11 +107,8 @@ class UnicoreClient:
         4xx and UnicoreUnavailable when the budget is spent. POST is retried too:
         a job created twice is found again by its tag and the extra one aborted.
         """
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.5
-        attempt = 0
+        backoff = Backoff(self.retry_for, first=0.5, most=10.0)
         while True:
-            attempt += 1
             try:
                 resp = await self.http.request(
                     method,
@@ -136,13 +128,17 @@ class UnicoreClient:
                 if resp.status_code not in RETRY_STATUS:
                     raise UnicoreRefused(resp.status_code, error_message(resp))
                 problem = f"HTTP {resp.status_code}: {error_message(resp)}"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("%s %s: giving up after %d attempts: %s", method, url, attempt, problem)
+            if not backoff.remaining():
+                log.warning(
+                    "%s %s: giving up after %d attempts: %s",
+                    method,
+                    url,
+                    backoff.attempts + 1,
+                    problem,
+                )
                 raise UnicoreUnavailable(problem)
             log.info("%s %s: %s; retrying", method, url, problem)
-            await asyncio.sleep(min(remaining, delay * (0.5 + random.random())))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.wait()
 
     async def get_json(self, url: str, **kw: Any) -> dict[str, Any] | None:
         resp = await self.request("GET", url, **kw)
@@ -178,10 +174,15 @@ class UnicoreClient:
         return True
 
     async def read_file(
-        self, storage_url: str, path: str, *, start: int | None = None
+        self, storage_url: str, path: str, *, start: int | None = None, length: int | None = None
     ) -> bytes | None:
-        """A file of a job's working directory (from byte ``start``); None if absent."""
-        headers = {"Range": f"bytes={start}-"} if start is not None else None
+        """A file of a job's working directory (from byte ``start``, at most ``length``
+        bytes); None if absent."""
+        headers = None
+        if start is not None or length is not None:
+            first = start or 0
+            last = str(first + length - 1) if length is not None else ""
+            headers = {"Range": f"bytes={first}-{last}"}
         resp = await self.request(
             "GET",
             f"{storage_url.rstrip('/')}/files/{path}",

@@ -19,9 +19,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from ..states import LabState
-from ..userlabs import UserlabError
-from .base import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
+from ...states import LabState
+from ..driver import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
+from .client import UserlabClient, UserlabError
+from .config import KubernetesSystem
 
 log = logging.getLogger("lablink.backend.kubernetes")
 
@@ -33,30 +34,30 @@ INTERNAL = (
 )
 
 
-def _name(ctx: LabContext) -> str:
-    return str(ctx.system.display_name or ctx.system_name)
+def _name(ctx: LabContext[KubernetesSystem]) -> str:
+    return ctx.system_label
 
 
 def _lab_state(state: str) -> LabState:
     return LabState.QUEUED if state == "scheduling" else LabState.STARTING
 
 
-class KubernetesDriver(Driver):
-    kind: ClassVar[str] = "kubernetes"
+class KubernetesDriver(Driver[KubernetesSystem]):
     status_interval: ClassVar[float] = 5.0
+    log: ClassVar[logging.Logger] = log
 
-    def _client(self, ctx: LabContext) -> Any:
-        if ctx.userlabs is None:
+    def _client(self, ctx: LabContext[KubernetesSystem]) -> UserlabClient:
+        if ctx.peers.userlabs is None:
             raise LabFailed(INTERNAL)
-        return ctx.userlabs
+        return ctx.peers.userlabs
 
-    def _unavailable(self, ctx: LabContext) -> str:
+    def _unavailable(self, ctx: LabContext[KubernetesSystem]) -> str:
         return (
             f"The cloud {_name(ctx)!r} cannot be reached right now; please try again later "
             "or choose another system."
         )
 
-    async def _end_quietly(self, ctx: LabContext) -> str:
+    async def _end_quietly(self, ctx: LabContext[KubernetesSystem]) -> str:
         try:
             return str(await self._client(ctx).delete(ctx.lab_id, retry_for=ctx.system.retry_for))
         except (UserlabError, LabFailed) as exc:
@@ -65,7 +66,7 @@ class KubernetesDriver(Driver):
 
     # -- the contract -------------------------------------------------------------
 
-    async def start(self, ctx: LabContext) -> str:
+    async def start(self, ctx: LabContext[KubernetesSystem]) -> str:
         client = self._client(ctx)
         prefix = service_prefix(ctx)
         await ctx.save({"prefix": prefix})
@@ -97,7 +98,9 @@ class KubernetesDriver(Driver):
             raise LabFailed(self._unavailable(ctx)) from None
         return await self._follow(ctx, lab, time.monotonic() + ctx.system.start_timeout)
 
-    async def _follow(self, ctx: LabContext, lab: dict[str, Any] | None, deadline: float) -> str:
+    async def _follow(
+        self, ctx: LabContext[KubernetesSystem], lab: dict[str, Any] | None, deadline: float
+    ) -> str:
         """Report every new state of a starting lab; its URL once it answers."""
         client = self._client(ctx)
         prefix = service_prefix(ctx)
@@ -115,7 +118,7 @@ class KubernetesDriver(Driver):
                 raise LabFailed(str(lab["message"]))
             if state == "ready" and lab.get("url"):
                 url = str(lab["url"]).rstrip("/")
-                if await self._answers(f"{url}{prefix}api"):
+                if await self.answers(f"{url}{prefix}api"):
                     await ctx.save({**ctx.handle, "url": url})
                     return url
             if time.monotonic() > deadline:
@@ -137,7 +140,7 @@ class KubernetesDriver(Driver):
                 await self._end_quietly(ctx)
                 raise LabFailed(exc.message if exc.refused else self._unavailable(ctx)) from None
 
-    async def status(self, ctx: LabContext) -> LabStatus:
+    async def status(self, ctx: LabContext[KubernetesSystem]) -> LabStatus:
         try:
             lab = await self._client(ctx).get(ctx.lab_id, ctx.system.retry_for)
         except (UserlabError, LabFailed) as exc:
@@ -149,7 +152,7 @@ class KubernetesDriver(Driver):
             return LabStatus(alive=True)
         return LabStatus(alive=False, message=str(lab["message"]))
 
-    async def stop(self, ctx: LabContext) -> str:
+    async def stop(self, ctx: LabContext[KubernetesSystem]) -> str:
         try:
             return str(await self._client(ctx).delete(ctx.lab_id, retry_for=ctx.system.retry_for))
         except UserlabError as exc:
@@ -158,7 +161,7 @@ class KubernetesDriver(Driver):
                 "remove it."
             ) from None
 
-    async def recover(self, ctx: LabContext) -> str | None:
+    async def recover(self, ctx: LabContext[KubernetesSystem]) -> str | None:
         if not ctx.handle.get("prefix"):
             return None
         try:

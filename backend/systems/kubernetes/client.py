@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
 from typing import Any
 
 import httpx
+
+from ...retry import Backoff
 
 log = logging.getLogger("lablink.backend.userlabs")
 
@@ -44,8 +43,7 @@ class UserlabClient:
     ) -> httpx.Response:
         """Retry network errors and 5xx with backoff for ``retry_for`` seconds;
         answer any other response."""
-        deadline = time.monotonic() + retry_for
-        delay = 0.2
+        backoff = Backoff(retry_for)
         while True:
             try:
                 resp = await self.http.request(
@@ -56,11 +54,10 @@ class UserlabClient:
                 problem = self._detail(resp)
             except httpx.TransportError as exc:
                 problem = f"the UserLab Manager cannot be reached ({type(exc).__name__})"
-            if time.monotonic() + delay > deadline:
+            if not backoff.remaining():
                 raise UserlabError(problem)
             log.info("%s %s: %s; retrying", method, path, problem)
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     async def create(self, body: dict[str, Any], retry_for: float) -> dict[str, Any]:
         resp = await self._request("POST", "/labs", retry_for, json=body)

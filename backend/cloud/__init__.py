@@ -1,1 +1,0 @@
-"""Cloud systems: labs as Kubernetes pods, started by the UserLab Manager."""

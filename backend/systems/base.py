@@ -1,0 +1,305 @@
+"""What every system kind has: its settings' common part, the kind's contract
+with the catalog and the form, whom a catalog is for, and the checks of start
+options (pure: no I/O).
+
+A kind is a package (``backend/systems/<kind>/``) that exports one
+:class:`SystemKind` object, registered in the entry-point group
+``lablink.systems`` (see :mod:`backend.systems.registry`). The kind owns:
+
+- its settings model (a :class:`SystemSettings` with ``kind: Literal["<kind>"]``),
+- what a person may choose on such a system and how the form asks for it
+  (:meth:`SystemKind.entry`, with ``fields`` as described in docs/reference.md),
+- the check of a start request's options (:meth:`SystemKind.check`),
+- its driver (:class:`backend.systems.driver.Driver`).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic import Field, model_validator
+
+from ..config_base import Strict
+from ..vos import Grants, Identity, Quota, VOSettings
+
+if TYPE_CHECKING:
+    from .driver import Driver
+
+# -- settings -------------------------------------------------------------------------
+
+
+class SecretMissing(Exception):
+    """A system's secret is not where its settings say; ``key`` is the setting's
+    dotted path below the system, the message is for the admin."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class SystemSettings(Strict):
+    """The part of ``systems.<name>`` every kind has."""
+
+    kind: str = Field(description="the kind of system: which of Lablink's packages runs its labs")
+    display_name: str = Field(default="", description="the name people see in the form")
+    description: str = Field(default="", description="one line shown beside the name")
+
+    def peers(self) -> frozenset[str]:
+        """The services the backend needs for this system's labs: ``tunnel`` (the SSH
+        tunnel service), ``userlab_manager``."""
+        return frozenset()
+
+    def secret(self, environ: Mapping[str, str]) -> str | None:
+        """The system's own secret (a password, a signing key), read once at start;
+        None when it has none. Raises SecretMissing."""
+        return None
+
+    def vo_choices(self) -> dict[str, list[str]]:
+        """What a VO may restrict on this system, per key of the VO's settings
+        (``partitions``, ``flavors``): the names it may choose from."""
+        return {}
+
+    def start_limit(self) -> float:
+        """Seconds a start of a lab may take at most, from the request to a lab that
+        answers, queue included (the hub waits this long)."""
+        return 300.0
+
+
+class Range(Strict):
+    """Whole numbers a person may choose, with the value the form starts at."""
+
+    min: int = Field(default=1, ge=0, description="smallest value allowed")
+    max: int = Field(default=1, ge=0, description="largest value allowed")
+    default: int | None = Field(default=None, description="the form's value; unset: `min`")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not be above max ({self.max})")
+        if self.default is not None and not self.min <= self.default <= self.max:
+            raise ValueError(f"default ({self.default}) must lie between min and max")
+        return self
+
+    @property
+    def initial(self) -> int:
+        return self.min if self.default is None else self.default
+
+    def cut(self, most: int | None) -> Range | None:
+        """This range with its maximum lowered to ``most``; None if even its minimum is
+        above it."""
+        if most is None or self.max <= most:
+            return self
+        if self.min > most:
+            return None
+        return Range(min=self.min, max=most, default=min(self.initial, most))
+
+    def limits(self) -> dict[str, int]:
+        return {"min": self.min, "max": self.max, "default": self.initial}
+
+
+# -- whom a catalog is for -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Whom the catalog is for: the person, what their entitlements give, their VO."""
+
+    identity: Identity
+    grants: Grants
+    vo_name: str | None = None
+    vo: VOSettings | None = None
+
+    @property
+    def in_vo(self) -> str:
+        """ " in VO 'x'" for sentences, or nothing."""
+        return f" in VO {self.vo_name!r}" if self.vo_name else ""
+
+    @property
+    def quota(self) -> Quota | None:
+        return self.vo.quota if self.vo is not None else None
+
+    def allows_system(self, system: str) -> bool:
+        return self.vo is None or self.vo.allows_system(system)
+
+    def allows(self, key: str, system: str, choice: str) -> bool:
+        """Whether the VO lets this person choose ``choice`` of ``key`` (a key of
+        ``vo_choices``: ``partitions``, ``flavors``) on ``system``."""
+        return self.vo is None or self.vo.allows(key, system, choice)
+
+
+class OptionError(ValueError):
+    """A start option is not acceptable; the message is one sentence for the person,
+    starting with ``options.<key>:``."""
+
+
+# -- the kind ---------------------------------------------------------------------------
+
+S = TypeVar("S", bound=SystemSettings)
+
+
+class SystemKind(abc.ABC, Generic[S]):
+    """One kind of system. Subclass it in the kind's package and export an instance
+    for the entry point."""
+
+    name: ClassVar[str]
+    """the value of ``kind:`` in the site file (lower-case letters, digits, '-')"""
+    summary: ClassVar[str]
+    """one line for the config reference: what a lab is on such a system"""
+    settings: ClassVar[type[SystemSettings]]
+    driver: ClassVar[type[Driver[Any]]]
+    option_keys: ClassVar[tuple[str, ...]]
+    """the option keys a start request may have for such a system (``system`` too)"""
+
+    @abc.abstractmethod
+    def entry(self, name: str, system: S, who: Viewer) -> dict[str, Any] | None:
+        """The kind's part of ``name``'s catalog entry for ``who``: what they may
+        choose, and ``fields``, how the form asks for it (see docs/reference.md).
+        None when the system offers this person nothing (no account, no partition
+        their VO allows)."""
+
+    @abc.abstractmethod
+    def check(self, name: str, system: S, options: dict[str, Any], who: Viewer) -> dict[str, Any]:
+        """The options as the driver gets them: every key known, every value allowed
+        for ``who`` and filled in where the request left it out. Raises OptionError.
+        ``options`` has only keys of ``option_keys``."""
+
+
+# -- the checks of option values (each raises OptionError with one sentence) ----------
+
+
+def shown(value: Any) -> str:
+    """A value a person sent, cut short for a sentence."""
+    return repr(value)[:64] if isinstance(value, str) else str(value)[:64]
+
+
+def choose(key: str, value: Any, allowed: list[str], where: str) -> str:
+    """One of ``allowed``; the first when the request leaves it out."""
+    if value in (None, ""):
+        if not allowed:
+            raise OptionError(f"options.{key}: {where} offers you none.")
+        return allowed[0]
+    if not isinstance(value, str) or value not in allowed:
+        listed = ", ".join(allowed) if allowed else "none"
+        raise OptionError(
+            f"options.{key}: {shown(value)} is not offered {where}; allowed: {listed}."
+        )
+    return value
+
+
+def whole_number(key: str, value: Any, r: Range, where: str) -> int:
+    """A whole number within ``r``; its default when the request leaves it out."""
+    if value in (None, ""):
+        return r.initial
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip()) if len(value.strip()) < 10 else 10**9
+    if number is None:
+        raise OptionError(
+            f"options.{key}: {shown(value)} is not a whole number; allowed: {r.min} to {r.max}."
+        )
+    if not r.min <= number <= r.max:
+        raise OptionError(
+            f"options.{key}: {number} is out of range {where}; allowed: {r.min} to {r.max}."
+        )
+    return number
+
+
+def amount(key: str, value: Any, most: float, unit: str, where: str) -> float:
+    """A positive amount up to ``most``; ``most`` when the request leaves it out."""
+    if value in (None, ""):
+        return most
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,3})?", value.strip()):
+        number = float(value.strip())
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise OptionError(f"options.{key}: {shown(value)} is not a number of {unit}.")
+    if not 0 < number <= most:
+        raise OptionError(
+            f"options.{key}: {number:g} {unit} is more than {where} allows; allowed: above 0 "
+            f"up to {most:g}."
+        )
+    return number
+
+
+# -- how the form asks (the ``fields`` of a catalog entry) -----------------------------
+
+
+def choice(
+    value: str,
+    label: str = "",
+    description: str = "",
+    *,
+    sets: dict[str, dict[str, Any]] | None = None,
+    when: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """One choice of a select field. ``sets``: what choosing it does to other fields
+    of the system (``{"runtime": {"min": 10, "max": 60, "default": 30}}``); ``when``:
+    it is offered only while other fields have one of these values."""
+    out: dict[str, Any] = {"value": value, "label": label or value, "description": description}
+    if sets:
+        out["sets"] = sets
+    if when:
+        out["when"] = when
+    return out
+
+
+def select_field(
+    key: str,
+    label: str,
+    choices: list[dict[str, Any]],
+    *,
+    required: bool = True,
+    empty_label: str = "none",
+    other: dict[str, Any] | None = None,
+    help: str = "",
+) -> dict[str, Any]:
+    """A field with a list of choices. Not ``required``: an empty choice first,
+    labelled ``empty_label``. ``other``: a free text a person may type instead
+    (``{"label", "placeholder", "maxlength"}``)."""
+    out: dict[str, Any] = {
+        "key": key,
+        "label": label,
+        "type": "select",
+        "required": required,
+        "choices": choices,
+        "help": help,
+    }
+    if not required:
+        out["empty_label"] = empty_label
+    if other:
+        out["other"] = other
+    return out
+
+
+def number_field(
+    key: str,
+    label: str,
+    *,
+    minimum: float,
+    maximum: float,
+    default: float | None,
+    step: float = 1,
+    unit: str = "",
+    help: str = "",
+) -> dict[str, Any]:
+    """A number field; ``default`` None leaves it empty (the backend fills it in)."""
+    return {
+        "key": key,
+        "label": label,
+        "type": "number",
+        "min": minimum,
+        "max": maximum,
+        "default": default,
+        "step": step,
+        "unit": unit,
+        "help": help,
+    }

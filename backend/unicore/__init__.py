@@ -1,1 +1,0 @@
-"""HPC systems reached through UNICORE's REST API: settings, job descriptions, client."""
