@@ -105,6 +105,12 @@ class LabOut(BaseModel):
     )
     created: datetime
     updated: datetime
+    handle: dict[str, Any] | None = Field(
+        default=None,
+        description="for admins only: what finds the lab on its system (a process id and "
+        "port, a job's URL or id and its host:port and tunnel port, a pod's name); None for "
+        "everybody else",
+    )
 
 
 class VOChoice(BaseModel):
@@ -137,7 +143,8 @@ class Health(BaseModel):
     active_labs: int
 
 
-def lab_out(lab: Lab) -> LabOut:
+def lab_out(lab: Lab, admin: bool = False) -> LabOut:
+    """A lab as the API shows it; its handle only to admins."""
     return LabOut(
         id=lab.id,
         user=lab.user_name,
@@ -152,6 +159,7 @@ def lab_out(lab: Lab) -> LabOut:
         exit_status=exit_status(lab.state),
         created=lab.created,
         updated=lab.updated,
+        handle=dict(lab.handle) if admin else None,
     )
 
 
@@ -332,7 +340,7 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
             "stop it first.",
         ) from None
     response.headers["Location"] = f"/api/v1/labs/{lab.id}"
-    return lab_out(lab)
+    return lab_out(lab, who.admin)
 
 
 def quota_refusal(exc: QuotaExceeded) -> str:
@@ -361,7 +369,7 @@ async def list_labs(
     if user is not None and not who.may_see(user):
         raise HTTPException(403, "You can list only your own labs.")
     labs = await store_of(request).list_labs(user_name=user, active_only=active)
-    return [lab_out(lab) for lab in labs]
+    return [lab_out(lab, who.admin) for lab in labs]
 
 
 AccessToken = Annotated[
@@ -385,7 +393,7 @@ def take_token(request: Request, who: Principal, lab: Lab, token: str | None) ->
 async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     lab = await visible_lab(request, who, lab_id)
     take_token(request, who, lab, token)
-    return lab_out(lab)
+    return lab_out(lab, who.admin)
 
 
 @router.delete("/labs/{lab_id}", status_code=202, response_model=LabOut)
@@ -393,7 +401,7 @@ async def delete_lab(request: Request, lab_id: str, who: Auth, token: AccessToke
     """Stop a lab. Idempotent: stopping a stopped lab answers with it as it is."""
     lab = await visible_lab(request, who, lab_id)
     take_token(request, who, lab, token)
-    return lab_out(await manager_of(request).stop(lab))
+    return lab_out(await manager_of(request).stop(lab), who.admin)
 
 
 @router.get("/labs/{lab_id}/events", response_model=list[EventOut])

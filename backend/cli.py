@@ -109,6 +109,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     return Embedded(args, args.site, Path(str(EMBEDDED_SITE))).run()
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print a lab, its handle and its events from the backend's database."""
+    import asyncio
+
+    from .inspect import NotFound, as_json, as_text, find_lab
+
+    state = Path(args.state_dir or os.environ.get("LABLINK_STATE_DIR", ".lablink"))
+    site = args.site or (str(state / "site.yaml") if (state / "site.yaml").exists() else None)
+    # the site file's state_dir, unless one is given (or there is no site file)
+    overrides = {"state_dir": state} if args.state_dir or not args.site else None
+    try:
+        settings = load_settings(site or str(EMBEDDED_SITE), overrides)
+        lab, events = asyncio.run(find_lab(settings, args.lab_id))
+    except (SettingsError, NotFound) as exc:
+        print(f"lablink inspect: {exc}", file=sys.stderr)
+        return 2
+    print((as_json if args.json else as_text)(settings, lab, events))
+    return 0
+
+
 def cmd_unicore_devsite(args: argparse.Namespace) -> int:
     """A development site that speaks UNICORE/X's REST API (see backend/devsite)."""
     import asyncio
@@ -207,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     up.set_defaults(func=cmd_up)
+
+    inspect = sub.add_parser(
+        "inspect", help="print a lab, its handle and its events (from the backend's database)"
+    )
+    inspect.add_argument("lab_id", help="the lab's id, or its first characters as logs show them")
+    inspect.add_argument(
+        "--state-dir",
+        help="the state directory (default: LABLINK_STATE_DIR or .lablink; with --site, the "
+        "site file's); its site.yaml is the default site file",
+    )
+    inspect.add_argument("--site", help="the site file (its database_url is read)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(func=cmd_inspect, log_level="warning")
 
     backend = sub.add_parser("backend", help="the backend service")
     common(backend, 8010)

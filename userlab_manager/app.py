@@ -78,6 +78,7 @@ class LabOut(BaseModel):
     lab_id: str
     system: str
     namespace: str
+    pod: str = Field(description="the name of the lab's pod, its service and its secret")
     state: str
     message: str
     reason: str = ""
@@ -184,6 +185,7 @@ class Labs:
             lab_id=lab_id,
             system=record["system"],
             namespace=record["namespace"],
+            pod=name_of(lab_id),
             state=status.state,
             message=status.message,
             reason=status.reason,

@@ -38,6 +38,7 @@ _SCRIPT = """\
 # Lablink start script: the same for every lab of this system. Values come
 # from the job's environment; this text holds nothing a person typed.
 set -eu
+{prologue}
 {setup}
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
 host=${{LABLINK_LAB_HOST:-$(hostname -f 2>/dev/null || hostname)}}
@@ -46,21 +47,33 @@ mv {lab_file}.tmp {lab_file}
 {announce}
 export JUPYTERHUB_SERVICE_URL="http://${{LABLINK_LAB_BIND:-0.0.0.0}}:${{port}}${{JUPYTERHUB_SERVICE_PREFIX}}"
 echo "lablink: starting JupyterLab on $host:$port"
-exec {command}
+{run}
 """
 
 
-def start_script(system: BatchSystem[Any], announce: str = "") -> str:
+@dataclass(frozen=True)
+class ScriptHooks:
+    """What a kind adds to the start script: fixed shell text of the kind, never a
+    person's input. ``lab_file`` is a shell word; ``run`` gets ``{command}``."""
+
+    prologue: str = "# (nothing to prepare)"
+    lab_file: str = LAB_FILE
+    announce: str = "# (the backend reads lab.json)"
+    run: str = "exec {command}"
+
+
+def start_script(system: BatchSystem[Any], hooks: ScriptHooks = ScriptHooks()) -> str:
     """The start script for every lab of ``system``: the admin's setup and command,
-    and the kind's fixed lines ``announce`` that tell the backend where the lab is
-    (run after ``lab.json`` is written; they may use ``$host`` and ``$port``)."""
+    and the kind's ``hooks`` (how it prepares the job, where lab.json goes, how it
+    tells the backend where the lab is, how it runs the lab)."""
     setup = "\n".join(system.setup) if system.setup else "# (no setup lines configured)"
     command = " ".join(shlex.quote(a) for a in [*system.lab_command, *system.lab_args])
     return _SCRIPT.format(
+        prologue=hooks.prologue,
         setup=setup,
-        lab_file=LAB_FILE,
-        announce=announce or "# (the backend reads lab.json)",
-        command=command,
+        lab_file=hooks.lab_file,
+        announce=hooks.announce,
+        run=hooks.run.format(command=command),
     )
 
 

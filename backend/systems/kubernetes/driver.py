@@ -96,6 +96,8 @@ class KubernetesDriver(Driver[KubernetesSystem]):
             if exc.refused:
                 raise LabFailed(exc.message) from None
             raise LabFailed(self._unavailable(ctx)) from None
+        self.step(ctx, "pod %s in namespace %s", lab.get("pod"), lab.get("namespace"))
+        await ctx.save({**ctx.handle, "namespace": lab.get("namespace"), "pod": lab.get("pod")})
         return await self._follow(ctx, lab, time.monotonic() + ctx.system.start_timeout)
 
     async def _follow(
@@ -111,6 +113,7 @@ class KubernetesDriver(Driver[KubernetesSystem]):
             state = str(lab["state"])
             if state != seen:
                 seen = state
+                self.step(ctx, "pod state %s: %s", state, lab.get("message"))
                 if state in ACTIVE:
                     await ctx.report(_lab_state(state), str(lab["message"]))
             if state not in ACTIVE:
@@ -119,6 +122,7 @@ class KubernetesDriver(Driver[KubernetesSystem]):
             if state == "ready" and lab.get("url"):
                 url = str(lab["url"]).rstrip("/")
                 if await self.answers(f"{url}{prefix}api"):
+                    self.step(ctx, "the lab answers at %s", url)
                     await ctx.save({**ctx.handle, "url": url})
                     return url
             if time.monotonic() > deadline:

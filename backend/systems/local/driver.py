@@ -104,6 +104,7 @@ class LocalDriver(Driver[LocalSystem]):
                     f"The lab command {system.command[0]!r} could not be run on this "
                     "system; ask the site's admins to check its configuration."
                 ) from None
+        self.step(ctx, "started %s as process %s", argv[0], proc.pid)
         self._children[ctx.lab_id] = proc
         try:
             await ctx.save(
@@ -148,6 +149,7 @@ class LocalDriver(Driver[LocalSystem]):
             try:
                 resp = await self.http.get(probe, timeout=2.0)
                 if resp.status_code == 200:
+                    self.step(ctx, "the lab answers at %s", base)
                     return base
             except httpx.TransportError:
                 pass
@@ -187,6 +189,7 @@ class LocalDriver(Driver[LocalSystem]):
         pid = ctx.handle.get("pid")
         started = ctx.handle.get("started")
         if pid is not None and procs.is_alive(pid, started):
+            self.step(ctx, "ending process %s and its descendants", pid)
             family = procs.descendants(pid)
             procs.signal_group(pid, signal.SIGTERM)
             if not await self._wait_gone(ctx, ctx.system.stop_grace):
