@@ -4,6 +4,8 @@ in the tests marked ``slurm``."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import signal
 import time
@@ -17,9 +19,9 @@ from pyunicore import client as unicore
 from pyunicore.aio import client as unicore_aio
 
 from backend.cli import main as lablink
-from backend.devsite import parse_token, parse_user
-from backend.devsite.jobs import DescriptionError, parse_description, parse_runtime
-from backend.devsite.slurm import (
+from devsite import parse_token, parse_user
+from devsite.jobs import DescriptionError, parse_description, parse_runtime
+from devsite.slurm import (
     batch_script,
     ended_outcome,
     parse_partitions,
@@ -29,7 +31,7 @@ from backend.devsite.slurm import (
     sbatch_argv,
     slurm_status,
 )
-from backend.devsite.storage import RangeError, parse_range
+from devsite.storage import RangeError, parse_range
 from tests.conftest import SlurmCluster, squeue_ids
 from tests.helpers.devsite import (
     Devsite,
@@ -60,6 +62,26 @@ def shell_job(script: str, **extra: Any) -> dict[str, Any]:
 def read(wd: unicore.Storage, path: str) -> str:
     with wd.stat(path).raw() as response:
         return response.read().decode()
+
+
+# -- the package --------------------------------------------------------------------
+
+
+def test_devsite_is_a_package_of_its_own_that_uses_only_vos_and_procs_of_the_backend() -> None:
+    spec = importlib.util.find_spec("devsite")  # the name `devsite` is a fixture here
+    assert spec is not None and spec.origin is not None
+    package = Path(spec.origin).parent
+    assert package.name == "devsite" and package.parent.name != "backend"
+    imported = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{source.name} imports from outside devsite relatively"
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    of_backend = {m for m in imported if m == "backend" or m.startswith("backend.")}
+    assert of_backend == {"backend.vos", "backend.procs"}
 
 
 # -- pure functions -----------------------------------------------------------------

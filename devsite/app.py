@@ -27,7 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
+from backend.vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
+
 from . import DevsiteConfig
 from .jobs import (
     Job,

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..procs import signal_group
+from backend.procs import signal_group
 
 log = logging.getLogger("lablink.devsite")
 
