@@ -29,17 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
 
-from . import DevsiteConfig
-from .jobs import (
-    Job,
-    JobStore,
-    LocalRunner,
-    SiteError,
-    parse_description,
-    submitted_copy,
-    unicore_time,
-    write_imports,
-)
+from . import DevsiteConfig, SiteError
+from .description import parse_description, submitted_copy
+from .jobs import Job, JobStore, LocalRunner, unicore_time, write_imports
 from .slurm import SlurmRunner
 from .storage import base_url, storage_router
 

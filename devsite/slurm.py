@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import EXIT_CODE_FILE, Job, JobSpec, read_exit_code
+from .description import JobSpec
+from .jobs import EXIT_CODE_FILE, Job, read_exit_code
 
 log = logging.getLogger("lablink.devsite.slurm")
 

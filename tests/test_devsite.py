@@ -20,7 +20,7 @@ from pyunicore.aio import client as unicore_aio
 
 from backend.cli import main as lablink
 from devsite import parse_token, parse_user
-from devsite.jobs import DescriptionError, parse_description, parse_runtime
+from devsite.description import DescriptionError, parse_description, parse_runtime
 from devsite.slurm import (
     batch_script,
     ended_outcome,
