@@ -1,12 +1,15 @@
 """The job description (pure): what the development site honours of a UNICORE job
 description, checked key by key; a description it cannot run is a ``DescriptionError``
-(400) whose sentence names the key."""
+(400) whose sentence names the key. ``job_script`` turns a description into the
+bash script that both runners run, as UNICORE's TSI does."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import SiteError
@@ -21,6 +24,8 @@ JOB_TYPES = {
 TIME_UNITS = ((("sec", "seconds"), 1), (("min", "minutes"), 60), (("h", "hours"), 3600),
               (("d", "days"), 86400))  # fmt: skip
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SCRIPT_NAME = ".lablink-devsite-job.sh"  # the job's script, in its working directory
+EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"  # as UNICORE's TSI names it
 
 
 class DescriptionError(SiteError):
@@ -276,3 +281,21 @@ def submitted_copy(desc: Mapping[str, Any]) -> dict[str, Any]:
             for item in copy["Imports"]
         ]
     return copy
+
+
+def job_script(spec: JobSpec, job_id: str, directory: Path) -> str:
+    """The job's bash script, as UNICORE's TSI writes it: into the job's directory, the
+    job's ``Environment`` exported (names checked, values quoted), then one line
+    ``<Executable> <Arguments...>``, the arguments joined with spaces as they are, for
+    the shell to expand (UNICORE's behaviour), then its exit code recorded in
+    ``UNICORE_SCRIPT_EXIT_CODE``."""
+    lines = ["#!/bin/bash", f"# Job {job_id}, written by Lablink's UNICORE development site."]
+    lines.append(f"cd {shlex.quote(str(directory))} || exit 1")
+    for name, value in spec.environment.items():
+        if not ENV_NAME.match(name):
+            raise DescriptionError(f"Environment has the invalid variable name '{name}'.")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append(" ".join([spec.executable, *spec.arguments]))
+    exit_code_file = shlex.quote(str(directory / EXIT_CODE_FILE))
+    lines += ["code=$?", f'echo "$code" > {exit_code_file}', 'exit "$code"', ""]
+    return "\n".join(lines)

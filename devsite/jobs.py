@@ -29,12 +29,11 @@ from typing import Any
 
 from backend.procs import signal_group
 
-from .description import DescriptionError, JobSpec
+from .description import EXIT_CODE_FILE, SCRIPT_NAME, DescriptionError, JobSpec, job_script
 
 log = logging.getLogger("lablink.devsite")
 
 FINAL = frozenset({"SUCCESSFUL", "FAILED"})
-EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"  # as UNICORE's TSI names it
 ABORTED = "Job aborted."  # UNICORE's statusMessage for an aborted job
 LIFETIME = timedelta(days=1)  # UNICORE's default lifetime of a job resource
 
@@ -162,18 +161,20 @@ def read_exit_code(directory: Path) -> int | None:
 # -- the local-process runner ---------------------------------------------------------
 
 
-def job_environment(base: Mapping[str, str], spec: JobSpec) -> dict[str, str]:
-    """A minimal environment (PATH, HOME, LANG of the site) plus the job's own."""
-    env = {k: base[k] for k in ("PATH", "HOME", "LANG") if k in base}
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A minimal environment (PATH, HOME, LANG of the site); the job's own variables
+    are exported by its script."""
+    env = {k: environ[k] for k in ("PATH", "HOME", "LANG") if k in environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return {**env, **spec.environment}
+    return env
 
 
 class LocalRunner:
-    """Runs each job as a process in its own session, in the job's directory."""
+    """Runs each job's script (``job_script``) with bash, as a process in its own
+    session, in the job's directory."""
 
-    def __init__(self, base_env: Mapping[str, str], grace: float = 3.0) -> None:
-        self.base_env = dict(base_env)
+    def __init__(self, environ: Mapping[str, str], grace: float = 3.0) -> None:
+        self.env = base_environment(environ)
         self.grace = grace
         self.host = socket.gethostname()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -182,24 +183,26 @@ class LocalRunner:
 
     async def submit(self, job: Job) -> None:
         spec = job.spec
-        argv = [spec.executable, *spec.arguments]
+        script = job.directory / SCRIPT_NAME
         try:
+            await asyncio.to_thread(script.write_text, job_script(spec, job.id, job.directory))
             with (
                 (job.directory / spec.stdout).open("wb") as out,
                 (job.directory / spec.stderr).open("wb") as err,
             ):
                 proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                    "bash",
+                    str(script),
                     cwd=job.directory,
-                    env=job_environment(self.base_env, spec),
+                    env=self.env,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
                     start_new_session=True,
                 )
         except OSError as exc:
-            job.note(f"Could not start {spec.executable}: {exc.strerror or exc}")
-            job.finish(None, f"Could not start '{spec.executable}': {exc.strerror or exc}.")
+            job.note(f"Could not start the job's script: {exc.strerror or exc}")
+            job.finish(None, f"The job could not be started: {exc.strerror or exc}.")
             return
         job.batch_id = f"INTERACTIVE_{self.host}_{proc.pid}"
         job.note(f"Submitted as a local process with PID={proc.pid} on [{self.host}]")
@@ -220,11 +223,11 @@ class LocalRunner:
         finally:
             self._procs.pop(job.id, None)
             self._tasks.pop(job.id, None)
+        # the script records its command's exit code; a script ended by a signal has none
+        exit_code = await asyncio.to_thread(read_exit_code, job.directory)
         code = proc.returncode
-        exit_code = None if code is None else (code if code >= 0 else 128 - code)
-        if exit_code is not None and not job.aborted and failure is None:
-            with contextlib.suppress(OSError):
-                (job.directory / EXIT_CODE_FILE).write_text(f"{exit_code}\n")
+        if exit_code is None and code is not None:
+            exit_code = code if code >= 0 else 128 - code
         job.finish(None if job.aborted or failure else exit_code, failure)
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
@@ -257,6 +260,3 @@ class LocalRunner:
         await asyncio.gather(*(self._stop(p) for p in procs), return_exceptions=True)
         if tasks:
             await asyncio.wait(tasks, timeout=self.grace + 2)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values()]

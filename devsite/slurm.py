@@ -2,8 +2,9 @@
 ``squeue``, an abort is a ``scancel``.
 
 One ``squeue`` call per poll cycle covers all of the site's active Slurm jobs.
-There is no accounting database to ask for exit codes, so the batch script
-records the executable's exit code in the job directory (``UNICORE_SCRIPT_EXIT_CODE``),
+The batch script is the job's script (``description.job_script``), the one local
+jobs run too. There is no accounting database to ask for exit codes, so that script
+records its command's exit code in the job directory (``UNICORE_SCRIPT_EXIT_CODE``),
 as UNICORE's TSI does. ``SLURM_CONF`` comes from the site's own environment.
 
 The functions above ``SlurmRunner`` are pure and are tested as data.
@@ -20,12 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .description import JobSpec
-from .jobs import EXIT_CODE_FILE, Job, read_exit_code
+from .description import SCRIPT_NAME, JobSpec, job_script
+from .jobs import Job, read_exit_code
 
 log = logging.getLogger("lablink.devsite.slurm")
 
-SCRIPT_NAME = ".lablink-devsite-job.sh"
 DEFAULT_JOB_NAME = "UnicoreJob"
 # Slurm job states as UNICORE's TSI groups them (https://slurm.schedmd.com/squeue.html)
 QUEUED_STATES = frozenset(
@@ -124,16 +124,6 @@ def sbatch_argv(spec: JobSpec, directory: Path, script: Path) -> list[str]:
     return argv
 
 
-def batch_script(spec: JobSpec, job_id: str) -> str:
-    """The batch script: the job's environment, its command, its exit code recorded.
-    Every value from the description is quoted; the shell interpolates none of them."""
-    lines = ["#!/bin/sh", f"# Job {job_id}, written by Lablink's UNICORE development site."]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in spec.environment.items()]
-    lines.append(shlex.join([spec.executable, *spec.arguments]) + " < /dev/null")
-    lines += ["code=$?", f'echo "$code" > {EXIT_CODE_FILE}', 'exit "$code"', ""]
-    return "\n".join(lines)
-
-
 def parse_sbatch_id(out: str) -> str:
     """The job id from ``sbatch --parsable`` ("123" or "123;cluster")."""
     first = out.strip().splitlines()[0] if out.strip() else ""
@@ -226,7 +216,7 @@ class SlurmRunner:
 
     async def submit(self, job: Job) -> None:
         script = job.directory / SCRIPT_NAME
-        await asyncio.to_thread(script.write_text, batch_script(job.spec, job.id))
+        await asyncio.to_thread(script.write_text, job_script(job.spec, job.id, job.directory))
         argv = sbatch_argv(job.spec, job.directory, script)
         job.note("Command is: " + shlex.join(argv))
         rc, out, err = await run(argv, self.env)
