@@ -5,13 +5,16 @@ package serves the part of its REST API that Lablink and pyunicore use, field fo
 field, and runs the jobs as local processes or through a real Slurm:
 
 - ``app``: the HTTP API (``create_app(config)``), authentication and errors;
-- ``description``: job descriptions (pure);
-- ``jobs``: the job model and store, the local-process runner;
+- ``description``: job descriptions (pure) and the job script built from them;
+- ``jobs``: the job model, the local-process runner;
 - ``slurm``: the Slurm runner (sbatch, squeue, scancel);
+- ``table``: the store of jobs and the job table that keeps them on disk;
 - ``storage``: the job working directories as UNICORE storages (files API).
 
-Jobs live in memory only: a restart of the development site forgets them (their
-directories stay on disk).
+Jobs survive a restart of the site, as they do one of UNICORE/X: the job table in
+the workdir is read when the site starts, local processes that still run are
+followed again, Slurm is asked about Slurm jobs. A clean stop (SIGTERM) ends the
+site's active jobs first; a site that is killed leaves them running.
 
 This module holds the site's configuration, the parsing of its command line
 (``lablink unicore-devsite``) and ``SiteError``, the error answer of every module.

@@ -31,9 +31,10 @@ from backend.vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
 
 from . import DevsiteConfig, SiteError
 from .description import parse_description, submitted_copy
-from .jobs import Job, JobStore, LocalRunner, unicore_time, write_imports
+from .jobs import Job, LocalRunner, read_exit_code, unicore_time, write_imports
 from .slurm import SlurmRunner
 from .storage import base_url, storage_router
+from .table import JobStore
 
 log = logging.getLogger("lablink.devsite")
 
@@ -41,6 +42,9 @@ SERVER_VERSION = "10.1.0"  # the UNICORE/X version whose API this site follows
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SITE_ID = "default_target_system"
 FACTORY_ID = "default_target_system_factory"
+ENDED_WHILE_DOWN = "The job ended while the development site was down and left no exit code."
+NOT_STARTED = "The development site stopped before the job was started; submit it again."
+NO_SLURM = "The development site now runs without Slurm and cannot follow this Slurm job."
 
 
 # -- errors and authentication ---------------------------------------------------------
@@ -208,11 +212,12 @@ OwnJob = Annotated[Job, Depends(own_job)]
 
 
 class Devsite:
-    """Creates, starts, aborts, restarts and deletes jobs; owns the runners."""
+    """Creates, starts, aborts, restarts and deletes jobs; owns the runners. Its jobs
+    are in the job table in the workdir: it takes them up again when it starts."""
 
     def __init__(self, config: DevsiteConfig) -> None:
         self.config = config
-        self.store = JobStore()
+        self.store = JobStore(config.workdir)
         self.local = LocalRunner(config.environ, config.grace)
         self.slurm = SlurmRunner(config.environ) if config.slurm else None
         self.queues, self.default_queue = list(config.queues), config.queues[0]
@@ -227,16 +232,43 @@ class Devsite:
             queues, default = await self.slurm.partitions()
             self.queues, self.default_queue = queues, default or "batch"
             self.slurm.start()
+        for job in await asyncio.to_thread(self.store.load):
+            if job.active:
+                await self._restore(job)
         self._expiry = asyncio.create_task(self._expire())
 
+    async def _restore(self, job: Job) -> None:
+        """Take up an active job of the job table, as UNICORE/X does after a restart: a
+        local process that still runs is followed again, one that has ended finishes
+        the job with the exit code the job recorded; Slurm is asked about a Slurm job."""
+        if job.status == "READY":
+            return  # it waits for its start
+        if job.runner == "slurm" and job.batch_id is not None:
+            if self.slurm is None:
+                job.finish(None, NO_SLURM)
+            else:
+                self.slurm.follow(job)
+        elif job.runner == "local" and job.pid is not None:
+            if not self.local.follow(job):
+                code = await asyncio.to_thread(read_exit_code, job.directory)
+                job.note("The job's process ended while the development site was down.")
+                job.finish(code, None if code is not None else ENDED_WHILE_DOWN)
+        else:  # the site stopped between the job's creation and its start
+            job.finish(None, NOT_STARTED)
+        if job.active and job.aborted:  # the site stopped while the job was being aborted
+            await self.runner(job).abort(job)
+
     async def close(self) -> None:
-        """End every active job (local processes, Slurm jobs): the site shuts down."""
+        """End every active job (local processes, Slurm jobs): the site shuts down.
+        (A site that is killed leaves its jobs running; ``open`` takes them up again.)"""
         if self._expiry is not None:
             self._expiry.cancel()
         for job in self.store.all():
             if job.active:
                 job.aborted = True
                 job.note("Aborted: the development site is shutting down.")
+                if job.status in ("READY", "STAGINGIN"):
+                    job.finish(None)
         if self._tasks:  # submissions under way see the abort and end their job
             await asyncio.wait(list(self._tasks), timeout=40)
         await self.local.close()
@@ -264,7 +296,7 @@ class Devsite:
             group=caller.group,
             spec=spec,
             description=submitted_copy(description),
-            directory=self.config.workdir.resolve() / job_id,
+            directory=self.store.workdir / job_id,
             runner="slurm" if on_slurm else "local",
         )
         job.queue = (spec.queue or self.default_queue) if spec.job_type == "BATCH" else None

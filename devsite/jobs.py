@@ -1,13 +1,16 @@
-"""Jobs of the development site: the job, the store of jobs and the runner that
-starts jobs as local processes (the job description is in ``description``).
-
-Jobs are kept in memory only; a restart of the development site forgets them.
+"""Jobs of the development site: the job and the runner that starts jobs as local
+processes (the job description is in ``description``, the job table that keeps
+jobs across a restart of the site in ``table``).
 
 A runner has this contract (``LocalRunner`` here, ``SlurmRunner`` in ``slurm``):
 
 - ``submit(job)`` starts the job whose directory is ready. On return the job is
   QUEUED or RUNNING, or FAILED with a ``statusMessage`` if it could not start.
   Later changes (RUNNING, SUCCESSFUL, FAILED) are made by the runner itself.
+- ``follow(job)`` takes up, after a restart of the site, an active job that the
+  site started before; from then on the runner makes the job's changes as for a
+  job it submitted itself. ``LocalRunner.follow`` returns False, and changes
+  nothing, if the job's process ended meanwhile: the caller then ends the job.
 - ``abort(job)`` asks an active job to end and returns at once; the job ends
   FAILED with the message ``Job aborted.`` once it has stopped.
 - ``wait(job, timeout)`` waits until the runner no longer tracks the job.
@@ -21,13 +24,13 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backend.procs import signal_group
+from backend.procs import is_alive, signal_group, start_time, wait_exit
 
 from .description import EXIT_CODE_FILE, SCRIPT_NAME, DescriptionError, JobSpec, job_script
 
@@ -65,6 +68,11 @@ class Job:
     queue: str | None = None
     aborted: bool = False
     log: list[str] = field(default_factory=list)
+    pid: int | None = None  # a local job's process, the leader of its own session
+    pid_start_time: int | None = None  # that process's start time (clock ticks since boot)
+    started_at: datetime | None = None  # when that process started: its Runtime counts from here
+    # writes the job to the job table (set by the store; see ``save``)
+    saver: Callable[[Job], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
@@ -78,16 +86,26 @@ class Job:
     def expires(self) -> datetime:
         return self.submitted + LIFETIME
 
+    def save(self) -> None:
+        """Write the job to the job table (nothing before the store has it). Every note
+        and every status change saves; a change without one calls ``save`` itself."""
+        if self.saver is not None:
+            self.saver(self)
+
     def note(self, text: str) -> None:
         """A line of the job's log (time-stamped like UNICORE's) and of the site's log."""
         stamp = datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y")
         self.log.append(f"{stamp}: {text}")
         log.info("job %s (%s): %s", self.id, self.owner, text)
+        self.save()
 
     def set_status(self, status: str, message: str = "") -> None:
-        if status != self.status:
-            self.note(f"Status set to {status}.")
+        changed = status != self.status
         self.status, self.status_message = status, message
+        if changed:
+            self.note(f"Status set to {status}.")
+        else:
+            self.save()
 
     def finish(self, exit_code: int | None, failure: str | None = None) -> None:
         """End the job: FAILED if aborted, if ``failure`` is given or on a non-zero exit."""
@@ -109,33 +127,11 @@ class Job:
         """Back to the start, for a restart."""
         self.status, self.status_message = "QUEUED", ""
         self.exit_code = self.batch_id = None
+        self.pid = self.pid_start_time = None
+        self.started_at = None
         self.aborted = False
         with contextlib.suppress(OSError):
             (self.directory / EXIT_CODE_FILE).unlink()
-
-
-class JobStore:
-    """The site's jobs, in memory, in submission order."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-
-    def add(self, job: Job) -> None:
-        self._jobs[job.id] = job
-
-    def remove(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-
-    def get(self, job_id: str, owner: str) -> Job | None:
-        """The job if ``owner`` owns it (nobody else can tell it exists)."""
-        job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
-
-    def of(self, owner: str, tags: frozenset[str] = frozenset()) -> list[Job]:
-        return [j for j in self._jobs.values() if j.owner == owner and tags <= set(j.spec.tags)]
-
-    def all(self) -> list[Job]:
-        return list(self._jobs.values())
 
 
 def write_imports(job: Job) -> None:
@@ -169,16 +165,33 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+@dataclass
+class _Process:
+    """A local job's process. ``ended`` is done once it has ended, with its exit status
+    if the site started it, or None if it was started before the site's restart (its
+    status then went to another parent)."""
+
+    pid: int
+    ended: asyncio.Future[int | None]
+
+
+async def _ended(pid: int, started: int) -> int | None:
+    """Wait for the end of a process the site did not start (its exit status is not ours)."""
+    await wait_exit(pid, started)
+    return None
+
+
 class LocalRunner:
     """Runs each job's script (``job_script``) with bash, as a process in its own
-    session, in the job's directory."""
+    session, in the job's directory. The process outlives the site; after a restart,
+    ``follow`` takes it up again by its pid and start time."""
 
     def __init__(self, environ: Mapping[str, str], grace: float = 3.0) -> None:
         self.env = base_environment(environ)
         self.grace = grace
         self.host = socket.gethostname()
+        self._procs: dict[str, _Process] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
 
     async def submit(self, job: Job) -> None:
@@ -204,40 +217,60 @@ class LocalRunner:
             job.note(f"Could not start the job's script: {exc.strerror or exc}")
             job.finish(None, f"The job could not be started: {exc.strerror or exc}.")
             return
+        job.pid, job.pid_start_time = proc.pid, start_time(proc.pid)
+        job.started_at = datetime.now(UTC)
         job.batch_id = f"INTERACTIVE_{self.host}_{proc.pid}"
         job.note(f"Submitted as a local process with PID={proc.pid} on [{self.host}]")
         job.set_status("RUNNING")
-        self._procs[job.id] = proc
-        self._tasks[job.id] = asyncio.create_task(self._watch(job, proc))
+        self._follow(job, _Process(proc.pid, asyncio.ensure_future(proc.wait())))
         if job.aborted:  # the abort came while the process was starting
             await self.abort(job)
 
-    async def _watch(self, job: Job, proc: asyncio.subprocess.Process) -> None:
-        failure = None
+    def follow(self, job: Job) -> bool:
+        """Take up the process of a job started before the site's restart: True if it
+        still runs (the same pid and start time), False if it has ended."""
+        pid, started = job.pid, job.pid_start_time
+        if pid is None or started is None or not is_alive(pid, started):
+            return False
+        job.note(f"Following the local process with PID={pid} again after a restart of the site.")
+        job.set_status("RUNNING")
+        self._follow(job, _Process(pid, asyncio.ensure_future(_ended(pid, started))))
+        return True
+
+    def _follow(self, job: Job, proc: _Process) -> None:
+        self._procs[job.id] = proc
+        self._tasks[job.id] = asyncio.create_task(self._watch(job, proc))
+
+    async def _watch(self, job: Job, proc: _Process) -> None:
+        runtime, left, failure = job.spec.runtime, None, None
+        if runtime is not None:
+            started = job.started_at or datetime.now(UTC)
+            left = max(0.0, runtime - (datetime.now(UTC) - started).total_seconds())
         try:
-            await asyncio.wait_for(proc.wait(), job.spec.runtime)
+            await asyncio.wait_for(asyncio.shield(proc.ended), left)
         except TimeoutError:
-            job.note(f"Runtime of {job.spec.runtime} seconds used up, stopping the job.")
-            failure = f"The job used up its runtime of {job.spec.runtime} seconds and was stopped."
+            job.note(f"Runtime of {runtime} seconds used up, stopping the job.")
+            failure = f"The job used up its runtime of {runtime} seconds and was stopped."
             await self._stop(proc)
         finally:
             self._procs.pop(job.id, None)
             self._tasks.pop(job.id, None)
         # the script records its command's exit code; a script ended by a signal has none
         exit_code = await asyncio.to_thread(read_exit_code, job.directory)
-        code = proc.returncode
-        if exit_code is None and code is not None:
-            exit_code = code if code >= 0 else 128 - code
+        status = proc.ended.result()
+        if exit_code is None and status is not None:
+            exit_code = status if status >= 0 else 128 - status
         job.finish(None if job.aborted or failure else exit_code, failure)
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+    async def _stop(self, proc: _Process) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period."""
-        signal_group(proc.pid, signal.SIGTERM)
+        if not proc.ended.done():
+            signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.grace)
+            await asyncio.wait_for(asyncio.shield(proc.ended), self.grace)
         except TimeoutError:
             signal_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await proc.ended
         signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left behind
 
     async def abort(self, job: Job) -> None:

@@ -238,6 +238,13 @@ class SlurmRunner:
         if job.aborted:  # the abort came while sbatch was running
             await self.abort(job)
 
+    def follow(self, job: Job) -> None:
+        """Take up a Slurm job submitted before the site's restart: the next poll asks
+        squeue about it (and its exit code decides if Slurm has forgotten it)."""
+        assert job.batch_id is not None
+        job.note(f"Following Slurm job {job.batch_id} again after a restart of the site.")
+        self._jobs[job.batch_id] = job
+
     async def abort(self, job: Job) -> None:
         bss_id = job.batch_id
         if bss_id is None or self._jobs.get(bss_id) is not job:
@@ -312,8 +319,9 @@ class SlurmRunner:
                     self._end(job, bss_id, "COMPLETED" if code == 0 else "FAILED", code)
                 continue
             self._missing.pop(bss_id, None)
-            if current.partition:
+            if current.partition and current.partition != job.queue:
                 job.queue = current.partition
+                job.save()
             status = slurm_status(current.state)
             if status == "ENDED":
                 code = await asyncio.to_thread(read_exit_code, job.directory)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -38,6 +37,8 @@ from tests.helpers.devsite import (
     Devsite,
     local_pid,
     pid_alive,
+    read,
+    shell_job,
     wait_status,
     wait_status_async,
 )
@@ -56,11 +57,6 @@ def devsite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsite]:
     site.stop()
 
 
-def shell_job(script: str, **extra: Any) -> dict[str, Any]:
-    """A job that runs ``script`` with sh; quoted, as its one argument reaches a shell."""
-    return {"Executable": "/bin/sh", "Arguments": ["-c", shlex.quote(script)], **extra}
-
-
 # jobs whose Executable and Arguments a shell reads, as UNICORE's TSI runs them
 START_SH = 'echo "started with $# arguments: $*"; echo "secret=$SECRET"\n'
 AS_UNICORE_DOES = [
@@ -75,11 +71,6 @@ AS_UNICORE_DOES = [
     ({"Executable": "pwd -P; ls", "Arguments": ["in*"], "Imports": [{"To": "in.txt", "Data": ""}]},
      None),  # None: the job directory, then in.txt
 ]  # fmt: skip
-
-
-def read(wd: unicore.Storage, path: str) -> str:
-    with wd.stat(path).raw() as response:
-        return response.read().decode()
 
 
 # -- the package --------------------------------------------------------------------
