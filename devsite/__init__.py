@@ -4,7 +4,8 @@ UNICORE/X cannot be installed everywhere Lablink is developed or tested, so this
 package serves the part of its REST API that Lablink and pyunicore use, field for
 field, and runs the jobs as local processes or through a real Slurm:
 
-- ``app``: the HTTP API (``create_app(config)``), authentication and errors;
+- ``app``: the HTTP API (``create_app(config)``) and ``Devsite``, which runs the jobs;
+- ``auth``: errors and authentication (passwords, tokens, an OIDC provider's userinfo);
 - ``description``: job descriptions (pure) and the job script built from them;
 - ``jobs``: the job model, the local-process runner;
 - ``slurm``: the Slurm runner (sbatch, squeue, scancel);
