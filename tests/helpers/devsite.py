@@ -42,7 +42,7 @@ class Devsite:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     args: tuple[str, ...] = ()  # the command line's options of the last start
-    env: Mapping[str, str] | None = None
+    env: Mapping[str, str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
