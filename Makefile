@@ -13,7 +13,7 @@ OIDC_DIR := $(VENV)/oidc
 OIDC := $(OIDC_DIR)/node_modules/oidc-provider/package.json
 OIDC_VERSION ?= 9
 ARGS ?=
-LINTED := spawner backend tunnel userlab_manager tests benchmarks docs
+LINTED := spawner backend tunnel userlab_manager devsite tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 

@@ -130,12 +130,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_unicore_devsite(args: argparse.Namespace) -> int:
-    """A development site that speaks UNICORE/X's REST API (see backend/devsite)."""
+    """A development site that speaks UNICORE/X's REST API (see the package devsite)."""
     import asyncio
 
-    from .devsite import DevsiteConfig, parse_token, parse_user
-    from .devsite.app import create_app
-    from .devsite.slurm import SlurmRunner
+    from devsite import DevsiteConfig, parse_token, parse_user
+    from devsite.app import create_app
+    from devsite.slurm import SlurmRunner
 
     environ = dict(os.environ)
     try:

@@ -4,10 +4,13 @@ in the tests marked ``slurm``."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,9 @@ from pyunicore import client as unicore
 from pyunicore.aio import client as unicore_aio
 
 from backend.cli import main as lablink
-from backend.devsite import parse_token, parse_user
-from backend.devsite.jobs import DescriptionError, parse_description, parse_runtime
-from backend.devsite.slurm import (
-    batch_script,
+from devsite import parse_token, parse_user
+from devsite.description import DescriptionError, job_script, parse_description, parse_runtime
+from devsite.slurm import (
     ended_outcome,
     parse_partitions,
     parse_sbatch_id,
@@ -29,12 +31,14 @@ from backend.devsite.slurm import (
     sbatch_argv,
     slurm_status,
 )
-from backend.devsite.storage import RangeError, parse_range
+from devsite.storage import RangeError, parse_range
 from tests.conftest import SlurmCluster, squeue_ids
 from tests.helpers.devsite import (
     Devsite,
     local_pid,
     pid_alive,
+    read,
+    shell_job,
     wait_status,
     wait_status_async,
 )
@@ -53,13 +57,40 @@ def devsite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsite]:
     site.stop()
 
 
-def shell_job(script: str, **extra: Any) -> dict[str, Any]:
-    return {"Executable": "/bin/sh", "Arguments": ["-c", script], **extra}
+# jobs whose Executable and Arguments a shell reads, as UNICORE's TSI runs them
+START_SH = 'echo "started with $# arguments: $*"; echo "secret=$SECRET"\n'
+AS_UNICORE_DOES = [
+    ({"Executable": "echo $VAR", "Environment": {"VAR": "x"}}, "x\n"),
+    ({"Executable": "echo", "Arguments": ["a   b", "$VAR", "'c  d'"], "Environment": ["VAR=x"]},
+     "a b x c  d\n"),
+    ({"Executable": "bash", "Arguments": ["start.sh", "one"], "Environment": {"SECRET": "$(id)"},
+      "Imports": [{"To": "start.sh", "Data": START_SH}]},
+     "started with 1 arguments: one\nsecret=$(id)\n"),
+    ({"Executable": "printf '%s|' \"$A\" > out; cat out", "Environment": {"A": "'; touch x; '"}},
+     "'; touch x; '|"),
+    ({"Executable": "pwd -P; ls", "Arguments": ["in*"], "Imports": [{"To": "in.txt", "Data": ""}]},
+     None),  # None: the job directory, then in.txt
+]  # fmt: skip
 
 
-def read(wd: unicore.Storage, path: str) -> str:
-    with wd.stat(path).raw() as response:
-        return response.read().decode()
+# -- the package --------------------------------------------------------------------
+
+
+def test_devsite_is_a_package_of_its_own_that_uses_only_vos_and_procs_of_the_backend() -> None:
+    spec = importlib.util.find_spec("devsite")  # the name `devsite` is a fixture here
+    assert spec is not None and spec.origin is not None
+    package = Path(spec.origin).parent
+    assert package.name == "devsite" and package.parent.name != "backend"
+    imported = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{source.name} imports from outside devsite relatively"
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    of_backend = {m for m in imported if m == "backend" or m.startswith("backend.")}
+    assert of_backend == {"backend.vos", "backend.procs"}
 
 
 # -- pure functions -----------------------------------------------------------------
@@ -107,7 +138,7 @@ def test_sbatch_argv_is_built_from_the_description() -> None:
     assert [runtime_minutes(s) for s in (1, 60, 61, 3600)] == [1, 1, 2, 60]
 
 
-def test_batch_script_quotes_every_value() -> None:
+def test_job_script_is_unicores_one_line_after_the_quoted_environment() -> None:
     spec = parse_description(
         {
             "Executable": "echo",
@@ -115,11 +146,18 @@ def test_batch_script_quotes_every_value() -> None:
             "Environment": ["GREETING=$(id)", "EMPTY="],
         }
     )
-    script = batch_script(spec, "job-1")
-    assert "export GREETING='$(id)'" in script
-    assert "export EMPTY=''" in script
-    assert "echo '$HOME' 'a b' ''\"'\"'; rm -rf /' < /dev/null" in script
-    assert 'echo "$code" > UNICORE_SCRIPT_EXIT_CODE' in script
+    script = job_script(spec, "job-1", Path("/w/it's here"))
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert lines[2] == """cd '/w/it'"'"'s here' || exit 1"""
+    assert lines[3:5] == ["export GREETING='$(id)'", "export EMPTY=''"]
+    assert lines[5] == "echo $HOME a b '; rm -rf /"  # as UNICORE: a shell reads the line
+    assert lines[6:] == [
+        "code=$?", """echo "$code" > '/w/it'"'"'s here/UNICORE_SCRIPT_EXIT_CODE'""",
+        'exit "$code"',
+    ]  # fmt: skip
+    with pytest.raises(DescriptionError, match="variable name"):
+        job_script(replace(spec, environment={"A;B": "x"}), "job-1", Path("/w"))
 
 
 def test_slurm_states_map_to_unicore_states() -> None:
@@ -269,6 +307,26 @@ def test_job_with_inline_import_and_environment(devsite: Devsite) -> None:
     assert any("Exit code 0" in line for line in job.log)
     assert read(job.working_dir, "stdout") == "hello world\nline one\nclean\n"
     assert job.working_dir.links["job"] == job.resource_url
+
+
+@pytest.mark.parametrize(("description", "stdout"), AS_UNICORE_DOES)
+def test_executable_and_arguments_run_as_unicores_tsi_runs_them(
+    devsite: Devsite, description: dict[str, Any], stdout: str | None
+) -> None:
+    job = devsite.client().new_job(description)
+    props = wait_status(job, {"SUCCESSFUL", "FAILED"})
+    stderr = read(job.working_dir, "stderr")
+    assert (props["status"], props["exitCode"], stderr) == ("SUCCESSFUL", "0", "")
+    expected = stdout or f"{(devsite.workdir / job.job_id).resolve()}\nin.txt\n"
+    assert read(job.working_dir, "stdout") == expected
+    assert "x" not in job.working_dir.listdir()  # no value of Environment ran
+
+
+def test_an_executable_that_is_not_there_fails_with_127(devsite: Devsite) -> None:
+    job = devsite.client().new_job({"Executable": "no-such-program", "Arguments": ["--help"]})
+    props = wait_status(job, {"SUCCESSFUL", "FAILED"})
+    assert (props["status"], props["exitCode"]) == ("FAILED", "127")
+    assert "no-such-program: command not found" in read(job.working_dir, "stderr")
 
 
 def test_client_stage_in_uploads_then_starts(devsite: Devsite, tmp_path: Path) -> None:
@@ -557,6 +615,21 @@ def test_slurm_batch_jobs_run_through_sbatch(slurm_devsite: Devsite, slurm: Slur
     assert read(job.working_dir, "stdout") == "hello slurm\nfrom an import\n"
     props = wait_status(failing, {"SUCCESSFUL", "FAILED"})
     assert (props["status"], props["exitCode"], props["queue"]) == ("FAILED", "3", "devel")
+
+
+@pytest.mark.slurm
+def test_slurm_batch_scripts_run_executable_and_arguments_as_unicore_does(
+    slurm_devsite: Devsite,
+) -> None:
+    client = slurm_devsite.client()
+    jobs = [(client.new_job(d), stdout) for d, stdout in AS_UNICORE_DOES]
+    for job, stdout in jobs:
+        props = wait_status(job, {"SUCCESSFUL", "FAILED"})
+        assert (props["status"], props["exitCode"]) == ("SUCCESSFUL", "0"), props
+        assert props["batchSystemID"].isdigit()  # through sbatch
+        expected = stdout or f"{(slurm_devsite.workdir / job.job_id).resolve()}\nin.txt\n"
+        assert read(job.working_dir, "stdout") == expected
+        assert "x" not in job.working_dir.listdir()
 
 
 @pytest.mark.slurm

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ class Devsite:
     token: str = ""
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # the command line's options of the last start
+    env: Mapping[str, str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -59,10 +62,13 @@ class Devsite:
         return httpx.Client(base_url=self.url, auth=auth, timeout=30, trust_env=False)
 
     def start(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 30) -> None:
-        self.passwords = {name: secrets.token_urlsafe(12) for name in USERS}
-        self.token = secrets.token_urlsafe(24)
-        self.port = free_port()
-        secrets_env = {f"DEVSITE_PW_{n.upper()}": pw for n, pw in self.passwords.items()}
+        """Start the site; a second start (see ``restart``) keeps the port and the logins."""
+        if not self.port:
+            self.passwords = {name: secrets.token_urlsafe(12) for name in USERS}
+            self.token = secrets.token_urlsafe(24)
+            self.port = free_port()
+        self.args, self.env = args, env
+        secrets_env = {f"DEVSITE_PW_{n.upper()}": self.passwords[n] for n in USERS}
         argv = [
             sys.executable, "-m", "backend.cli", "unicore-devsite",
             "--port", str(self.port), "--site", self.site, "--workdir", str(self.workdir),
@@ -81,8 +87,25 @@ class Devsite:
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
         return end_process(self.proc, sig, timeout)
 
+    def restart(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the site (killed, by default, as in a crash) and start it again with the
+        same options, port, workdir and logins: clients go on with the same URLs."""
+        self.stop(sig)
+        self.start(*self.args, env=self.env)
+
     def log_text(self, last: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-last:] if self.log.exists() else ""
+
+
+def shell_job(script: str, **extra: Any) -> dict[str, Any]:
+    """A job that runs ``script`` with sh; quoted, as its one argument reaches a shell."""
+    return {"Executable": "/bin/sh", "Arguments": ["-c", shlex.quote(script)], **extra}
+
+
+def read(wd: unicore.Storage, path: str) -> str:
+    """A file of a job's working directory, through the storage API."""
+    with wd.stat(path).raw() as response:
+        return response.read().decode()
 
 
 def wait_status(job: Any, statuses: set[str], timeout: float = 20) -> dict[str, Any]:

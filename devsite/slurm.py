@@ -2,8 +2,9 @@
 ``squeue``, an abort is a ``scancel``.
 
 One ``squeue`` call per poll cycle covers all of the site's active Slurm jobs.
-There is no accounting database to ask for exit codes, so the batch script
-records the executable's exit code in the job directory (``UNICORE_SCRIPT_EXIT_CODE``),
+The batch script is the job's script (``description.job_script``), the one local
+jobs run too. There is no accounting database to ask for exit codes, so that script
+records its command's exit code in the job directory (``UNICORE_SCRIPT_EXIT_CODE``),
 as UNICORE's TSI does. ``SLURM_CONF`` comes from the site's own environment.
 
 The functions above ``SlurmRunner`` are pure and are tested as data.
@@ -20,11 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import EXIT_CODE_FILE, Job, JobSpec, read_exit_code
+from .description import SCRIPT_NAME, JobSpec, job_script
+from .jobs import Job, read_exit_code
 
 log = logging.getLogger("lablink.devsite.slurm")
 
-SCRIPT_NAME = ".lablink-devsite-job.sh"
 DEFAULT_JOB_NAME = "UnicoreJob"
 # Slurm job states as UNICORE's TSI groups them (https://slurm.schedmd.com/squeue.html)
 QUEUED_STATES = frozenset(
@@ -123,16 +124,6 @@ def sbatch_argv(spec: JobSpec, directory: Path, script: Path) -> list[str]:
     return argv
 
 
-def batch_script(spec: JobSpec, job_id: str) -> str:
-    """The batch script: the job's environment, its command, its exit code recorded.
-    Every value from the description is quoted; the shell interpolates none of them."""
-    lines = ["#!/bin/sh", f"# Job {job_id}, written by Lablink's UNICORE development site."]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in spec.environment.items()]
-    lines.append(shlex.join([spec.executable, *spec.arguments]) + " < /dev/null")
-    lines += ["code=$?", f'echo "$code" > {EXIT_CODE_FILE}', 'exit "$code"', ""]
-    return "\n".join(lines)
-
-
 def parse_sbatch_id(out: str) -> str:
     """The job id from ``sbatch --parsable`` ("123" or "123;cluster")."""
     first = out.strip().splitlines()[0] if out.strip() else ""
@@ -225,7 +216,7 @@ class SlurmRunner:
 
     async def submit(self, job: Job) -> None:
         script = job.directory / SCRIPT_NAME
-        await asyncio.to_thread(script.write_text, batch_script(job.spec, job.id))
+        await asyncio.to_thread(script.write_text, job_script(job.spec, job.id, job.directory))
         argv = sbatch_argv(job.spec, job.directory, script)
         job.note("Command is: " + shlex.join(argv))
         rc, out, err = await run(argv, self.env)
@@ -246,6 +237,13 @@ class SlurmRunner:
         job.set_status("QUEUED")
         if job.aborted:  # the abort came while sbatch was running
             await self.abort(job)
+
+    def follow(self, job: Job) -> None:
+        """Take up a Slurm job submitted before the site's restart: the next poll asks
+        squeue about it (and its exit code decides if Slurm has forgotten it)."""
+        assert job.batch_id is not None
+        job.note(f"Following Slurm job {job.batch_id} again after a restart of the site.")
+        self._jobs[job.batch_id] = job
 
     async def abort(self, job: Job) -> None:
         bss_id = job.batch_id
@@ -321,8 +319,9 @@ class SlurmRunner:
                     self._end(job, bss_id, "COMPLETED" if code == 0 else "FAILED", code)
                 continue
             self._missing.pop(bss_id, None)
-            if current.partition:
+            if current.partition and current.partition != job.queue:
                 job.queue = current.partition
+                job.save()
             status = slurm_status(current.state)
             if status == "ENDED":
                 code = await asyncio.to_thread(read_exit_code, job.directory)

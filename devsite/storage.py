@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .jobs import Job, SiteError, unicore_time
+from . import SiteError
+from .jobs import Job, unicore_time
 
 CHUNK = 64 * 1024
 

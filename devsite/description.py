@@ -1,41 +1,19 @@
-"""Jobs of the development site: the job description, the job, the store of jobs
-and the runner that starts jobs as local processes.
-
-Jobs are kept in memory only; a restart of the development site forgets them.
-
-A runner has this contract (``LocalRunner`` here, ``SlurmRunner`` in ``slurm``):
-
-- ``submit(job)`` starts the job whose directory is ready. On return the job is
-  QUEUED or RUNNING, or FAILED with a ``statusMessage`` if it could not start.
-  Later changes (RUNNING, SUCCESSFUL, FAILED) are made by the runner itself.
-- ``abort(job)`` asks an active job to end and returns at once; the job ends
-  FAILED with the message ``Job aborted.`` once it has stopped.
-- ``wait(job, timeout)`` waits until the runner no longer tracks the job.
-- ``close()`` ends every job the runner still tracks (at shutdown).
-"""
+"""The job description (pure): what the development site honours of a UNICORE job
+description, checked key by key; a description it cannot run is a ``DescriptionError``
+(400) whose sentence names the key. ``job_script`` turns a description into the
+bash script that both runners run, as UNICORE's TSI does."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import re
-import signal
-import socket
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..procs import signal_group
+from . import SiteError
 
-log = logging.getLogger("lablink.devsite")
-
-FINAL = frozenset({"SUCCESSFUL", "FAILED"})
-EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"  # as UNICORE's TSI names it
-ABORTED = "Job aborted."  # UNICORE's statusMessage for an aborted job
-LIFETIME = timedelta(days=1)  # UNICORE's default lifetime of a job resource
 JOB_TYPES = {
     "BATCH": "BATCH",
     "NORMAL": "BATCH",  # UNICORE 8
@@ -46,16 +24,8 @@ JOB_TYPES = {
 TIME_UNITS = ((("sec", "seconds"), 1), (("min", "minutes"), 60), (("h", "hours"), 3600),
               (("d", "days"), 86400))  # fmt: skip
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class SiteError(Exception):
-    """An error answer of the site: an HTTP status and one sentence for a person."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
+SCRIPT_NAME = ".lablink-devsite-job.sh"  # the job's script, in its working directory
+EXIT_CODE_FILE = "UNICORE_SCRIPT_EXIT_CODE"  # as UNICORE's TSI names it
 
 
 class DescriptionError(SiteError):
@@ -63,9 +33,6 @@ class DescriptionError(SiteError):
 
     def __init__(self, message: str) -> None:
         super().__init__(400, message)
-
-
-# -- the job description (pure) ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -316,224 +283,19 @@ def submitted_copy(desc: Mapping[str, Any]) -> dict[str, Any]:
     return copy
 
 
-# -- the job --------------------------------------------------------------------------
-
-
-def unicore_time(when: datetime) -> str:
-    """UNICORE's time format, yyyy-MM-dd'T'HH:mm:ssZ (e.g. 2025-03-01T12:00:00+0100)."""
-    return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-@dataclass
-class Job:
-    id: str
-    owner: str  # the user name the request authenticated as
-    dn: str
-    uid: str
-    group: str | None
-    spec: JobSpec
-    description: dict[str, Any]  # as submitted, inline data replaced
-    directory: Path
-    runner: str  # "local" or "slurm"
-    submitted: datetime = field(default_factory=lambda: datetime.now(UTC))
-    status: str = "STAGINGIN"
-    status_message: str = ""
-    exit_code: int | None = None
-    batch_id: str | None = None
-    queue: str | None = None
-    aborted: bool = False
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.status not in FINAL
-
-    @property
-    def storage_id(self) -> str:
-        return f"{self.id}-uspace"
-
-    @property
-    def expires(self) -> datetime:
-        return self.submitted + LIFETIME
-
-    def note(self, text: str) -> None:
-        """A line of the job's log (time-stamped like UNICORE's) and of the site's log."""
-        stamp = datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y")
-        self.log.append(f"{stamp}: {text}")
-        log.info("job %s (%s): %s", self.id, self.owner, text)
-
-    def set_status(self, status: str, message: str = "") -> None:
-        if status != self.status:
-            self.note(f"Status set to {status}.")
-        self.status, self.status_message = status, message
-
-    def finish(self, exit_code: int | None, failure: str | None = None) -> None:
-        """End the job: FAILED if aborted, if ``failure`` is given or on a non-zero exit."""
-        if not self.active:
-            return
-        if exit_code is not None:
-            self.exit_code = exit_code
-            self.note(f"Exit code {exit_code}")
-        if self.aborted:
-            failure = ABORTED
-        elif failure is None and exit_code and not self.spec.ignore_exit_code:
-            failure = f"User application exited with non-zero exit code: <{exit_code}>."
-        if failure:
-            self.set_status("FAILED", failure)
-        else:
-            self.set_status("SUCCESSFUL")
-
-    def reset(self) -> None:
-        """Back to the start, for a restart."""
-        self.status, self.status_message = "QUEUED", ""
-        self.exit_code = self.batch_id = None
-        self.aborted = False
-        with contextlib.suppress(OSError):
-            (self.directory / EXIT_CODE_FILE).unlink()
-
-
-class JobStore:
-    """The site's jobs, in memory, in submission order."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-
-    def add(self, job: Job) -> None:
-        self._jobs[job.id] = job
-
-    def remove(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-
-    def get(self, job_id: str, owner: str) -> Job | None:
-        """The job if ``owner`` owns it (nobody else can tell it exists)."""
-        job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
-
-    def of(self, owner: str, tags: frozenset[str] = frozenset()) -> list[Job]:
-        return [j for j in self._jobs.values() if j.owner == owner and tags <= set(j.spec.tags)]
-
-    def all(self) -> list[Job]:
-        return list(self._jobs.values())
-
-
-def write_imports(job: Job) -> None:
-    """Write the job's inline imports into its (existing) directory."""
-    root = job.directory.resolve()
-    for imp in job.spec.imports:
-        target = root / imp.to
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(root):
-            raise DescriptionError(f"Imports: '{imp.to}' would leave the job directory.")
-        target.write_text(imp.data)
-        if imp.permissions is not None:
-            target.chmod(imp.permissions)
-
-
-def read_exit_code(directory: Path) -> int | None:
-    try:
-        return int((directory / EXIT_CODE_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-# -- the local-process runner ---------------------------------------------------------
-
-
-def job_environment(base: Mapping[str, str], spec: JobSpec) -> dict[str, str]:
-    """A minimal environment (PATH, HOME, LANG of the site) plus the job's own."""
-    env = {k: base[k] for k in ("PATH", "HOME", "LANG") if k in base}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return {**env, **spec.environment}
-
-
-class LocalRunner:
-    """Runs each job as a process in its own session, in the job's directory."""
-
-    def __init__(self, base_env: Mapping[str, str], grace: float = 3.0) -> None:
-        self.base_env = dict(base_env)
-        self.grace = grace
-        self.host = socket.gethostname()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._stoppers: set[asyncio.Task[None]] = set()
-
-    async def submit(self, job: Job) -> None:
-        spec = job.spec
-        argv = [spec.executable, *spec.arguments]
-        try:
-            with (
-                (job.directory / spec.stdout).open("wb") as out,
-                (job.directory / spec.stderr).open("wb") as err,
-            ):
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    cwd=job.directory,
-                    env=job_environment(self.base_env, spec),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            job.note(f"Could not start {spec.executable}: {exc.strerror or exc}")
-            job.finish(None, f"Could not start '{spec.executable}': {exc.strerror or exc}.")
-            return
-        job.batch_id = f"INTERACTIVE_{self.host}_{proc.pid}"
-        job.note(f"Submitted as a local process with PID={proc.pid} on [{self.host}]")
-        job.set_status("RUNNING")
-        self._procs[job.id] = proc
-        self._tasks[job.id] = asyncio.create_task(self._watch(job, proc))
-        if job.aborted:  # the abort came while the process was starting
-            await self.abort(job)
-
-    async def _watch(self, job: Job, proc: asyncio.subprocess.Process) -> None:
-        failure = None
-        try:
-            await asyncio.wait_for(proc.wait(), job.spec.runtime)
-        except TimeoutError:
-            job.note(f"Runtime of {job.spec.runtime} seconds used up, stopping the job.")
-            failure = f"The job used up its runtime of {job.spec.runtime} seconds and was stopped."
-            await self._stop(proc)
-        finally:
-            self._procs.pop(job.id, None)
-            self._tasks.pop(job.id, None)
-        code = proc.returncode
-        exit_code = None if code is None else (code if code >= 0 else 128 - code)
-        if exit_code is not None and not job.aborted and failure is None:
-            with contextlib.suppress(OSError):
-                (job.directory / EXIT_CODE_FILE).write_text(f"{exit_code}\n")
-        job.finish(None if job.aborted or failure else exit_code, failure)
-
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM to the process group, SIGKILL after the grace period."""
-        signal_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.grace)
-        except TimeoutError:
-            signal_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        signal_group(proc.pid, signal.SIGKILL)  # whatever the leader left behind
-
-    async def abort(self, job: Job) -> None:
-        proc = self._procs.get(job.id)
-        if proc is None:
-            return
-        stopper = asyncio.create_task(self._stop(proc))
-        self._stoppers.add(stopper)
-        stopper.add_done_callback(self._stoppers.discard)
-
-    async def wait(self, job: Job, timeout: float) -> None:
-        task = self._tasks.get(job.id)
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-
-    async def close(self) -> None:
-        procs = list(self._procs.values())
-        tasks = list(self._tasks.values())
-        await asyncio.gather(*(self._stop(p) for p in procs), return_exceptions=True)
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.grace + 2)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values()]
+def job_script(spec: JobSpec, job_id: str, directory: Path) -> str:
+    """The job's bash script, as UNICORE's TSI writes it: into the job's directory, the
+    job's ``Environment`` exported (names checked, values quoted), then one line
+    ``<Executable> <Arguments...>``, the arguments joined with spaces as they are, for
+    the shell to expand (UNICORE's behaviour), then its exit code recorded in
+    ``UNICORE_SCRIPT_EXIT_CODE``."""
+    lines = ["#!/bin/bash", f"# Job {job_id}, written by Lablink's UNICORE development site."]
+    lines.append(f"cd {shlex.quote(str(directory))} || exit 1")
+    for name, value in spec.environment.items():
+        if not ENV_NAME.match(name):
+            raise DescriptionError(f"Environment has the invalid variable name '{name}'.")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append(" ".join([spec.executable, *spec.arguments]))
+    exit_code_file = shlex.quote(str(directory / EXIT_CODE_FILE))
+    lines += ["code=$?", f'echo "$code" > {exit_code_file}', 'exit "$code"', ""]
+    return "\n".join(lines)

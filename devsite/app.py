@@ -1,46 +1,30 @@
 """The development site's HTTP API, built by ``create_app(config)``: UNICORE/X's REST
-API under ``/<SITE>/rest/core`` (base, jobs, sites, factories; storages in ``storage``).
-
-Errors are UNICORE's ``{"errorMessage": "<one sentence>", "status": <code>}``, never
-a traceback. Users authenticate with HTTP basic (name and password) or a bearer token.
+API under ``/<SITE>/rest/core`` (base, jobs, sites, factories; storages in ``storage``;
+errors and authentication in ``auth``), and ``Devsite``, which runs the jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import logging
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..vos import DEFAULT_ENTITLEMENT_PATTERN, entitlement_grants
-from . import DevsiteConfig
-from .jobs import (
-    Job,
-    JobStore,
-    LocalRunner,
-    SiteError,
-    parse_description,
-    submitted_copy,
-    unicore_time,
-    write_imports,
-)
+from . import DevsiteConfig, SiteError
+from .auth import Authenticated, Caller, install_error_handlers
+from .description import parse_description, submitted_copy
+from .jobs import Job, LocalRunner, read_exit_code, unicore_time, write_imports
 from .slurm import SlurmRunner
 from .storage import base_url, storage_router
+from .table import JobStore
 
 log = logging.getLogger("lablink.devsite")
 
@@ -48,145 +32,12 @@ SERVER_VERSION = "10.1.0"  # the UNICORE/X version whose API this site follows
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SITE_ID = "default_target_system"
 FACTORY_ID = "default_target_system_factory"
+ENDED_WHILE_DOWN = "The job ended while the development site was down and left no exit code."
+NOT_STARTED = "The development site stopped before the job was started; submit it again."
+NO_SLURM = "The development site now runs without Slurm and cannot follow this Slurm job."
 
 
-# -- errors and authentication ---------------------------------------------------------
-
-
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Any:
-    return JSONResponse({"errorMessage": message, "status": status}, status, headers=headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(SiteError)
-    async def _site(request: Request, exc: SiteError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)  # type: ignore[no-any-return]
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        err = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in err.get("loc", ())]
-        where = f"{loc[0]} parameter {'.'.join(loc[1:])}" if len(loc) > 1 else "request"
-        message = f"The {where} is not valid: {err.get('msg', 'invalid')}."
-        return error_response(400, message)  # type: ignore[no-any-return]
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        message = f"There is no {request.url.path} here."
-        if exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}."
-        elif exc.status_code != 404:
-            message = str(exc.detail)
-        return error_response(exc.status_code, message, exc.headers)  # type: ignore[no-any-return]
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        message = "An internal error occurred; the site's log has the details."
-        return error_response(500, message)  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True)
-class Caller:
-    name: str
-    dn: str
-    uid: str
-    uids: tuple[str, ...]
-    group: str | None
-    method: str
-
-
-def parse_preferences(header: str) -> dict[str, str]:
-    """``X-UNICORE-User-Preferences: uid:x,group:y,role:user`` as a dict."""
-    prefs = {}
-    for item in header.split(","):
-        key, sep, value = item.strip().partition(":")
-        if not sep or not key or not value:
-            raise SiteError(400, "X-UNICORE-User-Preferences must look like 'uid:name,group:name'.")
-        prefs[key.strip()] = value.strip()
-    return prefs
-
-
-def check_credentials(config: DevsiteConfig, header: str) -> tuple[str, str] | None:
-    """(user name, method) for a valid Authorization header; secrets compared in constant time."""
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            name, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user = config.users.get(name)
-        expected = user.password if user and user.password else "\0" + password + "\0"
-        ok = hmac.compare_digest(expected.encode(), password.encode())
-        return (name, "PASSWORD_FILE") if ok and user else None
-    if scheme.lower() == "bearer":
-        found = None
-        for token, name in config.tokens.items():
-            if hmac.compare_digest(token.encode(), value.strip().encode()):
-                found = name
-        return (found, "OAUTH") if found else None
-    return None
-
-
-async def oidc_caller(site: Devsite, header: str) -> tuple[str, tuple[str, ...]] | None:
-    """(name, uids) of the person whose bearer token the OIDC provider's userinfo accepts."""
-    config = site.config
-    scheme, _, token = header.strip().partition(" ")
-    if not config.oidc_userinfo or scheme.lower() != "bearer" or not token.strip():
-        return None
-    try:
-        resp = await site.http.get(
-            config.oidc_userinfo, headers={"Authorization": f"Bearer {token.strip()}"}
-        )
-    except httpx.HTTPError as exc:
-        log.warning("the OIDC provider cannot be asked: %r", exc)
-        raise SiteError(503, "The identity provider cannot be reached; try again later.") from None
-    if resp.status_code != 200:
-        return None
-    claims = resp.json()
-    name = str(claims.get("preferred_username") or claims.get("sub") or "")
-    if not name:
-        return None
-    grants = entitlement_grants(
-        config.entitlement_pattern or DEFAULT_ENTITLEMENT_PATTERN,
-        frozenset(e for e in claims.get("eduperson_entitlement") or [] if isinstance(e, str)),
-    )
-    uids = sorted({a for accounts in grants.accounts.values() for a in accounts})
-    return name, tuple(uids) or (name,)
-
-
-async def authenticate(request: Request) -> Caller:
-    """The dependency that every route uses: who calls, with which uid and group."""
-    site: Devsite = request.app.state.devsite
-    config = site.config
-    challenge = {"WWW-Authenticate": f'Basic realm="{config.site}", Bearer realm="{config.site}"'}
-    header = request.headers.get("authorization")
-    if not header:
-        raise SiteError(401, "Log in with a user name and password or a bearer token.", challenge)
-    found = check_credentials(config, header)
-    oidc = None if found else await oidc_caller(site, header)
-    if found is None and oidc is None:
-        raise SiteError(401, "The user name and password or the token are not valid.", challenge)
-    if oidc is not None:
-        name, method, uids = oidc[0], "OAUTH", oidc[1]
-    else:
-        assert found is not None
-        name, method = found
-        user = config.users.get(name)
-        uids = user.uids if user else (name,)
-    prefs = parse_preferences(request.headers.get("x-unicore-user-preferences") or "uid:" + uids[0])
-    uid = prefs.get("uid", uids[0])
-    if uid not in uids:
-        raise SiteError(
-            403, f"The uid '{uid}' is not available to {name}; use one of: " + ", ".join(uids) + "."
-        )
-    if prefs.get("role", "user") != "user":
-        raise SiteError(403, f"The role '{prefs['role']}' is not available to {name}; use user.")
-    dn = f"CN={name},O=Lablink development site {config.site}"
-    return Caller(name, dn, uid, uids, prefs.get("group"), method)
-
-
-Authenticated = Annotated[Caller, Depends(authenticate)]
+# -- the caller's jobs -----------------------------------------------------------------
 
 
 async def own_job(request: Request, job_id: str, caller: Authenticated) -> Job:
@@ -215,11 +66,12 @@ OwnJob = Annotated[Job, Depends(own_job)]
 
 
 class Devsite:
-    """Creates, starts, aborts, restarts and deletes jobs; owns the runners."""
+    """Creates, starts, aborts, restarts and deletes jobs; owns the runners. Its jobs
+    are in the job table in the workdir: it takes them up again when it starts."""
 
     def __init__(self, config: DevsiteConfig) -> None:
         self.config = config
-        self.store = JobStore()
+        self.store = JobStore(config.workdir)
         self.local = LocalRunner(config.environ, config.grace)
         self.slurm = SlurmRunner(config.environ) if config.slurm else None
         self.queues, self.default_queue = list(config.queues), config.queues[0]
@@ -234,16 +86,43 @@ class Devsite:
             queues, default = await self.slurm.partitions()
             self.queues, self.default_queue = queues, default or "batch"
             self.slurm.start()
+        for job in await asyncio.to_thread(self.store.load):
+            if job.active:
+                await self._restore(job)
         self._expiry = asyncio.create_task(self._expire())
 
+    async def _restore(self, job: Job) -> None:
+        """Take up an active job of the job table, as UNICORE/X does after a restart: a
+        local process that still runs is followed again, one that has ended finishes
+        the job with the exit code the job recorded; Slurm is asked about a Slurm job."""
+        if job.status == "READY":
+            return  # it waits for its start
+        if job.runner == "slurm" and job.batch_id is not None:
+            if self.slurm is None:
+                job.finish(None, NO_SLURM)
+            else:
+                self.slurm.follow(job)
+        elif job.runner == "local" and job.pid is not None:
+            if not self.local.follow(job):
+                code = await asyncio.to_thread(read_exit_code, job.directory)
+                job.note("The job's process ended while the development site was down.")
+                job.finish(code, None if code is not None else ENDED_WHILE_DOWN)
+        else:  # the site stopped between the job's creation and its start
+            job.finish(None, NOT_STARTED)
+        if job.active and job.aborted:  # the site stopped while the job was being aborted
+            await self.runner(job).abort(job)
+
     async def close(self) -> None:
-        """End every active job (local processes, Slurm jobs): the site shuts down."""
+        """End every active job (local processes, Slurm jobs): the site shuts down.
+        (A site that is killed leaves its jobs running; ``open`` takes them up again.)"""
         if self._expiry is not None:
             self._expiry.cancel()
         for job in self.store.all():
             if job.active:
                 job.aborted = True
                 job.note("Aborted: the development site is shutting down.")
+                if job.status in ("READY", "STAGINGIN"):
+                    job.finish(None)
         if self._tasks:  # submissions under way see the abort and end their job
             await asyncio.wait(list(self._tasks), timeout=40)
         await self.local.close()
@@ -271,7 +150,7 @@ class Devsite:
             group=caller.group,
             spec=spec,
             description=submitted_copy(description),
-            directory=self.config.workdir.resolve() / job_id,
+            directory=self.store.workdir / job_id,
             runner="slurm" if on_slurm else "local",
         )
         job.queue = (spec.queue or self.default_queue) if spec.job_type == "BATCH" else None

@@ -4,16 +4,21 @@ UNICORE/X cannot be installed everywhere Lablink is developed or tested, so this
 package serves the part of its REST API that Lablink and pyunicore use, field for
 field, and runs the jobs as local processes or through a real Slurm:
 
-- ``app``: the HTTP API (``create_app(config)``), authentication and errors;
-- ``jobs``: job descriptions, the job model and store, the local-process runner;
+- ``app``: the HTTP API (``create_app(config)``) and ``Devsite``, which runs the jobs;
+- ``auth``: errors and authentication (passwords, tokens, an OIDC provider's userinfo);
+- ``description``: job descriptions (pure) and the job script built from them;
+- ``jobs``: the job model, the local-process runner;
 - ``slurm``: the Slurm runner (sbatch, squeue, scancel);
+- ``table``: the store of jobs and the job table that keeps them on disk;
 - ``storage``: the job working directories as UNICORE storages (files API).
 
-Jobs live in memory only: a restart of the development site forgets them (their
-directories stay on disk).
+Jobs survive a restart of the site, as they do one of UNICORE/X: the job table in
+the workdir is read when the site starts, local processes that still run are
+followed again, Slurm is asked about Slurm jobs. A clean stop (SIGTERM) ends the
+site's active jobs first; a site that is killed leaves them running.
 
-This module holds the site's configuration and the parsing of its command line
-(``lablink unicore-devsite``).
+This module holds the site's configuration, the parsing of its command line
+(``lablink unicore-devsite``) and ``SiteError``, the error answer of every module.
 """
 
 from __future__ import annotations
@@ -90,3 +95,13 @@ def parse_token(spec: str, environ: Mapping[str, str], from_env: bool) -> tuple[
         raise ValueError(f"{option} must be {'VAR' if from_env else 'TOKEN'}:NAME")
     token = _secret(("env:" if from_env else "") + value, environ, f"the token of {name}")
     return token, name
+
+
+class SiteError(Exception):
+    """An error answer of the site: an HTTP status and one sentence for a person."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
