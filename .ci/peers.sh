@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Start / stop the real peers the test suite uses. Idempotent; quiet on success.
 #   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs)
-#   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster
+#   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster (and its slurmrestd)
 # PostgreSQL: the machine's own server on 127.0.0.1:5432 (started if it is down,
 # installed if it is missing). It is left running on stop: it is the machine's.
 # Slurm: a one-node cluster (munged, slurmctld, slurmd) that lives entirely in
 # $LABLINK_SLURM_DIR (default /tmp/lablink-slurm); clients use
 # SLURM_CONF=$LABLINK_SLURM_DIR/slurm.conf. Stop ends the jobs and the daemons,
 # removes state, spool and pid files, and keeps slurm.conf and log/ for debugging.
+# slurmrestd: Slurm's REST API on 127.0.0.1:$LABLINK_SLURMRESTD_PORT (6820), with JWT
+# authentication from the cluster's key $LABLINK_SLURM_DIR/jwt_hs256.key; jobs run
+# as the Unix users lablink-alice and lablink-bob, made here for the tests.
 # OpenSSH: start only makes sure sshd, ssh and ssh-keygen are installed; the tests
 # (tests/helpers/sshd.py) run their own sshd on 127.0.0.1, one per test.
 set -euo pipefail
@@ -67,6 +70,8 @@ openssh_install() {
 SLURM_DIR="${LABLINK_SLURM_DIR:-/tmp/lablink-slurm}"
 SLURM_CTLD_PORT="${LABLINK_SLURM_CTLD_PORT:-6817}"
 SLURM_SLURMD_PORT="${LABLINK_SLURM_SLURMD_PORT:-6818}"
+SLURMRESTD_PORT="${LABLINK_SLURMRESTD_PORT:-6820}"
+SLURM_TEST_USERS="lablink-alice lablink-bob"
 
 slurm_cmd() {
   SLURM_CONF="$SLURM_DIR/slurm.conf" timeout 10 "$@"
@@ -94,9 +99,10 @@ slurm_pid() {
 # allocated, completing: not down, drained or not responding).
 slurm_running() {
   local daemon state
-  for daemon in munged slurmctld slurmd; do
+  for daemon in munged slurmctld slurmd slurmrestd; do
     slurm_pid "$daemon" >/dev/null || return 1
   done
+  grep -q '^AuthAltTypes=auth/jwt' "$SLURM_DIR/slurm.conf" 2>/dev/null || return 1
   state=$(slurm_cmd sinfo -h -n localhost -o %T 2>/dev/null | head -n 1) || return 1
   case "$state" in
     "" | *down* | *drain* | *fail* | *unknown* | *"*"* | *not_responding*) return 1 ;;
@@ -128,6 +134,9 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$d/munge/munge.socket.2
+# slurmrestd's callers authenticate with JWTs signed with this key
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=$d/jwt_hs256.key
 StateSaveLocation=$d/state
 SlurmdSpoolDir=$d/spool
 SlurmctldPidFile=$d/run/slurmctld.pid
@@ -180,6 +189,10 @@ slurm_start() {
     echo "peers: installing Slurm"
     apt_install slurm-wlm munge || return 1
   fi
+  if ! command -v slurmrestd >/dev/null 2>&1; then
+    echo "peers: installing slurmrestd"
+    apt_install slurmrestd || return 1
+  fi
   mkdir -p "$d"/{munge,state,spool,run,log,dev} || return 1
   # munged wants its socket directory (and everything above it) safe but reachable.
   chmod 755 "$d" "$d/munge" || return 1
@@ -190,6 +203,11 @@ slurm_start() {
     rm -f "$d/dev/$gpu"
     mknod -m 666 "$d/dev/$gpu" c 1 3 2>/dev/null || touch "$d/dev/$gpu"
   done
+  if [ ! -s "$d/jwt_hs256.key" ]; then
+    dd if=/dev/urandom of="$d/jwt_hs256.key" bs=32 count=1 status=none || return 1
+  fi
+  chmod 600 "$d/jwt_hs256.key" || return 1
+  slurm_users || return 1
   if [ ! -s "$d/munge/munge.key" ]; then
     dd if=/dev/urandom of="$d/munge/munge.key" bs=1024 count=1 status=none || return 1
   fi
@@ -239,6 +257,47 @@ slurm_start() {
     slurm_stop
     return 1
   fi
+  slurmrestd_start || { slurm_logs; slurm_stop; return 1; }
+}
+
+# The HTTP status of a GET of $1 (nothing when nothing answers).
+http_status() {
+  python3 - "$1" <<'PY' 2>/dev/null || true
+import sys, urllib.error, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=2).status)
+except urllib.error.HTTPError as err:
+    print(err.code)
+PY
+}
+
+# The Unix users the tests' Slurm jobs run as (slurmrestd acts for them with JWTs).
+slurm_users() {
+  local user
+  for user in $SLURM_TEST_USERS; do
+    id -u "$user" >/dev/null 2>&1 && continue
+    useradd --create-home --shell /bin/bash "$user" || return 1
+  done
+}
+
+# slurmrestd as its own unprivileged user (it refuses to run as root), with JWT
+# authentication only: every request names its user and carries a token signed
+# with the cluster's key. SLURM_JWT=daemon: it authenticates to slurmctld itself.
+slurmrestd_start() {
+  local d="$SLURM_DIR" code=""
+  SLURM_CONF="$d/slurm.conf" SLURM_JWT=daemon setsid slurmrestd -u nobody -g nogroup \
+    -a rest_auth/jwt -s openapi/v0.0.38 "127.0.0.1:$SLURMRESTD_PORT" \
+    </dev/null >>"$d/log/slurmrestd.out" 2>&1 &
+  echo $! >"$d/run/slurmrestd.pid"
+  for _ in $(seq 1 100); do
+    # no user header: 401 once it answers
+    code=$(http_status "http://127.0.0.1:$SLURMRESTD_PORT/openapi/v3")
+    [ "$code" = "200" ] || [ "$code" = "401" ] && return 0
+    slurm_pid slurmrestd >/dev/null || break
+    sleep 0.1
+  done
+  echo "peers: slurmrestd did not answer on 127.0.0.1:$SLURMRESTD_PORT (last: ${code:-nothing})" >&2
+  return 1
 }
 
 # Submit `true` as a batch job and wait (until SECONDS reaches $1) for it to complete.
@@ -286,7 +345,7 @@ slurm_stop() {
       done
     fi
   fi
-  for daemon in slurmd slurmctld munged; do
+  for daemon in slurmrestd slurmd slurmctld munged; do
     pid=$(slurm_pid "$daemon") || continue
     pids+=("$pid")
     kill -TERM "$pid" 2>/dev/null || true

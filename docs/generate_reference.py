@@ -8,6 +8,7 @@ The test suite runs the check, so the reference cannot drift from the code.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.settings import Settings, settings_model  # noqa: E402
+from backend.systems.base import SystemSettings  # noqa: E402
 from backend.systems.registry import kinds  # noqa: E402
 from spawner.auth import DemoAuthenticator  # noqa: E402
 from spawner.oidc import LablinkOIDCAuthenticator  # noqa: E402
@@ -39,9 +41,21 @@ def _default(field: Any) -> str:
     return f"`{field.default!s}`" if field.default not in ("", None) else "unset"
 
 
+def _ordered(model: type[BaseModel]) -> list[str]:
+    """A kind's keys: what every system has, then the kind's own, then what it shares
+    with other kinds (a batch kind's partitions, ...)."""
+    keys = list(model.model_fields)
+    if not issubclass(model, SystemSettings):
+        return keys
+    common = [k for k in keys if k in SystemSettings.model_fields]
+    own = [k for k in inspect.get_annotations(model) if k in keys and k not in common]
+    return common + own + [k for k in keys if k not in common and k not in own]
+
+
 def model_table(model: type[BaseModel]) -> list[str]:
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for name, field in model.model_fields.items():
+    for name in _ordered(model):
+        field = model.model_fields[name]
         desc = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | {_default(field)} | {desc} |")
     return rows

@@ -29,18 +29,11 @@ import yaml
 from backend.app import create_app
 from backend.procs import free_port
 from backend.settings import Settings, parse_settings
+from tests.helpers.peers import IN_CI, peer_missing  # noqa: F401 (tests import it from here)
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+pytest_plugins = ["tests.plugins.slurmrest"]
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAKELAB = [sys.executable, str(Path(__file__).parent / "fakelab.py")]
-
-
-def peer_missing(what: str, why: str) -> None:
-    """Fail in CI, skip elsewhere: a test that needs a peer never silently passes."""
-    message = f"{what} is needed and not available: {why}"
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 # -- PostgreSQL ------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_unknown_system_kind_names_the_kinds_there_are() -> None:
     message = error_of(site_with("    kind: local\n", "    kind: lsf\n"))
     assert message.startswith("site file site.yaml, line 12: systems.local.kind: ")
     assert "'lsf' is not a kind of system Lablink knows; allowed: " in message
-    assert "kubernetes, local, unicore" in message
+    assert "kubernetes, local, slurm, unicore" in message
 
 
 def test_empty_file_lists_every_required_key() -> None:

@@ -74,6 +74,16 @@ class SlurmSystem(BatchSystem[Partition]):
         pattern=r"^[a-z][a-z0-9_]{0,31}$",
         description="the generic resource a lab's GPUs are asked for with (--gres=<gres>:N)",
     )
+    poll_interval: float = Field(
+        default=0.5, ge=0.1, le=60, description="seconds between looks at a starting job"
+    )
+    request_timeout: float = Field(
+        default=30,
+        gt=0,
+        le=300,
+        description="seconds for one call to slurmrestd (it answers after slurmctld's "
+        "MessageTimeout, 10 s by default, when slurmctld does not)",
+    )
     job_directory: str = Field(
         default="/tmp",  # noqa: S108 (a directory on the compute nodes, not ours)
         pattern=r"^/[A-Za-z0-9._/-]*$",
