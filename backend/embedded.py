@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import getpass
 import os
 import secrets
 import signal
@@ -33,6 +34,7 @@ import yaml
 from . import loginnode, procs
 from .loginnode import LoginNodeFiles
 from .settings import SettingsError, load_settings
+from .systems.slurm.tokens import mint
 from .systems.unicore.client import Credentials
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -60,6 +62,7 @@ TUNNEL_TOKEN_ENV = "LABLINK_TUNNEL_TOKEN"  # noqa: S105 (a variable name)
 USERLAB_TOKEN_ENV = "LABLINK_USERLAB_MANAGER_TOKEN"  # noqa: S105 (a variable name)
 # where `make slurm-up` (.ci/peers.sh) runs its cluster
 SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
+SLURMRESTD_PORT = int(os.environ.get("LABLINK_SLURMRESTD_PORT", "6820"))
 
 
 def crypt_key(path: Path) -> str:
@@ -98,23 +101,75 @@ class LocalTunnel:
         }
 
 
+@dataclass(frozen=True)
+class LocalSlurm:
+    """The one-node Slurm cluster `make slurm-up` runs on this machine, with slurmrestd."""
+
+    url: str
+    key_file: str
+
+
+# the embedded site file's slurm system names this instead of a key file: `lablink up`
+# points it at the key of the cluster on this machine, or leaves the system out
+LOCAL_SLURM_KEY = "lablink-up:local-slurm-key"
+
+
+def local_slurmrestd(port: int = SLURMRESTD_PORT) -> LocalSlurm | None:
+    """The cluster's slurmrestd when it answers on 127.0.0.1 (a ping with a token
+    minted from the cluster's key), else None."""
+    key_file = Path(SLURM_DIR) / "jwt_hs256.key"
+    url = f"http://127.0.0.1:{port}"
+    try:
+        token = mint(key_file.read_bytes(), "root", 60)
+        resp = httpx.get(
+            f"{url}/slurm/v0.0.38/ping",
+            headers={"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": token},
+            timeout=15,
+            trust_env=False,
+        )
+        pings = resp.json().get("pings") or []
+    except (OSError, httpx.HTTPError, ValueError):
+        return None
+    if resp.status_code != 200 or not pings or pings[0].get("ping") != "UP":
+        return None
+    return LocalSlurm(url, str(key_file))
+
+
+def _this_machine(system: dict[str, Any], tunnel: LocalTunnel | None, doc: dict[str, Any]) -> None:
+    """A batch system whose labs run on this machine: its Python's environment, and the
+    tunnel through the local login node when there is one."""
+    if tunnel is not None:
+        tunnel.apply(doc, system)
+    bin_dirs = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+    system.setdefault("environment", {})["PATH"] = os.pathsep.join(dict.fromkeys(bin_dirs))
+    if os.geteuid() == 0:
+        system["lab_args"] = [*system.get("lab_args", []), "--allow-root"]
+
+
 def embedded_site(
-    path: Path, devsite_port: int, tunnel: LocalTunnel | None = None
+    path: Path,
+    devsite_port: int,
+    tunnel: LocalTunnel | None = None,
+    slurm: LocalSlurm | None = None,
 ) -> dict[str, Any]:
-    """The embedded site file as data, its ``hpc`` system pointed at the development
-    site on ``devsite_port`` and at this Python's environment for the lab, and
-    reached through ``tunnel`` when given."""
+    """The embedded site file as data: its ``hpc`` system pointed at the development
+    site on ``devsite_port``, its slurm system at ``slurm`` (left out without one),
+    both running this Python's environment and reached through ``tunnel`` when given."""
     doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for system in doc.get("systems", {}).values():
-        if not logs_in_to_devsite(system):
-            continue
-        system["url"] = f"http://127.0.0.1:{devsite_port}/{DEVSITE_NAME}/rest/core"
-        if tunnel is not None:
-            tunnel.apply(doc, system)
-        bin_dirs = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
-        system.setdefault("environment", {})["PATH"] = os.pathsep.join(dict.fromkeys(bin_dirs))
-        if os.geteuid() == 0:
-            system["lab_args"] = [*system.get("lab_args", []), "--allow-root"]
+    systems = doc.get("systems", {})
+    for name, system in list(systems.items()):
+        if logs_in_to_devsite(system):
+            system["url"] = f"http://127.0.0.1:{devsite_port}/{DEVSITE_NAME}/rest/core"
+            _this_machine(system, tunnel, doc)
+        elif (system.get("auth") or {}).get("key_file") == LOCAL_SLURM_KEY:
+            if slurm is None:
+                del systems[name]
+                continue
+            system["url"] = slurm.url
+            system["auth"]["key_file"] = slurm.key_file
+            # the cluster runs jobs as Unix users: the people's labs run as this one
+            system["access"] = [{"users": ["*"], "accounts": [getpass.getuser()]}]
+            _this_machine(system, tunnel, doc)
     return doc
 
 
@@ -268,6 +323,7 @@ class Embedded:
         self.devsite_port = args.devsite_port
         self.services: dict[str, Service] = {}
         self.slurm: str | None = None
+        self.local_slurm: LocalSlurm | None = None
         self.tunnels: SiteTunnels | None = None
         self.userlabs: tuple[str, int] | None = None  # the manager's token variable, port
         self.login_node: LoginNodeFiles | None = None
@@ -291,7 +347,9 @@ class Embedded:
         """Without --site: the embedded site file, made concrete for this machine."""
         if self.site:
             return
-        doc = embedded_site(self.template, self.devsite_port, self._local_tunnel())
+        doc = embedded_site(
+            self.template, self.devsite_port, self._local_tunnel(), self.local_slurm
+        )
         path = self.state / "site.yaml"
         path.write_text(
             "# written by `lablink up` from the embedded site file; changes are overwritten\n"
@@ -577,6 +635,8 @@ class Embedded:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         self.logs.mkdir(parents=True, exist_ok=True)
+        if not self.site:  # the slurm system of the embedded site needs slurmrestd here
+            self.local_slurm = await asyncio.to_thread(local_slurmrestd)  # not on the loop
         self._write_site()
         self.tunnels = site_tunnels(self.site, self.state)
         self.userlabs = site_userlab_manager(self.site)
@@ -595,6 +655,11 @@ class Embedded:
                 self.say(
                     f"UNICORE development site at http://127.0.0.1:{self.devsite_port}/"
                     f"{DEVSITE_NAME}/rest/core; its jobs run as {runs}"
+                )
+            if self.local_slurm is not None:
+                self.say(
+                    f"the one-node Slurm cluster's slurmrestd at {self.local_slurm.url}: system "
+                    "'cluster' runs labs as its batch jobs"
                 )
             if self.login_node is not None and self.tunnels is not None:
                 self.say(

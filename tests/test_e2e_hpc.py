@@ -1,5 +1,5 @@
-"""End to end on an HPC system: hub → backend → UNICORE development site → Slurm,
-with the lab reached through the SSH tunnel.
+"""End to end on an HPC system: hub → backend → UNICORE development site → Slurm, and
+hub → backend → slurmrestd → Slurm, with the lab reached through the SSH tunnel.
 
 `lablink up` runs the stack with the embedded site (plus one broken HPC
 system), starts the development site, a login node (sshd) and the tunnel
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -25,11 +26,12 @@ import pytest
 import yaml
 
 import backend
-from backend.embedded import embedded_site
+from backend.embedded import LocalSlurm, embedded_site
 from tests.conftest import block_the_node, scancel, squeue_ids, wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
+from tests.plugins.slurmrest import SlurmRest
 
 pytestmark = [
     pytest.mark.e2e,
@@ -45,7 +47,9 @@ TEMPLATE = Path(backend.__file__).parent / "data" / "embedded.yaml"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, slurm: Any) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, slurm: Any, slurmrest: SlurmRest
+) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("hpc-stack")
     s = Stack(
         state_dir=root / "state",
@@ -53,7 +57,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slurm: Any) -> Iterator[Stac
         users=USERS,
         extra_env={"SLURM_CONF": slurm.conf, "LABLINK_POLL_INTERVAL": "1"},
     )
-    site = embedded_site(TEMPLATE, s.ports["devsite"], s.local_tunnel())
+    local_slurm = LocalSlurm(slurmrest.url, str(slurmrest.key_file))
+    site = embedded_site(TEMPLATE, s.ports["devsite"], s.local_tunnel(), local_slurm)
     broken = dict(site["systems"]["hpc"], display_name="Broken HPC")
     broken["setup"] = [
         "echo 'lmod: module JupyterLab/4.2 is not available on this system' >&2",
@@ -194,3 +199,34 @@ async def test_the_backend_restarted_mid_spawn_still_brings_the_lab_up(
             )
     finally:
         scancel(slurm, blocker)
+
+
+def squeue_users(slurm: Any) -> dict[str, str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%j|%u"],
+        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+
+@pytest.mark.slurm_rest
+async def test_a_lab_runs_as_a_slurm_job_through_slurmrestd(stack: Stack, slurm: Any) -> None:
+    """Kind slurm from the hub: the form's system 'cluster', a batch job of the local
+    cluster submitted through slurmrestd, JupyterLab through the tunnel, then stopped."""
+    options = {"system": "cluster", "partition": "devel", "runtime": "20"}
+    before = set(squeue_users(slurm))
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        response = await bob.start("slurm", options)
+        assert response.status_code in (201, 202), response.text
+        events = await bob.progress("slurm")
+        assert events[-1].get("ready") is True, events
+        await bob.wait_lab("slurm", timeout=30)
+        model = await bob.model()
+        assert model["servers"]["slurm"]["user_options"]["partition"] == "devel"
+        [job] = [name for name in squeue_users(slurm) if name not in before]
+        assert job.startswith("lablink-") and squeue_users(slurm)[job] == getpass.getuser()
+        response = await bob.stop("slurm")
+        assert response.status_code in (202, 204), response.text
+        await bob.wait_stopped("slurm")
+        await wait_until(lambda: job not in squeue_users(slurm), 15, "the job to end")
