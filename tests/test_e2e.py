@@ -27,7 +27,8 @@ USERS = ["demo", "alice", "bob", "carol"]
 def write_site(path: Path) -> Path:
     """The embedded site plus a system whose lab command fails at once."""
     site = yaml.safe_load((Path("backend/data/embedded.yaml")).read_text())
-    del site["systems"]["hpc"]  # HPC labs have their own end-to-end tests
+    for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
+        del site["systems"][hpc]
     site["systems"]["broken"] = {
         "kind": "local",
         "display_name": "A broken system",

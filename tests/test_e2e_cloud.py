@@ -141,7 +141,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, kube: KubeApi) -> Iterator[S
     s = Stack(state_dir=root / "state", password=PASSWORD, users=USERS,
               extra_env={"LABLINK_POLL_INTERVAL": "1"})  # fmt: skip
     site = yaml.safe_load(Path("backend/data/embedded.yaml").read_text())
-    del site["systems"]["hpc"]  # HPC labs have their own end-to-end tests
+    for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
+        del site["systems"][hpc]
     site["systems"]["cloud"] = cloud_system(
         image_patterns=["quay.io/jupyter/*"], start_timeout=60, retry_for=5
     )
