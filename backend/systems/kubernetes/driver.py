@@ -115,7 +115,7 @@ class KubernetesDriver(Driver[KubernetesSystem]):
                 seen = state
                 self.step(ctx, "pod state %s: %s", state, lab.get("message"))
                 if state in ACTIVE:
-                    await ctx.report(_lab_state(state), str(lab["message"]))
+                    await ctx.progress(_lab_state(state), str(lab["message"]))
             if state not in ACTIVE:
                 await self._end_quietly(ctx)
                 raise LabFailed(str(lab["message"]))
