@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,8 +32,7 @@ from tests.helpers.peers import IN_CI, peer_missing  # noqa: F401 (tests import 
 
 pytest_plugins = ["tests.plugins.slurmrest", "tests.plugins.contract"]
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-FAKELAB = [sys.executable, str(Path(__file__).parent / "fakelab.py")]
-
+from tests.helpers.labs import FAKELAB  # noqa: E402
 
 # -- PostgreSQL ------------------------------------------------------------------
 

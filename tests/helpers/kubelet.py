@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.helpers.kube import KubeApi, KubeError
+from tests.helpers.labs import FAKELAB
 from tests.helpers.userlabs import NAMESPACE, pod_environment, scheduled
-
-FAKELAB = [sys.executable, str(Path(__file__).resolve().parent.parent / "fakelab.py")]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,19 @@ from backend.db import create_engine
 from backend.settings import Settings
 from backend.store import Lab, Store
 
-FAKELAB = Path(__file__).resolve().parent.parent / "fakelab.py"
+FAKELAB_PATH = Path(__file__).resolve().parent.parent / "fakelab.py"
+# every fakelab of this test session carries this word on its command line, so that a
+# session ends and counts only its own labs (others may run tests on the same machine)
+SESSION = os.environ.setdefault("LABLINK_TEST_SESSION", uuid.uuid4().hex[:12])
+SESSION_ARG = f"--lablink-test-session={SESSION}"
+
+
+def fakelab_command(python: str = sys.executable) -> list[str]:
+    """The command of a lab that is tests/fakelab.py."""
+    return [python, str(FAKELAB_PATH), SESSION_ARG]
+
+
+FAKELAB = fakelab_command()
 
 
 async def stored_lab(settings: Settings, lab_id: str) -> Lab:
@@ -46,14 +59,14 @@ def alive(process: tuple[int, int | None]) -> bool:
 
 
 def fakelab_processes() -> list[int]:
-    """Pids of every live fakelab process on this machine."""
+    """Pids of every live fakelab process of this test session."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "fakelab.py" in cmd and procs.start_time(int(entry.name)) is not None:
+            if SESSION_ARG in cmd and procs.start_time(int(entry.name)) is not None:
                 found.append(int(entry.name))
     return found
 
@@ -109,7 +122,7 @@ def spawn_fakelab(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(FAKELAB)],
+            FAKELAB,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

@@ -32,7 +32,7 @@ from tests.conftest import FAKELAB, SlurmCluster, site_dict
 from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, hpc, run_devsite
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.kubelet import Kubelet
-from tests.helpers.labs import process_environment
+from tests.helpers.labs import SESSION_ARG, process_environment
 from tests.helpers.peers import peer_missing
 from tests.helpers.userlabs import NAMESPACE, UserlabManager, cloud_system
 from tests.plugins.slurmrest import SlurmRest
@@ -48,7 +48,7 @@ def lab_pids(prefix: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if b"fakelab.py" not in (entry / "cmdline").read_bytes():
+            if SESSION_ARG.encode() not in (entry / "cmdline").read_bytes():
                 continue
             pid = int(entry.name)
             if procs.start_time(pid) is not None:

@@ -15,10 +15,10 @@ import pytest
 
 from backend.systems.slurm.client import SlurmClient
 from backend.systems.slurm.tokens import mint
+from tests.helpers.labs import fakelab_command
 from tests.helpers.peers import peer_missing
 
 SLURM_DIR = Path(os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm"))
-FAKELAB = Path(__file__).resolve().parent.parent / "fakelab.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: the accounts may run it (not the tests' venv)
 ACCOUNTS = {"alice": "lablink-alice", "bob": "lablink-bob"}
 
@@ -44,7 +44,7 @@ class SlurmRest:
             "display_name": "Test cluster",
             "url": self.url,
             "auth": {"key_file": str(self.key_file)},
-            "lab_command": [SYSTEM_PYTHON, str(FAKELAB)],
+            "lab_command": fakelab_command(SYSTEM_PYTHON),
             "environment": {
                 "LABLINK_LAB_HOST": "127.0.0.1",
                 "LABLINK_LAB_BIND": "127.0.0.1",
