@@ -5,10 +5,11 @@
 Runs `lablink up` with the embedded site (its own ports and state directory),
 logs in as a person would, and for each kind of lab — a local process, a
 batch job through the UNICORE development site on Slurm, a job on the login
-node — starts it through the hub's REST API, waits until /user/<name>/lab
-answers 200 through the proxy, and stops it. The development site uses the
-one-node Slurm cluster of `make slurm-up`; `make bench-hpc` starts it. The
-last line is machine-readable: ``local_p50_s=… hpc_batch_p50_s=… hpc_login_p50_s=…``.
+node, a batch job through slurmrestd (kind ``slurm``) — starts it through the
+hub's REST API, waits until /user/<name>/lab answers 200 through the proxy, and
+stops it. The development site and slurmrestd use the one-node Slurm cluster of
+`make slurm-up`; `make bench-hpc` starts it. The last line is machine-readable:
+``local_p50_s=… hpc_batch_p50_s=… hpc_login_p50_s=… slurm_batch_p50_s=…``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.embedded import SLURM_DIR, slurm_conf  # noqa: E402
+from backend.embedded import SLURM_DIR, local_slurmrestd, slurm_conf  # noqa: E402
 from tests.helpers.hub import HubUser  # noqa: E402
 from tests.helpers.stack import Stack  # noqa: E402
 
@@ -33,6 +34,7 @@ KINDS = {
     "local": {"system": "local"},
     "hpc_batch": {"system": "hpc", "partition": "batch", "runtime": "20"},
     "hpc_login": {"system": "hpc", "partition": "login"},
+    "slurm_batch": {"system": "cluster", "partition": "batch", "runtime": "20"},
 }
 
 
@@ -58,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="spawns per kind of lab (5)")
     args = parser.parse_args(argv)
     conf = slurm_conf()
-    if conf is None:
-        print(f"no Slurm cluster answers (run `make slurm-up`; {SLURM_DIR})", file=sys.stderr)
+    if conf is None or local_slurmrestd() is None:
+        print(
+            f"no Slurm cluster with slurmrestd answers (run `make slurm-up`; {SLURM_DIR})",
+            file=sys.stderr,
+        )
         return 2
     password = secrets.token_urlsafe(12)
     with tempfile.TemporaryDirectory(prefix="lablink-bench-hpc-") as tmp:
