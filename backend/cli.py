@@ -9,6 +9,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from devsite.cli import add_arguments as add_devsite_arguments
+
 from .settings import SettingsError, load_settings
 
 EMBEDDED_SITE = files("backend") / "data" / "embedded.yaml"
@@ -130,49 +132,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_unicore_devsite(args: argparse.Namespace) -> int:
-    """A development site that speaks UNICORE/X's REST API (see the package devsite)."""
-    import asyncio
+    """A development site that speaks UNICORE/X's REST API (the package devsite)."""
+    from devsite.cli import make_app
 
-    from devsite import DevsiteConfig, parse_token, parse_user
-    from devsite.app import create_app
-    from devsite.slurm import SlurmRunner
-
-    environ = dict(os.environ)
-    try:
-        users = [parse_user(spec, environ) for spec in args.user]
-        tokens = [parse_token(spec, environ, False) for spec in args.token]
-        tokens += [parse_token(spec, environ, True) for spec in args.token_env]
-        if not users and not tokens and not args.oidc_userinfo:
-            raise ValueError(
-                "give at least one --user NAME:PASSWORD, --token TOKEN:NAME or --oidc-userinfo URL"
-            )
-        names = [u.name for u in users]
-        twice = {n for n in names if names.count(n) > 1}
-        if twice:
-            raise ValueError(f"the user {sorted(twice)[0]} is given twice")
-        if not args.gpu_resource.isidentifier():
-            raise ValueError(f"--gpu-resource '{args.gpu_resource}' is not a resource name")
-        config = DevsiteConfig(
-            users={u.name: u for u in users},
-            tokens=dict(tokens),
-            site=args.site,
-            slurm=args.slurm,
-            workdir=args.workdir,
-            gpu_resource=args.gpu_resource,
-            queues=tuple(q for q in args.queues.split(",") if q) or ("local",),
-            environ=environ,
-            oidc_userinfo=args.oidc_userinfo,
-        )
-        app = create_app(config)
-        if args.slurm:
-            try:
-                asyncio.run(SlurmRunner(environ).partitions())
-            except RuntimeError as exc:
-                raise ValueError(f"Slurm does not answer (is SLURM_CONF right?): {exc}") from None
-    except ValueError as exc:
-        print(f"lablink unicore-devsite: {exc}", file=sys.stderr)
-        return 2
-    return _serve(app, args.host, args.port, args.log_level)
+    app = make_app(args)
+    return 2 if app is None else _serve(app, args.host, args.port, args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("LABLINK_STATE_DIR", ".lablink")),
         help="where databases, logs and lab directories live (default .lablink)",
     )
-    up.add_argument("--site", help="site file (default: the embedded one, system 'local')")
+    up.add_argument("--site", help="site file (default: the embedded one)")
     up.add_argument("--ip", default="127.0.0.1", help="address of the public hub")
     up.add_argument("--port", type=int, default=8000, help="public hub port (default 8000)")
     up.add_argument("--backend-port", type=int, default=8010, help="backend port (default 8010)")
@@ -276,48 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a development site speaking UNICORE/X's REST API (jobs as processes or on Slurm)",
     )
     common(dev, 8040)
-    dev.add_argument("--site", default="DEVSITE", help="site name: URLs are /SITE/rest/core")
-    dev.add_argument(
-        "--user",
-        action="append",
-        default=[],
-        metavar="NAME:PASSWORD[:UID,...]",
-        help="a user for HTTP basic login; PASSWORD may be env:VAR; UIDs default to NAME",
-    )
-    dev.add_argument(
-        "--token", action="append", default=[], metavar="TOKEN:NAME", help="a bearer token"
-    )
-    dev.add_argument(
-        "--token-env",
-        action="append",
-        default=[],
-        metavar="VAR:NAME",
-        help="a bearer token read from the environment variable VAR",
-    )
-    dev.add_argument(
-        "--oidc-userinfo",
-        default="",
-        metavar="URL",
-        help="an OIDC provider's userinfo endpoint: bearer tokens it accepts log in; the "
-        "person's uids are the accounts of their eduperson_entitlement claims",
-    )
-    dev.add_argument("--slurm", action="store_true", help="run BATCH jobs through Slurm")
-    dev.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path(".lablink/devsite"),
-        help="where job directories are made (default .lablink/devsite)",
-    )
-    dev.add_argument(
-        "--gpu-resource", default="GPUS", help="the job resource that asks for GPUs (GPUS)"
-    )
-    dev.add_argument(
-        "--queues",
-        default="local",
-        metavar="Q1,Q2",
-        help="without --slurm: the queue names jobs may ask for (default local); they all "
-        "run as local processes",
-    )
+    add_devsite_arguments(dev)
     dev.set_defaults(func=cmd_unicore_devsite)
     return parser
 
