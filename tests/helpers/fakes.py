@@ -85,3 +85,16 @@ class EndedWhileDown(FakeDriver):
     async def recover(self, ctx: LabContext[Any]) -> str | None:
         self.calls.append(("recover", ctx.lab_id))
         raise LabEnded("The fake lab ended while the backend was down.", "bye")
+
+
+class FakeHubUser:
+    """What the spawner needs of JupyterHub's user: a name, groups, an auth_state."""
+
+    def __init__(self, name: str, token: str | None = None, admin: bool = False):
+        self.name = name
+        self.token = token
+        self.admin = admin
+        self.groups: list[Any] = []
+
+    async def get_auth_state(self) -> dict[str, Any]:
+        return {"access_token": self.token} if self.token else {}
