@@ -226,6 +226,12 @@ async def test_a_lab_runs_as_a_slurm_job_through_slurmrestd(stack: Stack, slurm:
         assert model["servers"]["slurm"]["user_options"]["partition"] == "devel"
         [job] = [name for name in squeue_users(slurm) if name not in before]
         assert job.startswith("lablink-") and squeue_users(slurm)[job] == getpass.getuser()
+        # reached as a UNICORE lab is: through the login node, by the tunnel service
+        tunnels = json.loads((stack.state_dir / "tunnels.json").read_text())
+        [tunnel] = [t for t in tunnels if t["lab_id"] == job.removeprefix("lablink-")]
+        assert tunnel["system"] == "cluster"
+        status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/bob/slurm/api")
+        assert status == 200
         response = await bob.stop("slurm")
         assert response.status_code in (202, 204), response.text
         await bob.wait_stopped("slurm")
