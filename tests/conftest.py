@@ -31,7 +31,7 @@ from backend.procs import free_port
 from backend.settings import Settings, parse_settings
 from tests.helpers.peers import IN_CI, peer_missing  # noqa: F401 (tests import it from here)
 
-pytest_plugins = ["tests.plugins.slurmrest"]
+pytest_plugins = ["tests.plugins.slurmrest", "tests.plugins.browser"]
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAKELAB = [sys.executable, str(Path(__file__).parent / "fakelab.py")]
 
