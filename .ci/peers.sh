@@ -2,6 +2,7 @@
 # Start / stop the real peers the test suite uses. Idempotent; quiet on success.
 #   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs, Chromium)
 #   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster (and its slurmrestd)
+#   bash .ci/peers.sh chromium                only Chromium (installed if it is missing)
 # PostgreSQL: the machine's own server on 127.0.0.1:5432 (started if it is down,
 # installed if it is missing). It is left running on stop: it is the machine's.
 # Slurm: a one-node cluster (munged, slurmctld, slurmd) that lives entirely in
@@ -421,8 +422,11 @@ case "${1:-}" in
   slurm-stop)
     slurm_stop
     ;;
+  chromium)
+    chromium_install
+    ;;
   *)
-    echo "usage: $0 start|stop|slurm-start|slurm-stop" >&2
+    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium" >&2
     exit 2
     ;;
 esac
