@@ -17,7 +17,7 @@ LINTED := spawner backend tunnel userlab_manager devsite tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs bench-spawn bench-hpc bench-tunnel venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -40,6 +40,11 @@ lint: test-deps
 ## docs: regenerate docs/config-reference.md from the code
 docs: venv
 	$(PY) docs/generate_reference.py
+
+## screenshots: redo docs/images/*.png with the browser test (a fresh stack, Chromium)
+screenshots: venv proxy test-deps
+	@bash .ci/peers.sh chromium
+	LABLINK_SCREENSHOTS=$(abspath docs/images) $(PY) -m pytest tests/test_form_browser.py -k log_in $(ARGS)
 
 ## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
 bench-spawn: venv proxy

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start / stop the real peers the test suite uses. Idempotent; quiet on success.
-#   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs)
+#   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs, Chromium)
 #   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster (and its slurmrestd)
+#   bash .ci/peers.sh chromium                only Chromium (installed if it is missing)
 # PostgreSQL: the machine's own server on 127.0.0.1:5432 (started if it is down,
 # installed if it is missing). It is left running on stop: it is the machine's.
 # Slurm: a one-node cluster (munged, slurmctld, slurmd) that lives entirely in
@@ -13,15 +14,22 @@
 # as the Unix users lablink-alice and lablink-bob, made here for the tests.
 # OpenSSH: start only makes sure sshd, ssh and ssh-keygen are installed; the tests
 # (tests/helpers/sshd.py) run their own sshd on 127.0.0.1, one per test.
+# Chromium: start only makes sure Debian's chromium is installed; the browser tests
+# (tests/plugins/browser.py) launch it through Playwright (never `playwright install`).
 set -euo pipefail
 
 apt_ready=""
+# apt-get's output (debconf's notes too) only when it fails
 apt_install() {
+  local out
   if [ -z "$apt_ready" ]; then
     apt-get update -qq >/dev/null
     apt_ready=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" 2>&1) || {
+    echo "$out" | tail -n 20 >&2
+    return 1
+  }
 }
 
 postgres_start() {
@@ -57,6 +65,16 @@ openssh_install() {
   echo "peers: installing OpenSSH (server and client) and iproute2"
   apt_install openssh-server openssh-client iproute2 || return 1
   [ -x /usr/sbin/sshd ] || { echo "peers: /usr/sbin/sshd is missing after the install" >&2; return 1; }
+}
+
+# -- Chromium: Debian's, for the tests that drive pages through Playwright -------------
+chromium_install() {
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  echo "peers: installing Chromium"
+  apt_install chromium || return 1
+  [ -x /usr/bin/chromium ] || { echo "peers: /usr/bin/chromium is missing after the install" >&2; return 1; }
 }
 
 # -- Slurm: a one-node cluster for the tests ---------------------------------------
@@ -393,6 +411,7 @@ case "${1:-}" in
     postgres_start || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without PostgreSQL (its tests will skip)"; }
     slurm_start || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without Slurm (its tests will skip)"; }
     openssh_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without OpenSSH (its tests will skip)"; }
+    chromium_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without Chromium (its tests will skip)"; }
     ;;
   stop)
     slurm_stop
@@ -403,8 +422,11 @@ case "${1:-}" in
   slurm-stop)
     slurm_stop
     ;;
+  chromium)
+    chromium_install
+    ;;
   *)
-    echo "usage: $0 start|stop|slurm-start|slurm-stop" >&2
+    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium" >&2
     exit 2
     ;;
 esac

@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ from backend.app import create_app
 from backend.procs import free_port
 from backend.settings import Settings, parse_settings
 from tests.helpers.peers import IN_CI, peer_missing  # noqa: F401 (tests import it from here)
+from tests.helpers.waiting import wait_until  # noqa: F401 (tests import it from here)
 
-pytest_plugins = ["tests.plugins.slurmrest", "tests.plugins.contract"]
+pytest_plugins = ["tests.plugins.slurmrest", "tests.plugins.contract", "tests.plugins.browser"]
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 from tests.helpers.labs import FAKELAB  # noqa: E402
 
@@ -302,13 +302,3 @@ def block_the_node(slurm: SlurmCluster) -> str:
 
 def scancel(slurm: SlurmCluster, job_id: str) -> None:
     subprocess.run(["scancel", job_id], env=slurm.env, check=False, timeout=10)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 0.1 s until it is true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {what}")

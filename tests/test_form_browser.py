@@ -1,0 +1,324 @@
+"""The spawn form in a real browser: its JavaScript on the rendered form, and the
+form on the hub's own pages, from login to a running JupyterLab.
+
+With LABLINK_SCREENSHOTS=<dir> (`make screenshots`: docs/images) the end-to-end
+test keeps its screenshots of the spawn form and the hub's home page there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+from backend.catalog import catalog, validate_options
+from backend.settings import Settings, parse_settings
+from spawner.form import options_form_html, options_from_form
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="session"),  # the browser's loop (tests/plugins/browser.py)
+]
+
+SITE = """
+tokens: [{name: hub, secret_env: T}]
+default_system: local
+systems:
+  local: {kind: local, display_name: This machine}
+  hpc:
+    kind: unicore
+    display_name: HPC
+    url: https://unicore.example.org/X/rest/core
+    partitions:
+      batch:
+        display_name: Batch
+        nodes: {max: 4}
+        runtime: {min: 10, max: 120, default: 60}
+      gpu:
+        display_name: GPU
+        nodes: {max: 2}
+        runtime: {min: 5, max: 30}
+        gpus: {min: 1, max: 2}
+    reservations:
+      workshop: {partitions: [batch]}
+    access: [{users: ["*"], accounts: ["{user}"], projects: [p1]}]
+  cloud:
+    kind: kubernetes
+    display_name: Cloud
+    flavors:
+      small: {cpu: 1, memory: 2}
+      large: {cpu: 8, memory: 32}
+    images:
+      - {image: "quay.io/jupyter/scipy-notebook:2025-01-06", display_name: SciPy}
+    image_patterns: ["quay.io/jupyter/*"]
+"""
+
+# What the form sends when Start is pressed (the browser checks min and max first;
+# a form it finds invalid is not sent, and `sent` stays unset).
+PAGE = """<!doctype html>
+<html><body>
+<form id="spawn">{form}<button type="submit">Start</button></form>
+<script>
+document.getElementById("spawn").addEventListener("submit", function (event) {{
+  event.preventDefault();
+  window.sent = Array.from(new FormData(event.target));
+}});
+</script>
+</body></html>"""
+
+
+@pytest.fixture(scope="module")
+def site() -> Settings:
+    return parse_settings(SITE, "test")
+
+
+@pytest_asyncio.fixture(loop_scope="session")  # on the browser's loop, as the tests
+async def form(page: Page, site: Settings) -> Page:
+    """The form the hub renders for alice, in a page of its own."""
+    await page.set_content(PAGE.format(form=options_form_html(catalog(site, "alice"))))
+    return page
+
+
+async def submit(page: Page) -> dict[str, list[str]]:
+    """Press Start; what the form sent, as the hub's handler gets it."""
+    await page.evaluate("window.sent = undefined")
+    await page.click("button[type=submit]")
+    sent = await page.evaluate("window.sent")
+    if sent is None:
+        invalid = await page.eval_on_selector_all(
+            "#spawn :invalid", "els => els.map(e => e.name + ': ' + e.validationMessage)"
+        )
+        raise AssertionError(f"the browser did not send the form: {invalid}")
+    data: dict[str, list[str]] = {}
+    for name, value in sent:
+        data.setdefault(name, []).append(value)
+    return data
+
+
+async def number(page: Page, name: str) -> dict[str, Any]:
+    """A number field as a person sees it: limits, value, placeholder, shown or not."""
+    return await page.eval_on_selector(
+        f"[name='{name}']",
+        """el => ({min: el.min, max: el.max, value: el.value, placeholder: el.placeholder,
+                   shown: el.checkVisibility()})""",
+    )
+
+
+async def offered(page: Page, name: str) -> list[str]:
+    """The choices of a select a person can pick."""
+    return await page.eval_on_selector(
+        f"select[name='{name}']",
+        "el => Array.from(el.options).filter(o => !o.disabled && !o.hidden).map(o => o.value)",
+    )
+
+
+async def shown_systems(page: Page) -> list[str]:
+    return await page.eval_on_selector_all(
+        "fieldset[data-system]", "els => els.filter(e => !e.hidden).map(e => e.dataset.system)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("system", "fields"),
+    [
+        ("local", set()),
+        ("hpc", {"account", "project", "partition", "nodes", "runtime", "gpus", "reservation"}),
+        ("cloud", {"flavor", "image", "image.other", "cpu", "memory"}),
+    ],
+)
+async def test_only_the_chosen_systems_fields_are_shown_and_sent(
+    form: Page, system: str, fields: set[str]
+) -> None:
+    await form.select_option("#lablink-system", "cloud")  # away from the default first
+    await form.select_option("#lablink-system", system)
+    assert await shown_systems(form) == [system]
+    sent = await submit(form)
+    assert set(sent) == {"system"} | {f"{system}.{key}" for key in fields}
+    assert sent["system"] == [system]
+
+
+async def test_a_partition_sets_nodes_run_time_and_gpus(form: Page) -> None:
+    await form.select_option("#lablink-system", "hpc")
+    assert await number(form, "hpc.nodes") == {
+        "min": "1", "max": "4", "value": "1", "placeholder": "", "shown": True
+    }  # fmt: skip
+    assert (await number(form, "hpc.runtime"))["value"] == "60"
+    assert not (await number(form, "hpc.gpus"))["shown"]  # batch has none
+
+    await form.select_option("[name='hpc.partition']", "gpu")
+    assert await number(form, "hpc.nodes") == {
+        "min": "1", "max": "2", "value": "1", "placeholder": "", "shown": True
+    }  # fmt: skip
+    runtime = await number(form, "hpc.runtime")
+    assert (runtime["min"], runtime["max"], runtime["value"]) == ("5", "30", "5")
+    gpus = await number(form, "hpc.gpus")
+    assert (gpus["min"], gpus["max"], gpus["value"], gpus["shown"]) == ("1", "2", "1", True)
+
+    await form.select_option("[name='hpc.partition']", "batch")
+    runtime = await number(form, "hpc.runtime")
+    assert (runtime["min"], runtime["max"], runtime["value"]) == ("10", "120", "60")
+    assert not (await number(form, "hpc.gpus"))["shown"]
+
+
+async def test_a_reservation_is_offered_only_with_its_partitions(form: Page) -> None:
+    await form.select_option("#lablink-system", "hpc")
+    assert await offered(form, "hpc.reservation") == ["", "workshop"]
+    await form.select_option("[name='hpc.reservation']", "workshop")
+
+    await form.select_option("[name='hpc.partition']", "gpu")
+    assert await offered(form, "hpc.reservation") == [""]
+    assert await form.input_value("[name='hpc.reservation']") == ""  # "none"
+    assert (await submit(form))["hpc.reservation"] == [""]
+
+    await form.select_option("[name='hpc.partition']", "batch")
+    assert await offered(form, "hpc.reservation") == ["", "workshop"]
+    assert await form.input_value("[name='hpc.reservation']") == ""
+
+
+async def test_a_flavor_sets_the_most_cpu_and_memory(form: Page) -> None:
+    await form.select_option("#lablink-system", "cloud")
+    cpu = await number(form, "cloud.cpu")
+    assert (cpu["max"], cpu["value"], cpu["placeholder"]) == ("1", "", "up to 1")
+
+    await form.select_option("[name='cloud.flavor']", "large")
+    cpu, memory = await number(form, "cloud.cpu"), await number(form, "cloud.memory")
+    assert (cpu["max"], cpu["placeholder"]) == ("8", "up to 8")
+    assert (memory["max"], memory["placeholder"]) == ("32", "up to 32")
+    await form.fill("[name='cloud.cpu']", "6")
+    await form.fill("[name='cloud.memory']", "1.5")
+
+    await form.select_option("[name='cloud.flavor']", "small")
+    assert await form.input_value("[name='cloud.cpu']") == ""  # 6 is above the new most
+    assert await form.input_value("[name='cloud.memory']") == "1.5"  # still allowed
+
+
+async def test_an_image_may_be_typed_when_the_system_has_patterns(form: Page) -> None:
+    await form.select_option("#lablink-system", "cloud")
+    other = form.locator("[name='cloud.image.other']")
+    assert await other.is_visible()
+    assert await other.get_attribute("placeholder") == "quay.io/jupyter/*"
+    assert await offered(form, "cloud.image") == ["quay.io/jupyter/scipy-notebook:2025-01-06"]
+    await other.fill("quay.io/jupyter/pytorch-notebook:cuda12")
+    sent = await submit(form)
+    assert sent["cloud.image.other"] == ["quay.io/jupyter/pytorch-notebook:cuda12"]
+
+
+@pytest.mark.parametrize(
+    ("choices", "typed", "expected"),
+    [
+        ({"system": "local"}, {}, {"system": "local"}),
+        (
+            {"system": "hpc", "hpc.partition": "gpu"},
+            {"hpc.nodes": "2", "hpc.gpus": "2", "hpc.runtime": "30"},
+            {"partition": "gpu", "nodes": 2, "gpus": 2, "runtime": 30, "account": "alice"},
+        ),
+        (
+            {"system": "hpc", "hpc.reservation": "workshop"},
+            {},
+            {"partition": "batch", "reservation": "workshop", "runtime": 60, "gpus": 0},
+        ),
+        (
+            {"system": "cloud", "cloud.flavor": "large"},
+            {"cloud.image.other": "quay.io/jupyter/pytorch-notebook:cuda12", "cloud.cpu": "4"},
+            {"image": "quay.io/jupyter/pytorch-notebook:cuda12", "cpu": 4, "memory": 32},
+        ),
+    ],
+)
+async def test_what_the_form_sends_the_backend_accepts(
+    form: Page,
+    site: Settings,
+    choices: dict[str, str],
+    typed: dict[str, str],
+    expected: dict[str, Any],
+) -> None:
+    for name, value in choices.items():
+        await form.select_option(f"[name='{name}']", value)
+    for name, value in typed.items():
+        await form.fill(f"[name='{name}']", value)
+    options = options_from_form(await submit(form))
+    system, clean = validate_options(site, options, "alice")
+    assert system == choices["system"]
+    assert {key: clean.get(key) for key in expected} == expected
+
+
+# -- the form on the hub's own pages ------------------------------------------------
+
+PASSWORD = "browser-password-0123"
+USER = "alice"
+NO_NEWS = {"fetchNews": "false", "checkForUpdates": False}  # JupyterLab's news toast
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`lablink up` with the embedded site: systems local, hpc (and cluster when
+    slurmrestd runs)."""
+    s = Stack(tmp_path_factory.mktemp("browser") / "state", password=PASSWORD, users=[USER])
+    # the lab's home is <state>/users/<name>: the person's JupyterLab settings
+    lab_settings = s.state_dir / "users" / USER / ".jupyter/lab/user-settings/@jupyterlab"
+    notifications = lab_settings / "apputils-extension" / "notification.jupyterlab-settings"
+    notifications.parent.mkdir(parents=True)
+    notifications.write_text(json.dumps(NO_NEWS))
+    s.start()
+    yield s
+    s.stop_cleanly()
+
+
+def screenshots(tmp_path: Path) -> Path:
+    return Path(os.environ.get("LABLINK_SCREENSHOTS") or tmp_path)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_log_in_start_a_lab_from_the_form_and_stop_it(
+    stack: Stack, page: Page, tmp_path: Path
+) -> None:
+    await page.goto(f"{stack.url}/hub/login")
+    await page.fill("#username_input", USER)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+    await page.wait_for_url("**/hub/spawn")
+
+    assert "VO Demo" in await page.locator(".lablink-vo-summary").inner_text()
+    systems = await page.eval_on_selector(
+        "#lablink-system", "el => Array.from(el.options).map(o => o.value)"
+    )
+    assert {"local", "hpc"} <= set(systems), systems
+    await page.select_option("#lablink-system", "local")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await page.wait_for_url(re.compile(rf"/user/{USER}/lab"), timeout=60_000)
+    await page.locator("#jp-main-dock-panel").wait_for(timeout=30_000)  # JupyterLab's shell
+    assert len(stack.lab_pids(USER)) == 1
+
+    # another lab beside it, on the HPC system: its form, without starting it
+    await page.goto(f"{stack.url}/hub/home")
+    await page.fill("input[placeholder='name-your-server']", "big")
+    await page.get_by_role("button", name="Add New Server").click()
+    await page.locator("#start-big").click()  # the page reloaded with the new server's row
+    await page.wait_for_url(f"**/hub/spawn/{USER}/big")
+    await page.select_option("#lablink-system", "hpc")
+    assert await offered(page, "hpc.partition") == ["batch", "devel", "login"]
+    runtime = await number(page, "hpc.runtime")
+    assert (runtime["max"], runtime["value"]) == ("240", "60")
+    await page.screenshot(path=screenshots(tmp_path) / "spawn-form.png")
+    await page.select_option("[name='hpc.partition']", "devel")
+    runtime = await number(page, "hpc.runtime")
+    assert (runtime["max"], runtime["value"]) == ("60", "30")
+    await page.go_back()
+
+    await page.wait_for_url("**/hub/home")
+    await page.screenshot(path=screenshots(tmp_path) / "hub-home.png")
+    await page.get_by_role("button", name="Stop My Server").click()
+    await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
+    await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")
