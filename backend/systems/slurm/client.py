@@ -9,7 +9,7 @@ little (found with Slurm 22.05, see docs/explanation.md, "slurmrestd"):
 - 400: a body it cannot parse (malformed JSON, an unknown key);
 - 500 with ``errors[]``: everything else. ``error_number`` 2017 (an unknown job
   id) on a job's GET means the job is gone; a positive code (2000 invalid
-  partition, 2015 invalid time limit, ...) is a refusal with the ``error``
+  partition, 2051 invalid time limit, ...) is a refusal with the ``error``
   text; -1 "Unspecified error" comes both from a token slurmctld does not take
   and from slurmctld not answering (after its MessageTimeout), so it is
   retried like a network error.
