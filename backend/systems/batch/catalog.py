@@ -187,6 +187,14 @@ class BatchKind(SystemKind[B]):
         where = f"for partition {partition!r}{who.in_vo}"
         for key, _, _ in NUMBERS:
             clean[key] = whole_number(key, options.get(key), getattr(part, key), where)
+        most = who.quota.gpus if who.quota else None
+        total = clean["nodes"] * clean["gpus"]
+        if most is not None and total > most:
+            raise OptionError(
+                f"options.gpus: {clean['nodes']} nodes with {clean['gpus']} GPUs each are "
+                f"{total} GPUs, more than the {most} a lab may have{who.in_vo}; "
+                "choose fewer nodes or fewer GPUs per node."
+            )
         reservation = options.get("reservation")
         if reservation not in (None, ""):
             offered = reservations_for(system, partition)
