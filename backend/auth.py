@@ -2,8 +2,9 @@
 
 Tokens come from the site file (by the name of the environment variable that
 holds each) and are compared in constant time. A ``hub`` token acts for the
-user named in the ``X-Lablink-User`` header (and as an admin when the hub
-says so with ``X-Lablink-Admin: true``); an ``admin`` token may do anything.
+user named in the ``X-Lablink-User`` header (and as an admin with
+``X-Lablink-Admin: true``, only if the site lets that token: ``admin_header``);
+an ``admin`` token may do anything.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def authenticate(request: Request) -> Principal:
     if user is not None and not USER_NAME.fullmatch(user):
         raise HTTPException(400, f"The header X-Lablink-User must be {USER_NAME_HELP}.")
     hub_says_admin = request.headers.get("x-lablink-admin", "").lower() == "true"
+    if hub_says_admin and tok.role != "admin" and not tok.admin_header:
+        raise HTTPException(
+            403,
+            f"The token {tok.name!r} may not act as an admin (X-Lablink-Admin); use an admin "
+            "token, or set admin_header: true on this token in the site file.",
+        )
     return Principal(
         token_name=tok.name,
         role=tok.role,

@@ -45,7 +45,8 @@ class TokenSettings(Strict):
     """A bearer token that may call the backend.
 
     ``role: hub`` tokens act for the user the hub names in each request;
-    ``role: admin`` tokens see and stop every lab.
+    ``role: admin`` tokens see and stop every lab. A ``hub`` token acts as an
+    admin only where ``admin_header`` allows it.
     """
 
     name: str = Field(
@@ -59,6 +60,12 @@ class TokenSettings(Strict):
         default="hub",
         description="'hub': acts for the user named in each request; 'admin': sees and stops "
         "every lab",
+    )
+    admin_header: bool = Field(
+        default=False,
+        description="a 'hub' token whose requests may say 'X-Lablink-Admin: true' and then see "
+        "and stop every lab (for a hub whose admins act on others' labs); off: such a request "
+        "is refused (403)",
     )
 
 

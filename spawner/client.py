@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,22 +31,21 @@ def token_header(access_token: str | None) -> dict[str, str]:
 
 
 class BackendClient:
-    def __init__(self, url: str, token: str, timeout: float = 10.0):
+    def __init__(self, url: str, token: str, timeout: float = 10.0, ca_bundle: str = ""):
         self.url = url.rstrip("/") + "/api/v1"
         self._token = token
         self.timeout = timeout
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             trust_env=False,
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
 
-    def _headers(self, user: str | None, admin: bool = False) -> dict[str, str]:
+    def _headers(self, user: str | None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._token}"}
         if user is not None:
             headers["X-Lablink-User"] = user
-        if admin:
-            headers["X-Lablink-Admin"] = "true"
         return headers
 
     async def _request(
@@ -53,7 +53,6 @@ class BackendClient:
         method: str,
         path: str,
         user: str | None,
-        admin: bool = False,
         headers: dict[str, str] | None = None,
         **kw: Any,
     ) -> httpx.Response:
@@ -61,7 +60,7 @@ class BackendClient:
             resp = await self._http.request(
                 method,
                 self.url + path,
-                headers={**self._headers(user, admin), **(headers or {})},
+                headers={**self._headers(user), **(headers or {})},
                 **kw,
             )
         except httpx.TransportError as exc:
@@ -88,16 +87,16 @@ class BackendClient:
         resp = await self._request("PUT", f"/users/{user}/vo", user, json={"vo": vo})
         return resp.json()  # type: ignore[no-any-return]
 
-    async def create(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
-        resp = await self._request("POST", "/labs", user, admin, json=body)
+    async def create(self, body: dict[str, Any], user: str) -> dict[str, Any]:
+        resp = await self._request("POST", "/labs", user, json=body)
         return resp.json()  # type: ignore[no-any-return]
 
     async def get(
-        self, lab_id: str, user: str, admin: bool, access_token: str | None = None
+        self, lab_id: str, user: str, access_token: str | None = None
     ) -> dict[str, Any] | None:
         headers = token_header(access_token)
         try:
-            resp = await self._request("GET", f"/labs/{lab_id}", user, admin, headers=headers)
+            resp = await self._request("GET", f"/labs/{lab_id}", user, headers=headers)
             return resp.json()  # type: ignore[no-any-return]
         except BackendError as exc:
             if exc.status == 404:
@@ -105,20 +104,18 @@ class BackendClient:
             raise
 
     async def delete(
-        self, lab_id: str, user: str, admin: bool, access_token: str | None = None
+        self, lab_id: str, user: str, access_token: str | None = None
     ) -> dict[str, Any] | None:
         headers = token_header(access_token)
         try:
-            resp = await self._request("DELETE", f"/labs/{lab_id}", user, admin, headers=headers)
+            resp = await self._request("DELETE", f"/labs/{lab_id}", user, headers=headers)
             return resp.json()  # type: ignore[no-any-return]
         except BackendError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def follow(
-        self, lab_id: str, user: str, admin: bool, after: int = 0
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, lab_id: str, user: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Yield the lab's events as the backend stores them, until a final state.
 
         Reconnects (with ``after``) when the stream breaks, for example while
@@ -133,7 +130,7 @@ class BackendClient:
                     "GET",
                     url,
                     params={"after": after},
-                    headers=self._headers(user, admin),
+                    headers=self._headers(user),
                     timeout=timeout,
                 ) as resp:
                     if resp.status_code >= 400:
@@ -156,7 +153,7 @@ class BackendClient:
                                 return
                 # the stream ended without a final event: the backend restarted, or
                 # the final event came before ``after``; ask which
-                lab = await self.get(lab_id, user, admin)
+                lab = await self.get(lab_id, user)
                 if lab is None or lab["state"] in FINAL:
                     return
             except (httpx.TransportError, httpx.RemoteProtocolError, BackendError) as exc:

@@ -26,7 +26,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Float, List, Unicode, default
+from traitlets import Float, List, TraitError, Unicode, default, validate
+
+from backend.config_base import https_url
 
 from .client import FINAL, BackendClient, BackendError
 from .form import options_form_html, options_from_form
@@ -55,6 +57,23 @@ class LablinkSpawner(Spawner):
     @default("backend_url")
     def _default_backend_url(self) -> str:
         return os.environ.get("LABLINK_BACKEND_URL", "http://127.0.0.1:8010")
+
+    @validate("backend_url")
+    def _backend_url_is_tls(self, proposal: dict[str, Any]) -> str:
+        try:
+            return https_url(str(proposal["value"]))
+        except ValueError as exc:
+            raise TraitError(f"LablinkSpawner.backend_url: {exc}") from None
+
+    backend_ca_bundle = Unicode(
+        "",
+        help="""A CA file (PEM) to verify the backend's TLS certificate with; unset: the
+        system's CAs. Defaults to the environment variable LABLINK_BACKEND_CA_BUNDLE.""",
+    ).tag(config=True)
+
+    @default("backend_ca_bundle")
+    def _default_backend_ca_bundle(self) -> str:
+        return os.environ.get("LABLINK_BACKEND_CA_BUNDLE", "")
 
     backend_token = Unicode(
         help="""Bearer token with role 'hub' in the backend's site file.
@@ -100,7 +119,7 @@ class LablinkSpawner(Spawner):
 
     lab_id = Unicode(None, allow_none=True, help="The backend's id of the current lab (state).")
 
-    _clients: dict[tuple[str, str], BackendClient] = {}
+    _clients: dict[tuple[str, str, str], BackendClient] = {}
 
     @default("env_keep")
     def _default_env_keep(self) -> list[str]:
@@ -117,15 +136,22 @@ class LablinkSpawner(Spawner):
 
     @property
     def backend(self) -> BackendClient:
-        key = (self.backend_url, self.backend_token)
+        key = (self.backend_url, self.backend_token, self.backend_ca_bundle)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = BackendClient(*key, timeout=self.backend_timeout)
+            client = self._clients[key] = BackendClient(
+                self.backend_url,
+                self.backend_token,
+                timeout=self.backend_timeout,
+                ca_bundle=self.backend_ca_bundle,
+            )
         return client
 
     @property
-    def _who(self) -> tuple[str, bool]:
-        return self.user.name, bool(getattr(self.user, "admin", False))
+    def _who(self) -> str:
+        """Whom the backend calls act for: the server's owner, also when a hub admin
+        starts or stops it (the spawner never asks the backend for admin powers)."""
+        return str(self.user.name)
 
     # -- state ------------------------------------------------------------------
 
@@ -167,27 +193,27 @@ class LablinkSpawner(Spawner):
         }
 
     async def start(self) -> str:
-        user, admin = self._who
+        user = self._who
         body = await self._request_body()
         try:
             try:
-                lab = await self.backend.create(body, user, admin)
+                lab = await self.backend.create(body, user)
             except BackendError as exc:
                 if exc.status != 409:
                     raise
                 # the backend still has an active lab for this server the hub has
                 # forgotten (a hub that lost its database): stop it, then start anew
-                await self._stop_existing(user, admin)
-                lab = await self.backend.create(body, user, admin)
+                await self._stop_existing(user)
+                lab = await self.backend.create(body, user)
         except BackendError as exc:
             self.log.warning("%s: start refused by the backend: %s", self._log_name, exc.detail)
             status = exc.status if exc.status < 500 else 503
             raise LabSpawnError(exc.detail, reason="backend", status_code=status) from None
         self.lab_id = lab["id"]
         self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
-        async for event in self.backend.follow(self.lab_id, user, admin):
+        async for event in self.backend.follow(self.lab_id, user):
             if event["state"] == "running":
-                current = await self.backend.get(self.lab_id, user, admin)
+                current = await self.backend.get(self.lab_id, user)
                 if current and current.get("url"):
                     return str(current["url"])
             if event["state"] in FINAL:
@@ -201,15 +227,15 @@ class LablinkSpawner(Spawner):
             "The lab ended before it was ready.", reason="lab-failed", status_code=502
         )
 
-    async def _stop_existing(self, user: str, admin: bool) -> None:
-        for lab in await self._labs_of_this_server(user, admin):
-            await self.backend.delete(lab["id"], user, admin)
-            async for _event in self.backend.follow(lab["id"], user, admin):
+    async def _stop_existing(self, user: str) -> None:
+        for lab in await self._labs_of_this_server(user):
+            await self.backend.delete(lab["id"], user)
+            async for _event in self.backend.follow(lab["id"], user):
                 pass
 
-    async def _labs_of_this_server(self, user: str, admin: bool) -> list[dict[str, Any]]:
+    async def _labs_of_this_server(self, user: str) -> list[dict[str, Any]]:
         resp = await self.backend._request(
-            "GET", "/labs", user, admin, params={"user": user, "active": "true"}
+            "GET", "/labs", user, params={"user": user, "active": "true"}
         )
         return [lab for lab in resp.json() if lab["server_name"] == (self.name or "")]
 
@@ -222,11 +248,11 @@ class LablinkSpawner(Spawner):
     async def poll(self) -> int | None:
         if not self.lab_id:
             return 0
-        user, admin = self._who
+        user = self._who
         try:
             # each poll hands the backend the newest token, so it can keep talking
             # to UNICORE for the person (also after a restart of the backend)
-            lab = await self.backend.get(self.lab_id, user, admin, await self._access_token())
+            lab = await self.backend.get(self.lab_id, user, await self._access_token())
         except BackendError as exc:
             self.log.warning("%s: cannot poll the backend: %s", self._log_name, exc.detail)
             return None
@@ -237,18 +263,18 @@ class LablinkSpawner(Spawner):
     async def stop(self, now: bool = False) -> None:
         if not self.lab_id:
             return
-        user, admin = self._who
+        user = self._who
         lab_id = self.lab_id
         try:
-            lab = await self.backend.delete(lab_id, user, admin, await self._access_token())
+            lab = await self.backend.delete(lab_id, user, await self._access_token())
             if lab is None or lab["state"] in FINAL:
                 return
-            await asyncio.wait_for(self._drain(lab_id, user, admin), self.stop_wait)
+            await asyncio.wait_for(self._drain(lab_id, user), self.stop_wait)
         except (BackendError, TimeoutError) as exc:
             self.log.warning("%s: stop of lab %s not confirmed: %s", self._log_name, lab_id, exc)
 
-    async def _drain(self, lab_id: str, user: str, admin: bool) -> None:
-        async for _event in self.backend.follow(lab_id, user, admin):
+    async def _drain(self, lab_id: str, user: str) -> None:
+        async for _event in self.backend.follow(lab_id, user):
             pass
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
@@ -257,8 +283,8 @@ class LablinkSpawner(Spawner):
             if not self._spawn_pending:
                 return
             await asyncio.sleep(0.05)
-        user, admin = self._who
-        async for event in self.backend.follow(self.lab_id, user, admin):
+        user = self._who
+        async for event in self.backend.follow(self.lab_id, user):
             item = {"progress": event["progress"], "message": event["message"]}
             if event.get("detail"):
                 item["html_message"] = (

@@ -541,10 +541,13 @@ async def test_admin_token_sees_and_stops_every_lab(
         assert (await admin.get(f"/labs/{a}")).json()["user"] == "alice"
         assert (await admin.get(f"/labs/{b}/events")).status_code == 200
 
-        # a hub token is an admin when the hub says so for its user
+        # a hub token is no admin, whatever its request says, unless the site file
+        # lets it be (tokens[].admin_header; tests/test_hardening.py)
         async with backend.client("carol") as carol:
             carol.headers["X-Lablink-Admin"] = "true"
-            assert len((await carol.get("/labs", params={"user": "alice"})).json()) == 1
+            refused = await carol.get("/labs", params={"user": "alice"})
+            assert refused.status_code == 403
+            assert "admin_header" in refused.json()["detail"]
 
         assert (await stop_and_wait(admin, a))["state"] == "stopped"
         assert (await stop_and_wait(admin, b))["state"] == "stopped"
