@@ -4,6 +4,12 @@ It is the only caller of the drivers. One task per lab follows the lab from
 start to its end (``_start_then_watch``); a stop cancels that task first, so
 a lab that is being stopped is never reported as having ended by itself. On
 start the manager re-attaches to every lab the database says is active.
+
+Every lab reaches a final state: an exception in a lab's task moves it to
+``failed`` with a sentence. The one exception is a stop the system did not
+confirm: the lab goes to ``stop_failed``, stays active (its quota and server
+name stay taken, as its job may still run) and the stop is tried again with
+backoff until the job is gone.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from typing import Any
 
 import httpx
@@ -18,7 +25,7 @@ import httpx
 from .catalog import validate_options
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
-from .store import Admission, Lab, Store, Usage
+from .store import Admission, Lab, Store, Usage, clean_text
 from .systems.driver import Driver, LabContext, LabEnded, LabFailed, Peers, lab_log_name
 from .systems.registry import kinds
 from .vos import Identity, memberships
@@ -42,6 +49,7 @@ def quota_sentence(vo: str, limits: Admission, usage: Usage) -> str:
 INTERNAL_ERROR = (
     "An internal error stopped the lab; the site's admins can find the details in the backend log."
 )
+STOP_INTERNAL_ERROR = "an internal error (the backend log has the details)"
 
 
 class LabManager:
@@ -66,6 +74,11 @@ class LabManager:
         }
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
+        # set to try a failed stop again at once (a person asked to stop again)
+        self._stop_now: dict[str, asyncio.Event] = {}
+        # waits between tries of a stop the system did not confirm, in seconds
+        self.stop_retry_first = 5.0
+        self.stop_retry_most = 300.0
 
     # -- contexts -----------------------------------------------------------
 
@@ -203,19 +216,22 @@ class LabManager:
             self._access_tokens[lab.id] = token
 
     async def stop(self, lab: Lab) -> Lab:
-        """Begin stopping a lab (idempotent); the stop finishes in the background."""
+        """Begin stopping a lab (idempotent); the stop finishes in the background.
+        Asked again for a lab whose stop failed, it tries again at once."""
         if not lab.active:
             return lab
-        if lab.state != LabState.STOPPING:
+        if lab.state not in (LabState.STOPPING, LabState.STOP_FAILED):
             try:
                 lab = await self.store.record(lab.id, LabState.STOPPING, "Stopping the lab.")
             except InvalidTransition:
                 current = await self.store.get_lab(lab.id)
                 assert current is not None
-                if current.state != LabState.STOPPING:
+                if current.state not in (LabState.STOPPING, LabState.STOP_FAILED):
                     return current  # it ended meanwhile
                 lab = current
-        if lab.id not in self._stops:
+        if lab.id in self._stops:
+            self._stop_now.setdefault(lab.id, asyncio.Event()).set()
+        else:
             task = asyncio.create_task(self._stop(lab), name=f"stop-{lab.id}")
             self._stops[lab.id] = task
             task.add_done_callback(self._forget_stop)
@@ -237,7 +253,7 @@ class LabManager:
                     "given up.",
                 )
                 continue
-            if lab.state == LabState.STOPPING:
+            if lab.state in (LabState.STOPPING, LabState.STOP_FAILED):
                 await self.stop(lab)
             else:
                 self._runs[lab.id] = asyncio.create_task(
@@ -321,11 +337,22 @@ class LabManager:
         await self._watch(ctx, driver)
 
     async def _watch(self, ctx: LabContext[Any], driver: Driver[Any]) -> None:
-        status = await driver.wait_ended(ctx)
+        try:
+            status = await driver.wait_ended(ctx)
+        except LabFailed as exc:
+            await self._given_up(ctx, driver, exc.message, exc.detail)
+            return
+        except Exception:
+            log.exception("%s: following the lab broke", ctx.log_name)
+            await self._given_up(ctx, driver, INTERNAL_ERROR)
+            return
         try:
             output = await driver.stop(ctx)  # clears what the lab left behind
         except LabFailed as exc:
             output = exc.message
+        except Exception:
+            log.exception("%s: clearing up after the lab broke", ctx.log_name)
+            output = ""
         self._access_tokens.pop(ctx.lab_id, None)
         code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
         why = f" {status.message.rstrip('.')}." if status.message else ""
@@ -339,29 +366,69 @@ class LabManager:
                 allowed_from=(LabState.RUNNING,),
             )
 
+    async def _given_up(
+        self, ctx: LabContext[Any], driver: Driver[Any], message: str, detail: str = ""
+    ) -> None:
+        """A running lab Lablink can no longer follow: end it (a failed stop keeps it
+        active), else fail it with ``message``."""
+        try:
+            await driver.stop(ctx)
+        except Exception as exc:  # any failure: the stop is retried
+            why = exc.message if isinstance(exc, LabFailed) else STOP_INTERNAL_ERROR
+            lab = await self.store.get_lab(ctx.lab_id)
+            if lab is not None and lab.active:
+                with contextlib.suppress(InvalidTransition):
+                    lab = await self.store.record(
+                        lab.id, LabState.STOPPING, f"{message.rstrip('.')}; stopping the lab."
+                    )
+                self._runs.pop(lab.id, None)  # this task: the stop must not cancel it
+                await self.stop(lab)
+                log.warning("%s: could not end the lab: %s", ctx.log_name, why)
+                return
+        lab = await self.store.get_lab(ctx.lab_id)
+        if lab is not None:
+            await self._finish(lab, LabState.FAILED, message, detail)
+
     async def _stop(self, lab: Lab) -> None:
         run = self._runs.pop(lab.id, None)
         if run is not None and run is not asyncio.current_task():
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
-        current = await self.store.get_lab(lab.id) or lab
-        ctx = self.context(current)
-        try:
-            output = await self.driver_for(lab).stop(ctx)
-        except LabFailed as exc:
-            log.warning("%s: stop failed: %s", ctx.log_name, exc.message)
-            await self._finish(current, LabState.FAILED, exc.message, exc.detail)
-            return
-        except Exception:
-            log.exception("%s: stop broke", ctx.log_name)
-            await self._finish(current, LabState.FAILED, INTERNAL_ERROR)
-            return
-        log.info("%s: stopped", ctx.log_name)
-        await self._finish(current, LabState.STOPPED, "The lab was stopped.", output)
+        delay = self.stop_retry_first
+        while True:
+            current = await self.store.get_lab(lab.id) or lab
+            if not current.active:
+                return
+            ctx = self.context(current)
+            try:
+                output = await self.driver_for(lab).stop(ctx)
+            except LabFailed as exc:
+                why, detail = exc.message, exc.detail
+            except Exception:
+                log.exception("%s: stop broke", ctx.log_name)
+                why, detail = STOP_INTERNAL_ERROR, ""
+            else:
+                log.info("%s: stopped", ctx.log_name)
+                await self._finish(current, LabState.STOPPED, "The lab was stopped.", output)
+                return
+            log.warning("%s: stop failed, trying again in %.0f s: %s", ctx.log_name, delay, why)
+            message = (
+                f"The lab could not be stopped yet: {why.rstrip('.')}. Lablink keeps trying; "
+                "until the job has ended, the lab counts against your quota."
+            )
+            if current.state != LabState.STOP_FAILED or current.message != clean_text(message):
+                with contextlib.suppress(InvalidTransition):
+                    await self.store.record(lab.id, LabState.STOP_FAILED, message, detail=detail)
+            now = self._stop_now.setdefault(lab.id, asyncio.Event())
+            now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(now.wait(), delay * (0.75 + random.random() / 2))  # noqa: S311
+            delay = min(delay * 2, self.stop_retry_most)
 
     async def _finish(self, lab: Lab, state: LabState, message: str, detail: str = "") -> None:
         with contextlib.suppress(InvalidTransition):
             await self.store.record(lab.id, state, message, detail=detail)
         self._runs.pop(lab.id, None)
+        self._stop_now.pop(lab.id, None)
         self._access_tokens.pop(lab.id, None)

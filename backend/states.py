@@ -2,10 +2,12 @@
 
 States move forward along the chain
 
-    accepted → submitted → queued → starting → running → stopping → stopped
+    accepted → submitted → queued → starting → running → stopping → stop_failed → stopped
 
 and may skip states a driver does not have (a local lab is never queued; a
 lab whose process ends by itself goes from running straight to stopped).
+``stop_failed`` is a lab whose job or pod could not be ended yet: it stays
+active (it holds its quota and its server name) while the stop is retried.
 ``failed`` is reachable from every state before ``stopped``. ``stopped`` and
 ``failed`` are final: nothing leaves them.
 """
@@ -22,6 +24,7 @@ class LabState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
+    STOP_FAILED = "stop_failed"
     STOPPED = "stopped"
     FAILED = "failed"
 
@@ -33,6 +36,7 @@ CHAIN: tuple[LabState, ...] = (
     LabState.STARTING,
     LabState.RUNNING,
     LabState.STOPPING,
+    LabState.STOP_FAILED,
     LabState.STOPPED,
 )
 
@@ -48,6 +52,7 @@ PROGRESS: dict[LabState, int] = {
     LabState.STARTING: 50,
     LabState.RUNNING: 100,
     LabState.STOPPING: 100,
+    LabState.STOP_FAILED: 100,
     LabState.STOPPED: 100,
     LabState.FAILED: 100,
 }

@@ -24,6 +24,35 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import IMMEDIATE, as_utc, events, labs, users, utcnow
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
 
+# control characters other than tab and newline; NUL is refused by PostgreSQL
+_CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127)}
+_CONTROL[ord("\r")] = None
+
+
+def clean_text(text: str) -> str:
+    """Text a lab or a peer produced, fit to store: without NUL and other control
+    characters (tab and newline stay), and valid UTF-8 (a lone surrogate, from bytes
+    decoded with ``surrogateescape``, becomes U+FFFD)."""
+    if text.isprintable():
+        return text
+    cleaned = text.translate(_CONTROL)
+    try:
+        raw = cleaned.encode("utf-8", "surrogateescape")  # the bytes behind escapes
+    except UnicodeEncodeError:
+        raw = cleaned.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def clean_json(value: Any) -> Any:
+    """``value`` with every string in it (keys too) passed through :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
+
 
 @dataclass(frozen=True)
 class Lab:
@@ -359,7 +388,9 @@ class Store:
         """Store what a driver needs to find the lab again after a restart."""
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(labs).where(labs.c.id == lab_id).values(handle=handle, updated=utcnow())
+                update(labs)
+                .where(labs.c.id == lab_id)
+                .values(handle=clean_json(handle), updated=utcnow())
             )
 
     async def record(
@@ -378,6 +409,8 @@ class Store:
         Raises InvalidTransition if the state machine forbids the move, or if
         ``allowed_from`` is given and the lab is in none of those states.
         """
+        message, detail = clean_text(message), clean_text(detail)
+        url = clean_text(url) if url is not None else None
         for _attempt in range(20):
             lab = await self.get_lab(lab_id)
             if lab is None:

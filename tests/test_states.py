@@ -95,7 +95,7 @@ def test_forbidden_move(current: LabState, new: LabState) -> None:
 
 
 def test_every_pair_follows_the_rules() -> None:
-    """All 64 pairs: forward or same while active, failed from any active, never out of final."""
+    """All 81 pairs: forward or same while active, failed from any active, never out of final."""
     for current, new in itertools.product(LabState, LabState):
         if current in FINAL:
             expected = False
@@ -108,7 +108,15 @@ def test_every_pair_follows_the_rules() -> None:
 
 def test_state_sets() -> None:
     assert FINAL == {S.STOPPED, S.FAILED}
-    assert {S.ACCEPTED, S.SUBMITTED, S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING} == ACTIVE
+    assert {
+        S.ACCEPTED,
+        S.SUBMITTED,
+        S.QUEUED,
+        S.STARTING,
+        S.RUNNING,
+        S.STOPPING,
+        S.STOP_FAILED,
+    } == ACTIVE
     assert not ACTIVE & FINAL
     assert set(LabState) == ACTIVE | FINAL
     assert CHAIN[0] == S.ACCEPTED
