@@ -1,5 +1,6 @@
 """The frame every Lablink service shares: FastAPI with its OpenAPI under
-``/api/v1``, bearer tokens, and errors as one sentence (never a traceback).
+``/api/v1``, bearer tokens, errors as one sentence (never a traceback), and
+request bodies of at most 1 MiB.
 
 The backend, the tunnel service and the UserLab Manager are built on it; it
 imports nothing of the backend's labs, drivers or database.
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .auth import TokenChecker
+from .bounded import BodyLimit
 from .settings import TokenSettings
 
 log = logging.getLogger("lablink.service")
@@ -88,6 +90,7 @@ def service_app(
     )
     app.state.tokens = tokens
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     return app
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import httpx
 from fastapi import Depends, FastAPI, Request, Response
 
+from backend.bounded import BodyLimit
+
 from . import DevsiteConfig, SiteError
 from .auth import Authenticated, Caller, install_error_handlers
 from .description import parse_description, submitted_copy
@@ -366,6 +368,7 @@ def create_app(config: DevsiteConfig) -> FastAPI:
     app.state.devsite = site
     app.state.prefix = prefix = f"/{config.site}/rest/core"
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, key="errorMessage")
 
     @app.get(prefix)
     @app.get(prefix + "/")

@@ -85,8 +85,9 @@ async def test_a_missing_job_is_none_and_a_tail_reads_the_end() -> None:
             return error(404, "no such job")
         if request.headers.get("accept") == "application/json":
             return httpx.Response(200, json={"isDirectory": False, "size": len(content)})
-        start = int(request.headers["range"].removeprefix("bytes=").rstrip("-"))
-        return httpx.Response(206, content=content[start:])
+        first, _, last = request.headers["range"].removeprefix("bytes=").partition("-")
+        end = int(last) + 1 if last else len(content)
+        return httpx.Response(206, content=content[int(first) : end])
 
     uc = UnicoreClient(httpx.AsyncClient(transport=httpx.MockTransport(handle)), Credentials("t"))
     assert await uc.job(f"{JOBS}/j404") is None

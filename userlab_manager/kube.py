@@ -24,6 +24,8 @@ from .manifests import LABEL_MANAGED_BY, MANAGED_BY, SELECTOR
 log = logging.getLogger("lablink.userlab_manager")
 
 WATCH_SECONDS = 5  # one watch request; short, so that stopping never waits long
+# the most of a pod's log read for a lab's output (the lab decides what it prints)
+LOG_BYTES = 16 * 1024
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -109,10 +111,14 @@ class Kube:
         return [p for p in (self._json(i) for i in found.items) if managed(p)]
 
     async def log_tail(self, namespace: str, name: str, lines: int) -> str:
-        """The last lines the lab printed; best effort."""
+        """The last lines the lab printed, at most ``LOG_BYTES`` of them; best effort."""
         try:
             text = await self._call(
-                self.core.read_namespaced_pod_log, name, namespace, tail_lines=lines
+                self.core.read_namespaced_pod_log,
+                name,
+                namespace,
+                tail_lines=lines,
+                limit_bytes=LOG_BYTES,
             )
         except ClusterError:
             return ""

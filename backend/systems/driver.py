@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 
+from ..bounded import IDENTITY, read_at_most
 from ..states import InvalidTransition, LabState
 from .base import SystemSettings
 
@@ -76,6 +77,9 @@ class Peers:
 
 
 S = TypeVar("S", bound=SystemSettings)
+
+# the most of a readiness probe's answer the backend reads
+PROBE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -152,10 +156,15 @@ class Driver(abc.ABC, Generic[S]):
         self.http = http
 
     async def answers(self, probe: str) -> bool:
-        """Whether the lab answers 200 at ``probe`` (its API under its prefix)."""
+        """Whether the lab answers 200 at ``probe`` (its API under its prefix).
+
+        The lab decides what it sends, so at most ``PROBE_BYTES`` of the body are
+        read (an endless body costs nothing), within two seconds in all."""
         try:
-            resp = await self.http.get(probe, timeout=2.0)
-        except httpx.TransportError:
+            async with asyncio.timeout(2.0):
+                async with self.http.stream("GET", probe, headers=IDENTITY, timeout=2.0) as resp:
+                    await read_at_most(resp, PROBE_BYTES)
+        except (httpx.TransportError, TimeoutError):
             return False
         return resp.status_code == 200
 

@@ -13,6 +13,7 @@ development site in the tests, which keeps both honest about the protocol.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from typing import Any
 
 import httpx
 
+from ...bounded import IDENTITY, read_at_most
 from ...retry import Backoff
 from ..batch.session import SiteRefused, SiteUnavailable
 
 log = logging.getLogger("lablink.backend.unicore")
 
 RETRY_STATUS = frozenset({429, 502, 503, 504, 500})
+# the most of a file the client reads when its caller gives no length
+READ_LIMIT = 1024 * 1024
 
 
 class UnicoreUnavailable(SiteUnavailable):
@@ -100,25 +104,28 @@ class UnicoreClient:
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200, 201, 204, 206),
         missing_ok: bool = False,
+        max_bytes: int | None = None,
     ) -> httpx.Response | None:
         """One call with retries on network errors and 5xx/429, within ``retry_for``.
 
         Returns None for 404 when ``missing_ok``; raises UnicoreRefused for other
         4xx and UnicoreUnavailable when the budget is spent. POST is retried too:
         a job created twice is found again by its tag and the extra one aborted.
+        With ``max_bytes``, at most that many bytes of the body are read (what a
+        job wrote is the job's to choose; the rest is left unread).
         """
         backoff = Backoff(self.retry_for, first=0.5, most=10.0)
         while True:
             try:
-                resp = await self.http.request(
+                resp = await self._send(
                     method,
                     url,
                     json=json,
                     params=params,
                     headers=self._headers(accept, headers),
-                    timeout=self.timeout,
+                    max_bytes=max_bytes,
                 )
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code in ok:
@@ -139,6 +146,22 @@ class UnicoreClient:
                 raise UnicoreUnavailable(problem)
             log.info("%s %s: %s; retrying", method, url, problem)
             await backoff.wait()
+
+    async def _send(
+        self, method: str, url: str, *, headers: dict[str, str], max_bytes: int | None, **kw: Any
+    ) -> httpx.Response:
+        if max_bytes is None:
+            return await self.http.request(method, url, headers=headers, timeout=self.timeout, **kw)
+        request = self.http.build_request(
+            method, url, headers={**headers, **IDENTITY}, timeout=self.timeout, **kw
+        )
+        async with asyncio.timeout(self.timeout):
+            resp = await self.http.send(request, stream=True)
+            try:
+                body, _more = await read_at_most(resp, max_bytes)
+            finally:
+                await resp.aclose()
+        return httpx.Response(resp.status_code, headers=resp.headers, content=body, request=request)
 
     async def get_json(self, url: str, **kw: Any) -> dict[str, Any] | None:
         resp = await self.request("GET", url, **kw)
@@ -177,7 +200,8 @@ class UnicoreClient:
         self, storage_url: str, path: str, *, start: int | None = None, length: int | None = None
     ) -> bytes | None:
         """A file of a job's working directory (from byte ``start``, at most ``length``
-        bytes); None if absent."""
+        bytes, or ``length`` + 1 if the site ignored the range: the caller can tell a
+        file that is too long); None if absent."""
         headers = None
         if start is not None or length is not None:
             first = start or 0
@@ -190,6 +214,7 @@ class UnicoreClient:
             headers=headers,
             missing_ok=True,
             ok=(200, 206, 416),
+            max_bytes=length + 1 if length is not None else READ_LIMIT,
         )
         if resp is None or resp.status_code == 416:
             return None if resp is None else b""
@@ -205,7 +230,8 @@ class UnicoreClient:
         size = int(info.get("size") or 0)
         if size == 0:
             return ""
-        data = await self.read_file(storage_url, path, start=max(0, size - max_bytes))
+        start = max(0, size - max_bytes)
+        data = await self.read_file(storage_url, path, start=start, length=size - start)
         return (data or b"").decode("utf-8", "replace")
 
 

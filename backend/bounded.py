@@ -1,0 +1,95 @@
+"""Reading what a lab or a peer sends, never more than we mean to.
+
+A lab decides what its readiness probe answers and what its ``lab.json``
+holds; a misbehaving or hostile one could send an endless body. Every such
+read streams the response and stops at a byte limit, and asks for the body
+unencoded (``Accept-Encoding: identity``), so a small compressed answer cannot
+grow into a large one in memory.
+
+The other way round, every service refuses a request body over 1 MiB
+(:class:`BodyLimit`) before it reads it whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+async def read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of a streamed response's body, and whether it had more
+    (the rest is not read: the caller closes the response)."""
+    if resp.is_stream_consumed:  # read already (a test's mock transport does)
+        return resp.content[:limit], len(resp.content) > limit
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_raw():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+# the largest request body a service takes (its answer to more is 413)
+MAX_BODY = 1024 * 1024
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(
+            413, f"The request body is over {limit // 1024} KiB, the most this service takes."
+        )
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``limit`` bytes with 413, before
+    it is read whole: at once when its Content-Length says so, else as soon as the
+    bytes received pass the limit (a chunked body). The answer is
+    ``{key: "<sentence>"}`` (``errorMessage`` for a UNICORE double)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY, key: str = "detail"):
+        self.app = app
+        self.limit = limit
+        self.key = key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.strip().isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({self.key: BodyTooLarge(self.limit).detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
