@@ -1,11 +1,13 @@
-"""Building blocks shared by the site file's models (no imports of the rest)."""
+"""Building blocks shared by the site file's models (no imports of the rest but
+the pure :mod:`backend.addresses`)."""
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
+
+from .addresses import is_local
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 # partitions, reservations, accounts and projects are named by the HPC site
@@ -19,15 +21,9 @@ class Strict(BaseModel):
 
 
 def is_local_host(host: str) -> bool:
-    """Loopback, link-local or unspecified: this machine, not a compute node or gateway."""
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_link_local or address.is_unspecified
+    """Loopback, link-local or unspecified, in any spelling: this machine, not a
+    compute node or gateway."""
+    return is_local(host)
 
 
 def https_url(url: str) -> str:

@@ -5,21 +5,24 @@
 the system's login node to the compute node's ``host:port`` and answers
 ``{local_host, local_port}``; ``DELETE /api/v1/tunnels/{lab_id}`` closes it.
 Destinations are checked against the system's allow-list before anything is
-opened. A system with ``ssh.hub_forward`` also gets, on every login node, a
-reverse forward to the hub's API (``tunnel_service.hub_api``), opened when the
-service starts. Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored
-when the service starts; ``GET /api/v1/health`` answers 503 until every one
-of them listens again.
+opened: the host in its canonical spelling, patterns matching whole DNS labels
+(:mod:`backend.addresses`), its name resolved once here and the login node
+asked to connect to that address, never to the name. A system with
+``ssh.hub_forward`` also gets, on every login node, a reverse forward to the
+hub's API (``tunnel_service.hub_api``), opened when the service starts.
+Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored when the
+service starts; ``GET /api/v1/health`` answers 503 until every one of them
+listens again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,8 +32,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import __version__
+from backend import __version__, addresses
 from backend.auth import Principal, authenticate
+from backend.files import private_dir
 from backend.service import backend_only_app
 from backend.settings import Settings
 from backend.sshconfig import HOST_PATTERN, SshTunnel
@@ -134,7 +138,12 @@ class Tunnels:
                             rec.get("lab_id"))  # fmt: skip
                 continue
             self.link(rec["system"]).forwards[rec["lab_id"]] = Forward(
-                rec["lab_id"], rec["system"], rec["host"], rec["port"], rec["local_port"]
+                rec["lab_id"],
+                rec["system"],
+                rec["host"],
+                rec["port"],
+                rec["local_port"],
+                address=rec.get("address", ""),
             )
         for name, system in self.settings.systems.items():
             ssh = getattr(system, "ssh", None)
@@ -152,10 +161,32 @@ class Tunnels:
         await asyncio.gather(*(node.close() for node in self.nodes.values()))
 
 
-def allowed(ssh: SshTunnel, host: str, port: int) -> bool:
-    return any(
-        fnmatch.fnmatchcase(host, dest.hosts) and port in dest.ports for dest in ssh.destinations
-    )
+def allowed(ssh: SshTunnel, host: str, address: str, port: int) -> bool:
+    """Whether a destination lets labs be reached at ``host`` (a canonical name or
+    address) resolved to ``address``; a local address (the login node itself) only
+    where a destination names it, not by ``*``."""
+    ports = [dest for dest in ssh.destinations if port in dest.ports]
+    if not any(addresses.matches(host, d.hosts) or addresses.matches(address, d.hosts)
+               for d in ports):  # fmt: skip
+        return False
+    patterns = [d.hosts for d in ports]
+    return not addresses.is_local(address) or addresses.named_by(address, patterns)
+
+
+async def resolve(host: str) -> str | None:
+    """The IP address ``host`` names (itself for an address); None if it resolves to none."""
+    address = addresses.ip_of(host)
+    if address is not None:
+        return str(address)
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for _family, _type, _proto, _name, sockaddr in found:
+        resolved = addresses.ip_of(str(sockaddr[0]))
+        if resolved is not None:
+            return str(resolved)
+    return None
 
 
 def tunnels_of(request: Request) -> Tunnels:
@@ -197,17 +228,27 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
     """Forward a local port to ``host:port`` through the system's login node."""
     tunnels = tunnels_of(request)
     ssh = tunnels.ssh_of(body.system)
-    if not allowed(ssh, body.host, body.port):
+    host = addresses.canonical(body.host)
+    if host is None:
+        raise HTTPException(422, f"host: {body.host!r} is not a host name or an IP address.")
+    address = await resolve(host)
+    if address is None:
+        raise HTTPException(
+            422,
+            f"host: {host!r} does not resolve to an address on the tunnel service's machine; "
+            "give the compute node's address, or make its name known there.",
+        )
+    if not allowed(ssh, host, address, body.port):
         rules = ", ".join(f"{d.hosts} ports {d.ports.min}-{d.ports.max}" for d in ssh.destinations)
         raise HTTPException(
             403,
-            f"The destination {body.host}:{body.port} is not allowed for system "
-            f"{body.system!r}; allowed: {rules}.",
+            f"The destination {host}:{body.port} ({address}) is not allowed for system "
+            f"{body.system!r}; allowed: {rules} (local addresses only where named).",
         )
     existing = tunnels.find(body.lab_id)
     if existing is not None:
         _, fwd = existing
-        if (fwd.system, fwd.host, fwd.port) == (body.system, body.host, body.port):
+        if (fwd.system, fwd.host, fwd.port) == (body.system, host, body.port):
             response.status_code = 200
             return out(fwd, tunnels.bind)
         raise HTTPException(
@@ -216,7 +257,9 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
     link = tunnels.link(body.system)
     deadline = time.monotonic() + OPEN_WITHIN
     for _ in range(20):
-        fwd = Forward(body.lab_id, body.system, body.host, body.port, tunnels.free_port())
+        fwd = Forward(
+            body.lab_id, body.system, host, body.port, tunnels.free_port(), address=address
+        )
         try:
             await link.add(fwd, deadline)
         except LinkDown as exc:
@@ -231,7 +274,7 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
                 continue  # somebody else took it: another one
             raise
         tunnels.save()
-        log.info("lab %s: %s:%s via %s on port %s", body.lab_id, body.host, body.port,
+        log.info("lab %s: %s:%s (%s) via %s on port %s", body.lab_id, host, body.port, address,
                  fwd.node.name if fwd.node else "?", fwd.local_port)  # fmt: skip
         return out(fwd, tunnels.bind)
     raise HTTPException(503, "No free port could be bound for the tunnel; try again.")
@@ -258,7 +301,7 @@ async def close_tunnel(request: Request, lab_id: str, who: Auth) -> Response:
 def create_app(settings: Settings, token: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.state_dir)
         tunnels = Tunnels(settings, settings.state_dir / "tunnels.json")
         app.state.tunnels = tunnels
         tunnels.load()

@@ -54,12 +54,19 @@ class Forward:
     local_port: int
     listener: Any = field(default=None, repr=False)
     node: NodeLink | None = field(default=None, repr=False)
+    # the IP address ``host`` resolved to when the tunnel was opened: what the login
+    # node is asked to connect to (a name is never resolved again)
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        self.address = self.address or self.host
 
     def record(self) -> dict[str, Any]:
         return {
             "lab_id": self.lab_id,
             "system": self.system,
             "host": self.host,
+            "address": self.address,
             "port": self.port,
             "local_port": self.local_port,
         }
@@ -305,7 +312,7 @@ class SystemLink:
     async def _listen(self, node: NodeLink, fwd: Forward) -> None:
         assert node.conn is not None
         fwd.listener = await node.conn.forward_local_port(
-            self.bind, fwd.local_port, fwd.host, fwd.port
+            self.bind, fwd.local_port, fwd.address, fwd.port
         )
         fwd.node = node
 

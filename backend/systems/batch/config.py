@@ -94,9 +94,11 @@ class BatchSystem(SystemSettings, Generic[P]):
     lab_hosts: list[str] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
-        description="host name patterns (shell-style) a lab may report as its address; "
-        "others are refused, and so are loopback and link-local addresses unless a pattern "
-        "other than '*' names them",
+        description="where a lab may say it listens: '*', addresses or networks "
+        "('10.1.0.0/16'), or names whose labels are shell-style patterns, each matching one "
+        "label ('jwc*' matches 'jwc01', not 'jwc.example.org'); addresses are compared "
+        "however they are spelled ('127.1' is 127.0.0.1); others are refused, and so are "
+        "loopback and link-local addresses unless a pattern other than '*' names them",
     )
     setup: list[str] = Field(
         default_factory=list,

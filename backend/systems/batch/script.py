@@ -14,7 +14,6 @@ comment) and checks it before it trusts it.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shlex
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ...config_base import is_local_host
+from ... import addresses
 from .config import BatchSystem
 
 SCRIPT_NAME = "start.sh"
@@ -138,9 +137,11 @@ def parse_lab_file(data: bytes, system: BatchSystem[Any]) -> LabAddress:
         raise BadLabFile(f"host {str(host)[:80]!r} is not a host name or address")
     if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 65535:
         raise BadLabFile(f"port {str(port)[:20]!r} is not a port number from 1024 to 65535")
-    explicit = [pat for pat in system.lab_hosts if pat != "*"]
-    if not any(fnmatch.fnmatchcase(host, pat) for pat in system.lab_hosts):
+    name = addresses.canonical(host)
+    if name is None:
+        raise BadLabFile(f"host {host!r} is not a host name or address")
+    if not any(addresses.matches(name, pat) for pat in system.lab_hosts):
         raise BadLabFile(f"host {host!r} is not among the system's lab_hosts")
-    if is_local_host(host) and not any(fnmatch.fnmatchcase(host, pat) for pat in explicit):
+    if addresses.is_local(name) and not addresses.named_by(name, list(system.lab_hosts)):
         raise BadLabFile(f"host {host!r} is a local address that lab_hosts does not name")
-    return LabAddress(host, port)
+    return LabAddress(name, port)
