@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from .api import router
 from .auth import TokenChecker
 from .db import create_engine, migrate
+from .files import private_dir
 from .labs import LabManager
 from .service import service_app
 from .settings import (
@@ -38,17 +40,33 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.state_dir)
         engine = create_engine(settings.resolved_database_url)
         await migrate(engine)
         store = Store(engine)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
+        own: list[httpx.AsyncClient] = []  # clients with a site's CA bundle
+
+        def client_for(ca_bundle: str) -> httpx.AsyncClient:
+            if not ca_bundle:
+                return http
+            own.append(
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(10.0),
+                    trust_env=False,
+                    verify=ssl.create_default_context(cafile=ca_bundle),
+                )
+            )
+            return own[-1]
+
         tunnels = None
         if tunnel_secret is not None:
-            tunnels = TunnelClient(http, settings.tunnel_service.url, tunnel_secret)
+            service = settings.tunnel_service
+            tunnels = TunnelClient(client_for(service.ca_bundle), service.url, tunnel_secret)
         userlabs = None
         if userlab_secret is not None:
-            userlabs = UserlabClient(http, settings.userlab_manager.url, userlab_secret)
+            um = settings.userlab_manager
+            userlabs = UserlabClient(client_for(um.ca_bundle), um.url, userlab_secret)
         manager = LabManager(settings, store, http, secrets, Peers(tunnels, userlabs))
         app.state.store = store
         app.state.manager = manager
@@ -57,7 +75,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             yield
         finally:
             await manager.close()
-            await http.aclose()
+            for client in (http, *own):
+                await client.aclose()
             await engine.dispose()
 
     app = service_app(

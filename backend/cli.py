@@ -11,6 +11,7 @@ from pathlib import Path
 
 from devsite.cli import add_arguments as add_devsite_arguments
 
+from .files import private_umask
 from .settings import SettingsError, load_settings
 
 EMBEDDED_SITE = files("backend") / "data" / "embedded.yaml"
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"))
+    if args.func is not cmd_unicore_devsite:  # its jobs run as other users, in its files
+        private_umask()
     return int(args.func(args) or 0)
 
 

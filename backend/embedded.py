@@ -32,6 +32,7 @@ import httpx
 import yaml
 
 from . import loginnode, procs
+from .files import private_dir
 from .loginnode import LoginNodeFiles
 from .settings import SettingsError, load_settings
 from .systems.slurm.tokens import mint
@@ -66,10 +67,16 @@ SLURMRESTD_PORT = int(os.environ.get("LABLINK_SLURMRESTD_PORT", "6820"))
 
 
 def crypt_key(path: Path) -> str:
-    """The hub's auth_state key from ``path``, made (32 random bytes, hex) if missing."""
+    """The hub's auth_state key from ``path``, made (32 random bytes, hex) if missing.
+
+    It lives apart from the hub's database (``secrets/``, not ``hub/``), so a copy
+    of the database, a backup say, does not carry the key that opens it."""
+    private_dir(path.parent)
+    earlier = path.parent.parent / "hub" / path.name  # where it was kept before
+    if not path.exists() and earlier.exists():
+        os.replace(earlier, path)
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -397,7 +404,7 @@ class Embedded:
             # that encrypts auth_state (kept in the state directory unless given)
             hub_env["LABLINK_OIDC_CLIENT_SECRET"] = os.environ.get("LABLINK_OIDC_CLIENT_SECRET", "")
             hub_env["JUPYTERHUB_CRYPT_KEY"] = os.environ.get("JUPYTERHUB_CRYPT_KEY") or crypt_key(
-                self.state / "hub" / "crypt_key"
+                self.state / "secrets" / "crypt_key"
             )
         level = self.args.log_level
         services: dict[str, Service] = {}
@@ -634,7 +641,7 @@ class Embedded:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        self.logs.mkdir(parents=True, exist_ok=True)
+        private_dir(self.logs)
         if not self.site:  # the slurm system of the embedded site needs slurmrestd here
             self.local_slurm = await asyncio.to_thread(local_slurmrestd)  # not on the loop
         self._write_site()

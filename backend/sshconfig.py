@@ -29,9 +29,9 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .config_base import Strict
+from .config_base import Strict, https_url
 
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$"
 
@@ -61,7 +61,10 @@ class Destination(Strict):
     hosts: str = Field(
         max_length=255,
         pattern=r"^[A-Za-z0-9.*?\[\]-]+$",
-        description="a shell-style pattern of compute node names or addresses",
+        description="compute nodes: '*', an address or network ('10.1.0.0/16'), or a name whose "
+        "labels are shell-style patterns, each matching one label ('jwc*' is not "
+        "'jwc.example.org'); addresses are compared however they are spelled, and loopback "
+        "only where a pattern other than '*' names it",
     )
     ports: PortRange = Field(default_factory=PortRange, description="the ports allowed")
 
@@ -129,7 +132,10 @@ class TunnelService(Strict):
     url: str = Field(
         default="http://127.0.0.1:8020",
         pattern=r"^https?://[^\s/]+/?$",
-        description="the tunnel service's base URL",
+        description="the tunnel service's base URL: https://, or http:// on this machine only",
+    )
+    ca_bundle: str = Field(
+        default="", description="a CA file for the service's TLS certificate; unset: the system's"
     )
     token_env: str = Field(
         default="LABLINK_TUNNEL_TOKEN",
@@ -152,3 +158,8 @@ class TunnelService(Strict):
     def hub_address(self) -> tuple[str, int]:
         parts = urlsplit(self.hub_api)
         return parts.hostname or "127.0.0.1", parts.port or 8081
+
+    @field_validator("url")
+    @classmethod
+    def _remote_is_tls(cls, url: str) -> str:
+        return https_url(url)

@@ -6,11 +6,12 @@
 import os
 from pathlib import Path
 
+from backend.files import private_dir
+
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
 state = Path(os.environ.get("LABLINK_STATE_DIR", ".lablink")).resolve()
-hub_dir = state / "hub"
-hub_dir.mkdir(parents=True, exist_ok=True)
+hub_dir = private_dir(state / "hub")
 
 c.JupyterHub.bind_url = os.environ.get("LABLINK_HUB_URL", "http://127.0.0.1:8000")
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ.get('LABLINK_HUB_API_PORT', '8081')}"

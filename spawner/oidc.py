@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 import urllib.request
 from typing import Any
 
 from oauthenticator.generic import GenericOAuthenticator
 from tornado.httpclient import HTTPClientError
-from traitlets import Float, Integer, List, Unicode, default, validate
+from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
+
+from backend.config_base import https_url
 
 from .vo import VOPages
 
@@ -58,6 +61,26 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
     discovery_timeout = Float(
         10.0, help="Seconds to wait for the issuer's discovery document at start."
     ).tag(config=True)
+
+    @validate("issuer")
+    def _issuer_is_tls(self, proposal: dict[str, Any]) -> str:
+        issuer = str(proposal["value"])
+        if not issuer:
+            return issuer
+        try:
+            return https_url(issuer)
+        except ValueError as exc:
+            raise TraitError(f"LablinkOIDCAuthenticator.issuer: {exc}") from None
+
+    ca_bundle = Unicode(
+        "",
+        help="""A CA file (PEM) to verify the provider's TLS certificate with (discovery,
+        token and userinfo calls); unset: the system's CAs.""",
+    ).tag(config=True)
+
+    @default("http_request_kwargs")
+    def _default_http_request_kwargs(self) -> dict[str, Any]:
+        return {"ca_certs": self.ca_bundle} if self.ca_bundle else {}
 
     entitlements_claim = Unicode(
         "eduperson_entitlement",
@@ -147,7 +170,10 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             if not url.startswith(("https://", "http://")):
                 raise ValueError(f"LablinkOIDCAuthenticator.issuer must be a URL, not {url!r}")
-            with urllib.request.urlopen(url, timeout=self.discovery_timeout) as resp:  # noqa: S310
+            context = ssl.create_default_context(cafile=self.ca_bundle or None)
+            with urllib.request.urlopen(  # noqa: S310 (https, or http to this machine)
+                url, timeout=self.discovery_timeout, context=context
+            ) as resp:
                 self._discovered = json.load(resp)
         return self._discovered or {}
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
 from backend.auth import Principal, authenticate
+from backend.files import private_dir
 from backend.service import backend_only_app
 from backend.settings import Settings
 from backend.systems.kubernetes.config import KubernetesSystem, is_image_reference
@@ -329,7 +330,7 @@ async def delete_lab(request: Request, lab_id: str, who: Auth, response: Respons
 def create_app(settings: Settings, token: str, kube: Kube) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.state_dir)
         labs = Labs(settings, kube, settings.state_dir / "userlabs.json")
         labs.load()
         app.state.labs = labs

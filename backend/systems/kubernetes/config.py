@@ -26,9 +26,9 @@ import fnmatch
 import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ...config_base import Strict
+from ...config_base import Strict, https_url
 from ..base import SystemSettings
 
 # a minute more than the backend's own limits: its sentence reaches the person first
@@ -155,8 +155,17 @@ class UserlabManager(Strict):
     url: str = Field(
         default="http://127.0.0.1:8030",
         pattern=r"^https?://[^\s/]+/?$",
-        description="the UserLab Manager's base URL",
+        description="the UserLab Manager's base URL: https://, or http:// on this machine only",
     )
+    ca_bundle: str = Field(
+        default="", description="a CA file for the manager's TLS certificate; unset: the system's"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _remote_is_tls(cls, url: str) -> str:
+        return https_url(url)
+
     token_env: str = Field(
         default="LABLINK_USERLAB_MANAGER_TOKEN",
         pattern=r"^[A-Z_][A-Z0-9_]*$",

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from ... import procs
+from ...files import private_dir
 from ...states import LabState
 from ..driver import Driver, LabContext, LabEnded, LabFailed, LabStatus, service_prefix
 from .config import LocalSystem
@@ -79,8 +80,8 @@ class LocalDriver(Driver[LocalSystem]):
     async def start(self, ctx: LabContext[LocalSystem]) -> str:
         system: LocalSystem = ctx.system
         run_dir, home = self._paths(ctx)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        home.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)
+        private_dir(home)
         port = procs.free_port()
         prefix = service_prefix(ctx)
         argv = lab_command(system, port)
