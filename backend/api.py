@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
+import weakref
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -24,6 +26,7 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
 LAB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # text the database can store and a log can show
+log = logging.getLogger("lablink.backend.api")
 HEARTBEAT_SECONDS = 15.0
 MAX_SEQ = 2**31 - 1  # event numbers are 32-bit integers in the database
 
@@ -434,11 +437,35 @@ async def stream_events(
     if last.isascii() and last.isdigit():
         after = max(after, min(int(last), MAX_SEQ))
     store = store_of(request)
+    whose = who.user or f"token {who.token_name}"
+    streams: dict[str, set[int]] = request.app.state.streams
+    mine = streams.setdefault(whose, set())
+    limit = request.app.state.settings.event_streams_per_user
+    if len(mine) >= limit:
+        log.warning("%s: refused an event stream, %d open already", whose, len(mine))
+        raise HTTPException(
+            429,
+            f"{whose} has {len(mine)} event streams open, the most this site allows; close "
+            "some (browser tabs showing a lab's progress) and try again.",
+            headers={"Retry-After": "10"},
+        )
+    body = _sse(store, lab_id, after)
+    mine.add(id(body))
+    # forgotten when the stream ends, and when it is dropped without having begun
+    weakref.finalize(body, mine.discard, id(body))
     return StreamingResponse(
-        _sse(store, lab_id, after),
+        _counted(body, mine),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _counted(body: AsyncIterator[bytes], streams: set[int]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        streams.discard(id(body))
 
 
 async def _sse(store: Store, lab_id: str, after: int) -> AsyncIterator[bytes]:

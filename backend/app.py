@@ -86,5 +86,6 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         lifespan,
     )
     app.state.settings = settings
+    app.state.streams = {}  # open event streams by person
     app.include_router(router)
     return app

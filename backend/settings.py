@@ -86,6 +86,13 @@ class Settings(Strict):
     tokens: list[TokenSettings] = Field(
         min_length=1, description="who may call the backend (bearer tokens)"
     )
+    event_streams_per_user: int = Field(
+        default=20,
+        ge=1,
+        le=10000,
+        description="open event streams (GET .../events/stream) one person may have at once; "
+        "one more is refused with 429 (the hub follows each lab with one stream)",
+    )
     default_system: str = Field(
         description="the system of a start request that names none (one of `systems`)"
     )

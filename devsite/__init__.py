@@ -60,18 +60,21 @@ class DevsiteConfig:
 
 
 def _secret(value: str, environ: Mapping[str, str], what: str) -> str:
-    if value.startswith("env:"):
-        var = value[4:]
-        if not environ.get(var):
-            raise ValueError(f"the environment variable {var} for {what} is not set")
-        return environ[var]
-    if not value:
-        raise ValueError(f"{what} is empty")
-    return value
+    """A secret from the environment (``env:VAR``): never from the command line, which
+    every user of the machine can read (``ps``, ``/proc/<pid>/cmdline``)."""
+    if not value.startswith("env:"):
+        raise ValueError(
+            f"give {what} as env:VAR, the name of an environment variable that holds it "
+            "(a command line is readable by everybody on the machine)"
+        )
+    var = value[4:]
+    if not environ.get(var):
+        raise ValueError(f"the environment variable {var} for {what} is not set")
+    return environ[var]
 
 
 def parse_user(spec: str, environ: Mapping[str, str]) -> User:
-    """``NAME:PASSWORD[:UID[,UID...]]``; ``PASSWORD`` may be ``env:VAR``."""
+    """``NAME:env:VAR[:UID[,UID...]]``: the password is in the environment variable VAR."""
     name, _, rest = spec.partition(":")
     if rest.startswith("env:"):
         var, _, uids = rest[4:].partition(":")
@@ -79,7 +82,7 @@ def parse_user(spec: str, environ: Mapping[str, str]) -> User:
     else:
         password, _, uids = rest.partition(":")
     if not NAME_PATTERN.match(name) or not password:
-        raise ValueError(f"--user '{name}:…' must be NAME:PASSWORD[:UID,…]")
+        raise ValueError(f"--user '{name}:…' must be NAME:env:VAR[:UID,…]")
     uid_list = tuple(u for u in uids.split(",") if u) or (name,)
     bad = [u for u in uid_list if not UID_PATTERN.match(u)]
     if bad or ":" in uids:
@@ -87,14 +90,12 @@ def parse_user(spec: str, environ: Mapping[str, str]) -> User:
     return User(name, _secret(password, environ, f"the password of {name}"), uid_list)
 
 
-def parse_token(spec: str, environ: Mapping[str, str], from_env: bool) -> tuple[str, str]:
-    """``TOKEN:NAME`` (or ``VAR:NAME`` for --token-env): (token, user name)."""
-    value, _, name = spec.rpartition(":")
-    option = "--token-env" if from_env else "--token"
-    if not value or not NAME_PATTERN.match(name):
-        raise ValueError(f"{option} must be {'VAR' if from_env else 'TOKEN'}:NAME")
-    token = _secret(("env:" if from_env else "") + value, environ, f"the token of {name}")
-    return token, name
+def parse_token(spec: str, environ: Mapping[str, str]) -> tuple[str, str]:
+    """``VAR:NAME`` (--token-env): (the token in VAR, user name)."""
+    var, _, name = spec.rpartition(":")
+    if not var or not NAME_PATTERN.match(name):
+        raise ValueError("--token-env must be VAR:NAME")
+    return _secret("env:" + var, environ, f"the token of {name}"), name
 
 
 class SiteError(Exception):

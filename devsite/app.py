@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from backend.bounded import BodyLimit
 
 from . import DevsiteConfig, SiteError
-from .auth import Authenticated, Caller, install_error_handlers
+from .auth import Authenticated, Caller, UserinfoCache, install_error_handlers
 from .description import parse_description, submitted_copy
 from .jobs import Job, LocalRunner, read_exit_code, unicore_time, write_imports
 from .slurm import SlurmRunner
@@ -81,6 +81,7 @@ class Devsite:
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
+        self.userinfo = UserinfoCache()
 
     async def open(self) -> None:
         self.config.workdir.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -104,17 +107,56 @@ def check_credentials(config: DevsiteConfig, header: str) -> tuple[str, str] | N
     return None
 
 
+OidcCaller = tuple[str, tuple[str, ...]]
+
+
+class UserinfoCache:
+    """The provider's answers for a while, by a hash of the token (the token itself is not
+    kept): a lab polls its job every few seconds, and the provider should not be asked
+    each time. At most ``size`` answers, each for ``seconds``."""
+
+    def __init__(self, seconds: float = 60.0, size: int = 4096):
+        self.seconds = seconds
+        self.size = size
+        self._answers: OrderedDict[bytes, tuple[float, OidcCaller | None]] = OrderedDict()
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> tuple[bool, OidcCaller | None]:
+        found = self._answers.get(self.key(token))
+        if found is None or found[0] < time.monotonic():
+            return False, None
+        return True, found[1]
+
+    def put(self, token: str, answer: OidcCaller | None) -> None:
+        self._answers[self.key(token)] = (time.monotonic() + self.seconds, answer)
+        self._answers.move_to_end(self.key(token))
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+
+
 async def oidc_caller(
-    config: DevsiteConfig, http: httpx.AsyncClient, header: str
-) -> tuple[str, tuple[str, ...]] | None:
+    config: DevsiteConfig, http: httpx.AsyncClient, header: str, cache: UserinfoCache
+) -> OidcCaller | None:
     """(name, uids) of the person whose bearer token the OIDC provider's userinfo accepts."""
     scheme, _, token = header.strip().partition(" ")
     if not config.oidc_userinfo or scheme.lower() != "bearer" or not token.strip():
         return None
+    known, answer = cache.get(token.strip())
+    if known:
+        return answer
+    answer = await ask_userinfo(config, http, token.strip())
+    cache.put(token.strip(), answer)
+    return answer
+
+
+async def ask_userinfo(
+    config: DevsiteConfig, http: httpx.AsyncClient, token: str
+) -> OidcCaller | None:
     try:
-        resp = await http.get(
-            config.oidc_userinfo, headers={"Authorization": f"Bearer {token.strip()}"}
-        )
+        resp = await http.get(config.oidc_userinfo, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         log.warning("the OIDC provider cannot be asked: %r", exc)
         raise SiteError(503, "The identity provider cannot be reached; try again later.") from None
@@ -141,7 +183,7 @@ async def authenticate(request: Request) -> Caller:
     if not header:
         raise SiteError(401, "Log in with a user name and password or a bearer token.", challenge)
     found = check_credentials(config, header)
-    oidc = None if found else await oidc_caller(config, site.http, header)
+    oidc = None if found else await oidc_caller(config, site.http, header, site.userinfo)
     if found is None and oidc is None:
         raise SiteError(401, "The user name and password or the token are not valid.", challenge)
     if oidc is not None:

@@ -19,11 +19,9 @@ def add_arguments(dev: argparse.ArgumentParser) -> None:
         "--user",
         action="append",
         default=[],
-        metavar="NAME:PASSWORD[:UID,...]",
-        help="a user for HTTP basic login; PASSWORD may be env:VAR; UIDs default to NAME",
-    )
-    dev.add_argument(
-        "--token", action="append", default=[], metavar="TOKEN:NAME", help="a bearer token"
+        metavar="NAME:env:VAR[:UID,...]",
+        help="a user for HTTP basic login, the password in the environment variable VAR; "
+        "UIDs default to NAME",
     )
     dev.add_argument(
         "--token-env",
@@ -67,11 +65,10 @@ def make_app(args: argparse.Namespace) -> Any:
     environ = dict(os.environ)
     try:
         users = [parse_user(spec, environ) for spec in args.user]
-        tokens = [parse_token(spec, environ, False) for spec in args.token]
-        tokens += [parse_token(spec, environ, True) for spec in args.token_env]
+        tokens = [parse_token(spec, environ) for spec in args.token_env]
         if not users and not tokens and not args.oidc_userinfo:
             raise ValueError(
-                "give at least one --user NAME:PASSWORD, --token TOKEN:NAME or --oidc-userinfo URL"
+                "give at least one --user NAME:env:VAR, --token-env VAR:NAME or --oidc-userinfo URL"
             )
         names = [u.name for u in users]
         twice = {n for n in names if names.count(n) > 1}

@@ -31,6 +31,7 @@ from traitlets import Float, List, TraitError, Unicode, default, validate
 from backend.config_base import https_url
 
 from .client import FINAL, BackendClient, BackendError
+from .follow import SharedFollow
 from .form import options_form_html, options_from_form
 from .vo import identity
 
@@ -277,14 +278,25 @@ class LablinkSpawner(Spawner):
         async for _event in self.backend.follow(lab_id, user):
             pass
 
+    _follow: SharedFollow | None = None
+
+    def _shared_follow(self) -> SharedFollow:
+        """The one stream of this lab's events that every progress page shares."""
+        lab_id = str(self.lab_id)
+        if self._follow is None or self._follow.lab_id != lab_id:
+            user = self._who
+            self._follow = SharedFollow(
+                lab_id, lambda after: self.backend.follow(lab_id, user, after)
+            )
+        return self._follow
+
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         # the lab id exists once the backend accepted the request
         while not self.lab_id:
             if not self._spawn_pending:
                 return
             await asyncio.sleep(0.05)
-        user = self._who
-        async for event in self.backend.follow(self.lab_id, user):
+        async for event in self._shared_follow().read():
             item = {"progress": event["progress"], "message": event["message"]}
             if event.get("detail"):
                 item["html_message"] = (

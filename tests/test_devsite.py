@@ -243,26 +243,29 @@ def test_descriptions_as_unicore_accepts_them() -> None:
     assert spec.tags == ("a", "b")
 
 
-def test_user_and_token_arguments() -> None:
+def test_user_and_token_arguments_take_secrets_from_the_environment_only() -> None:
     env = {"PW": "from-env", "TOK": "t0ken"}
-    assert parse_user("demo:pw", env).uids == ("demo",)
+    assert parse_user("demo:env:PW", env).uids == ("demo",)
     user = parse_user("demo:env:PW:demo,other", env)
     assert (user.password, user.uids) == ("from-env", ("demo", "other"))
-    assert parse_token("abc:demo", env, from_env=False) == ("abc", "demo")
-    assert parse_token("TOK:demo", env, from_env=True) == ("t0ken", "demo")
-    for bad in ("demo", "demo:", "demo:env:MISSING", "demo:pw:Bad-Uid", "de mo:pw"):
+    assert parse_token("TOK:demo", env) == ("t0ken", "demo")
+    for bad in ("demo", "demo:", "demo:env:MISSING", "demo:env:PW:Bad-Uid", "de mo:env:PW"):
         with pytest.raises(ValueError):
             parse_user(bad, env)
+    # a password on the command line is readable by everybody (ps): refused
+    with pytest.raises(ValueError, match="env:VAR"):
+        parse_user("demo:secret", env)
 
 
 @pytest.mark.parametrize(
     ("args", "says"),
     [
         ([], "at least one --user"),
-        (["--user", "demo"], "NAME:PASSWORD"),
+        (["--user", "demo"], "NAME:env:VAR"),
+        (["--user", "demo:pw"], "env:VAR"),
         (["--user", "demo:env:LABLINK_NOT_SET_ANYWHERE"], "LABLINK_NOT_SET_ANYWHERE"),
-        (["--user", "a:pw", "--user", "a:pw2"], "given twice"),
-        (["--user", "a:pw", "--site", "no/slash"], "site name"),
+        (["--user", "a:env:HOME", "--user", "a:env:HOME"], "given twice"),
+        (["--user", "a:env:HOME", "--site", "no/slash"], "site name"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_sentence(
