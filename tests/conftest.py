@@ -8,18 +8,14 @@ developer machine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import uvicorn
 import yaml
@@ -27,12 +23,13 @@ import yaml
 from backend.app import create_app
 from backend.procs import free_port
 from backend.settings import Settings, parse_settings
-from tests.helpers.peers import IN_CI, peer_missing  # noqa: F401 (tests import it from here)
-from tests.helpers.waiting import wait_until  # noqa: F401 (tests import it from here)
+from tests.helpers.api import BackendFactory, RunningBackend
+from tests.helpers.peers import peer_missing
+from tests.helpers.slurm import SLURM_DIR, SlurmCluster
 
 pytest_plugins = ["tests.plugins.slurmrest", "tests.plugins.contract", "tests.plugins.browser"]
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-from tests.helpers.labs import FAKELAB  # noqa: E402
+from tests.helpers.site import site_dict  # noqa: E402
 
 # -- PostgreSQL ------------------------------------------------------------------
 
@@ -89,60 +86,12 @@ def token_env(tokens: dict[str, str]) -> dict[str, str]:
     return {"LABLINK_TEST_HUB_TOKEN": tokens["hub"], "LABLINK_TEST_ADMIN_TOKEN": tokens["admin"]}
 
 
-def site_dict(state_dir: Path, database_url: str, **systems: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "site_name": "Lablink tests",
-        "state_dir": str(state_dir),
-        "database_url": database_url,
-        "tokens": [
-            {"name": "hub", "secret_env": "LABLINK_TEST_HUB_TOKEN", "role": "hub"},
-            {"name": "admin", "secret_env": "LABLINK_TEST_ADMIN_TOKEN", "role": "admin"},
-        ],
-        "default_system": "local",
-        "systems": systems
-        or {
-            "local": {
-                "kind": "local",
-                "display_name": "Test machine",
-                "command": FAKELAB,
-                "start_timeout": 20,
-                "stop_grace": 3,
-            }
-        },
-    }
-
-
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return parse_settings(yaml.safe_dump(site_dict(tmp_path / "state", database_url)), "test")
 
 
 # -- the backend as a real HTTP server ---------------------------------------------
-
-
-@dataclass
-class RunningBackend:
-    url: str
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    tokens: dict[str, str]
-
-    def client(self, user: str | None = "alice", *, admin_token: bool = False) -> httpx.AsyncClient:
-        token = self.tokens["admin" if admin_token else "hub"]
-        headers = {"Authorization": f"Bearer {token}"}
-        if user is not None:
-            headers["X-Lablink-User"] = user
-        return httpx.AsyncClient(
-            base_url=f"{self.url}/api/v1", headers=headers, timeout=30, trust_env=False
-        )
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
-BackendFactory = Callable[..., Awaitable[RunningBackend]]
 
 
 @pytest.fixture
@@ -187,34 +136,6 @@ async def backend(start_backend: BackendFactory, settings: Settings) -> RunningB
     return await start_backend(settings)
 
 
-async def wait_state(
-    client: httpx.AsyncClient, lab_id: str, states: set[str], timeout: float = 30
-) -> dict[str, Any]:
-    """Poll a lab until it is in one of ``states``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        lab = (await client.get(f"/labs/{lab_id}")).json()
-        if lab["state"] in states:
-            return lab  # type: ignore[no-any-return]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"lab {lab_id} stayed {lab['state']}, wanted {states}")
-        await asyncio.sleep(0.05)
-
-
-def lab_request(user: str = "alice", server_name: str = "", **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "user": {"name": user, "groups": [], "admin": False},
-        "server_name": server_name,
-        "options": {},
-        "env": {
-            "JUPYTERHUB_API_TOKEN": "secret-hub-api-token-" + user,
-            "JUPYTERHUB_SERVICE_PREFIX": f"/user/{user}/{server_name + '/' if server_name else ''}",
-        },
-    }
-    body.update(extra)
-    return body
-
-
 @pytest.fixture(autouse=True)
 def _kill_leftover_fakelabs() -> Iterator[None]:
     """Set up first, torn down last: after no_leftover_processes has had its say, so
@@ -236,16 +157,6 @@ def no_leftover_processes() -> Iterator[None]:
 
 
 # -- Slurm: the one-node cluster that .ci/peers.sh starts -------------------------
-
-SLURM_DIR = Path(os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm"))
-
-
-@dataclass(frozen=True)
-class SlurmCluster:
-    """Where the cluster is: run Slurm commands with ``env`` (it sets SLURM_CONF)."""
-
-    conf: str
-    env: dict[str, str]
 
 
 @pytest.fixture(scope="session")
@@ -274,31 +185,3 @@ def slurm() -> SlurmCluster:
     if why:
         peer_missing(what, why)
     return SlurmCluster(str(conf), env)
-
-
-def squeue_ids(slurm: SlurmCluster) -> set[str]:
-    """The ids of the jobs squeue knows now (pending, running, completing)."""
-    result = subprocess.run(
-        ["squeue", "--noheader", "--format=%i"],
-        env=slurm.env,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
-
-
-def block_the_node(slurm: SlurmCluster) -> str:
-    """Submit a job that takes the whole node, so that the next job waits in the queue;
-    return its id (end it with ``scancel``)."""
-    out = subprocess.run(
-        ["sbatch", "--parsable", "--exclusive", "--partition=batch", "--time=5",
-         "--job-name=blocker", "--output=/dev/null", "--wrap", "sleep 300"],
-        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
-    )  # fmt: skip
-    return out.stdout.strip().split(";")[0]
-
-
-def scancel(slurm: SlurmCluster, job_id: str) -> None:
-    subprocess.run(["scancel", job_id], env=slurm.env, check=False, timeout=10)

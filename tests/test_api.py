@@ -16,7 +16,13 @@ import pytest
 import yaml
 
 from backend.settings import Settings, parse_settings
-from tests.conftest import RunningBackend, lab_request, site_dict, wait_state
+from tests.helpers.api import (
+    RunningBackend,
+    lab_request,
+    stop_and_wait,
+    stop_everything,
+    wait_state,
+)
 from tests.helpers.labs import (
     alive,
     assert_error,
@@ -25,6 +31,7 @@ from tests.helpers.labs import (
     process_environment,
     sse_events,
 )
+from tests.helpers.site import site_dict
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +46,6 @@ async def events_of(client: httpx.AsyncClient, lab_id: str, after: int = 0) -> l
     resp = await client.get(f"/labs/{lab_id}/events", params={"after": after})
     assert resp.status_code == 200, resp.text
     return resp.json()  # type: ignore[no-any-return]
-
-
-async def stop_and_wait(client: httpx.AsyncClient, lab_id: str) -> dict[str, Any]:
-    resp = await client.delete(f"/labs/{lab_id}")
-    assert resp.status_code == 202, resp.text
-    return await wait_state(client, lab_id, {"stopped", "failed"})
-
-
-async def stop_everything(backend: RunningBackend) -> None:
-    async with backend.client(None, admin_token=True) as admin:
-        for lab in (await admin.get("/labs", params={"active": "true"})).json():
-            await stop_and_wait(admin, lab["id"])
 
 
 async def assert_nothing_stored(backend: RunningBackend) -> None:

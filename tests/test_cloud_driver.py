@@ -18,16 +18,10 @@ import pytest
 import yaml
 
 from backend.settings import parse_settings
-from tests.conftest import (
-    FAKELAB,
-    BackendFactory,
-    RunningBackend,
-    lab_request,
-    site_dict,
-    wait_state,
-)
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401 (fixture)
-from tests.helpers.labs import assert_error
+from tests.helpers.labs import FAKELAB, assert_error
+from tests.helpers.site import site_dict
 from tests.helpers.userlabs import (
     NAMESPACE,
     UserlabManager,

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from backend import procs
-from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 

@@ -28,11 +28,11 @@ import pytest
 import yaml
 
 from backend.procs import free_port
-from tests.conftest import wait_until
 from tests.helpers.hub import HubUser
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.stack import Stack
 from tests.helpers.userlabs import NAMESPACE, cloud_system, pod_environment, scheduled
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.cloud]
 
@@ -124,7 +124,7 @@ class Kubelet:
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
-    from tests.conftest import peer_missing
+    from tests.helpers.peers import peer_missing
 
     api = KubeApi(tmp_path_factory.mktemp("kube"))
     try:

@@ -27,11 +27,11 @@ import yaml
 
 import backend
 from backend.embedded import LocalSlurm, embedded_site
-from tests.conftest import block_the_node, scancel, squeue_ids, wait_until
 from tests.helpers.hub import HubUser
+from tests.helpers.slurm import SlurmRest, block_the_node, scancel, squeue_ids
 from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
-from tests.plugins.slurmrest import SlurmRest
+from tests.helpers.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,

@@ -15,7 +15,8 @@ import yaml
 from backend.cli import main as lablink
 from backend.db import create_engine, migrate
 from backend.settings import parse_settings
-from tests.conftest import BackendFactory, lab_request, site_dict, wait_state
+from tests.helpers.api import BackendFactory, lab_request, wait_state
+from tests.helpers.site import site_dict
 
 pytestmark = pytest.mark.integration
 

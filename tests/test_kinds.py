@@ -20,7 +20,9 @@ from backend.settings import SettingsError, parse_settings
 from backend.systems.base import OptionError
 from backend.systems.registry import KindError, kinds
 from spawner.form import options_form_html
-from tests.conftest import FAKELAB, BackendFactory, lab_request, site_dict, wait_state
+from tests.helpers.api import BackendFactory, lab_request, wait_state
+from tests.helpers.labs import FAKELAB
+from tests.helpers.site import site_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,8 +16,8 @@ from backend.db import create_engine, migrate
 from backend.labs import INTERNAL_ERROR, LabManager
 from backend.settings import parse_settings
 from backend.store import Lab, Store
-from tests.conftest import site_dict
 from tests.helpers.fakes import Crashes, EndedWhileDown, FakeDriver, NeverReady, SlowStop
+from tests.helpers.site import site_dict
 
 Manager = Callable[[FakeDriver], LabManager]
 

@@ -21,7 +21,7 @@ from backend.labs import LabManager
 from backend.settings import Settings, parse_settings
 from backend.states import LabState
 from backend.store import Lab, Store
-from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.labs import (
     alive,
     fakelab_processes,
@@ -29,6 +29,7 @@ from tests.helpers.labs import (
     spawn_fakelab,
     stored_lab,
 )
+from tests.helpers.site import site_dict
 
 pytestmark = pytest.mark.integration
 

@@ -23,18 +23,10 @@ from backend.settings import Settings, parse_settings
 from backend.systems.slurm import jobs
 from backend.systems.slurm.client import SlurmClient, SlurmRefused, SlurmUnavailable
 from backend.systems.slurm.tokens import Tokens, mint
-from tests.conftest import (
-    BackendFactory,
-    RunningBackend,
-    SlurmCluster,
-    block_the_node,
-    lab_request,
-    scancel,
-    site_dict,
-    wait_state,
-)
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.labs import stored_lab
-from tests.plugins.slurmrest import SlurmRest
+from tests.helpers.site import site_dict
+from tests.helpers.slurm import SlurmCluster, SlurmRest, block_the_node, scancel
 
 pytestmark = [pytest.mark.slurm_rest, pytest.mark.slurm, pytest.mark.integration]
 

@@ -24,7 +24,7 @@ import yaml
 
 from backend.procs import free_port
 from backend.settings import Settings, parse_settings
-from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.devsite import (
     PASSWORD,
     PASSWORD_ENV,
@@ -34,6 +34,7 @@ from tests.helpers.devsite import (
     run_devsite,
 )
 from tests.helpers.labs import assert_error, stored_lab
+from tests.helpers.site import site_dict
 from tests.helpers.sshd import (  # noqa: F401 (fixtures)
     HttpBackend,
     Sshd,

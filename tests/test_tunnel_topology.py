@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import peer_missing
 from tests.helpers.netns import COMPUTE, HUB_SIDE, LOGIN_INSIDE, LOGIN_OUTSIDE, NetnsError, Site
+from tests.helpers.peers import peer_missing
 from tests.helpers.sshd import (  # noqa: F401 (fixtures)
     HttpBackend,
     Sshd,

@@ -21,16 +21,7 @@ from backend.db import create_engine, migrate
 from backend.settings import Settings
 from backend.store import Store
 from spawner.spawner import LablinkSpawner
-from tests.conftest import (
-    BackendFactory,
-    RunningBackend,
-    block_the_node,
-    lab_request,
-    scancel,
-    squeue_ids,
-    wait_state,
-    wait_until,
-)
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.devsite import (
     PASSWORD,
     PASSWORD_ENV,
@@ -42,6 +33,8 @@ from tests.helpers.devsite import (
     site_jobs,
 )
 from tests.helpers.labs import assert_error, stored_lab
+from tests.helpers.slurm import block_the_node, scancel, squeue_ids
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.unicore, pytest.mark.integration]
 

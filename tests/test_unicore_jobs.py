@@ -16,34 +16,9 @@ from backend.systems.batch.script import BadLabFile, parse_lab_file, start_scrip
 from backend.systems.unicore import jobs
 from backend.systems.unicore.config import UnicoreSystem
 from backend.systems.unicore.jobs import job_description
+from tests.helpers.site import hpc_system
 
 pytestmark = pytest.mark.unicore
-
-
-def hpc_system(**overrides: Any) -> dict[str, Any]:
-    system: dict[str, Any] = {
-        "kind": "unicore",
-        "display_name": "Test HPC",
-        "url": "http://127.0.0.1:8040/DEVSITE/rest/core",
-        "auth": {"method": "basic", "username": "lablink", "password_env": "UNICORE_PW"},
-        "setup": ["module load JupyterLab"],
-        "environment": {"LABLINK_LAB_HOST": "127.0.0.1"},
-        "partitions": {
-            "batch": {
-                "nodes": {"min": 1, "max": 4},
-                "runtime": {"min": 10, "max": 120, "default": 30},
-            },
-            "gpus": {"gpus": {"min": 1, "max": 4, "default": 2}},
-            "login": {"interactive": True, "login_node": "login*"},
-        },
-        "reservations": {"workshop": {"partitions": ["batch"]}},
-        "access": [
-            {"users": ["alice"], "accounts": ["alice", "alice2"], "projects": ["p1", "p2"]},
-            {"groups": ["trainees"], "accounts": ["{user}"], "projects": ["training"]},
-        ],
-    }
-    system.update(overrides)
-    return system
 
 
 def site(tmp_path: Path, **system: Any) -> Settings:

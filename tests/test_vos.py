@@ -15,16 +15,16 @@ import pytest
 import yaml
 
 from backend.settings import Settings, SettingsError, parse_settings
-from tests.conftest import (
+from tests.helpers.api import (
     BackendFactory,
     RunningBackend,
     lab_request,
-    site_dict,
+    stop_and_wait,
+    stop_everything,
     wait_state,
 )
 from tests.helpers.labs import assert_error, fakelab_processes
-from tests.test_api import stop_and_wait, stop_everything
-from tests.test_unicore_jobs import hpc_system
+from tests.helpers.site import hpc_system, site_dict
 
 pytestmark = [pytest.mark.quota, pytest.mark.integration]
 

@@ -23,7 +23,8 @@ from pyunicore.credentials import OIDCToken, UsernamePassword
 
 from backend.procs import free_port
 from backend.settings import Settings, parse_settings
-from tests.conftest import FAKELAB, site_dict
+from tests.helpers.labs import FAKELAB
+from tests.helpers.site import site_dict
 from tests.helpers.stack import end_process, launch
 
 USERS = {"alice": ("alice", "alice2"), "bob": ("bob",)}

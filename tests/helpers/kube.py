@@ -484,7 +484,7 @@ def _kmock_missing() -> str | None:
 @pytest.fixture(name="kube")
 def kube_fixture(tmp_path: Path) -> Iterator[KubeApi]:
     """A fresh, empty emulator per test (it starts in about half a second)."""
-    from tests.conftest import peer_missing
+    from tests.helpers.peers import peer_missing
 
     what = "Kubernetes API emulator (kmock)"
     if problem := _kmock_missing():

@@ -455,7 +455,7 @@ async def http_get_async(
 @pytest.fixture(name="sshd")
 def sshd_fixture(tmp_path: Path) -> Iterator[Sshd]:
     """A started OpenSSH sshd on 127.0.0.1 for one test (fails in CI if it cannot run)."""
-    from tests.conftest import peer_missing
+    from tests.helpers.peers import peer_missing
 
     server = Sshd(tmp_path / "sshd")
     try:

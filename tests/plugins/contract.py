@@ -28,14 +28,14 @@ import yaml
 
 from backend import procs
 from backend.settings import Settings, parse_settings
-from tests.conftest import FAKELAB, SlurmCluster, site_dict
 from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, hpc, run_devsite
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.kubelet import Kubelet
-from tests.helpers.labs import SESSION_ARG, process_environment
+from tests.helpers.labs import FAKELAB, SESSION_ARG, process_environment
 from tests.helpers.peers import peer_missing
+from tests.helpers.site import site_dict
+from tests.helpers.slurm import SlurmCluster, SlurmRest
 from tests.helpers.userlabs import NAMESPACE, UserlabManager, cloud_system
-from tests.plugins.slurmrest import SlurmRest
 
 KINDS = ("local", "unicore", "kubernetes", "slurm")
 SYSTEM = "sut"  # the system under test
