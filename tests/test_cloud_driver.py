@@ -19,7 +19,7 @@ import yaml
 
 from backend.settings import parse_settings
 from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
-from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401 (fixture)
+from tests.helpers.kube import KubeApi
 from tests.helpers.labs import FAKELAB, assert_error
 from tests.helpers.site import site_dict
 from tests.helpers.userlabs import (

@@ -35,14 +35,12 @@ from tests.helpers.devsite import (
 )
 from tests.helpers.labs import assert_error, stored_lab
 from tests.helpers.site import site_dict
-from tests.helpers.sshd import (  # noqa: F401 (fixtures)
+from tests.helpers.sshd import (
     HttpBackend,
     Sshd,
-    http_backend_fixture,
     http_get,
     http_get_async,
     known_hosts_of,
-    sshd_fixture,
 )
 from tests.helpers.tunnel import TunnelService, tunnel_site
 from tunnel import fastpath, links

@@ -16,11 +16,10 @@ import pytest
 
 from tests.helpers.netns import COMPUTE, HUB_SIDE, LOGIN_INSIDE, LOGIN_OUTSIDE, NetnsError, Site
 from tests.helpers.peers import peer_missing
-from tests.helpers.sshd import (  # noqa: F401 (fixtures)
+from tests.helpers.sshd import (
     HttpBackend,
     Sshd,
     SshdError,
-    http_backend_fixture,
     http_get,
 )
 from tests.helpers.tunnel import TunnelService, tunnel_site
