@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
-from tests.plugins.contract import SYSTEM, Rig
+from tests.helpers.rigs import SYSTEM, Rig
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]
 
