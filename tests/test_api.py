@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
+from tests.helpers import site
 from tests.helpers.api import (
     RunningBackend,
     lab_request,
@@ -31,7 +31,6 @@ from tests.helpers.labs import (
     process_environment,
     sse_events,
 )
-from tests.helpers.site import site_dict
 
 pytestmark = pytest.mark.integration
 
@@ -576,9 +575,9 @@ async def test_lab_that_crashes_during_start(
 async def test_output_lines_setting_is_honoured(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["output_lines"] = 3
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(output_lines=3)
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub, lab_request(env={"FAKELAB_MODE": "crash"}))
         await wait_state(hub, lab_id, {"failed"})
@@ -618,9 +617,8 @@ async def test_lab_that_ends_by_itself(
 async def test_lab_that_never_answers(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["start_timeout"] = 1
-    settings = parse_settings(yaml.safe_dump(site), "test")
+    system = site.local_system(start_timeout=1)
+    settings = site.settings(site.doc(tmp_path / "state", database_url, systems={"local": system}))
     backend = await start_backend(settings)
     async with backend.client() as hub:
         lab_id = await start_lab(hub, lab_request(env={"FAKELAB_MODE": "never-ready"}))
@@ -637,9 +635,9 @@ async def test_lab_that_never_answers(
 async def test_lab_command_that_cannot_run(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["command"] = [str(tmp_path / "no-such-program")]
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(command=[str(tmp_path / "no-such-program")])
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub)
         lab = await wait_state(hub, lab_id, {"failed", "running", "stopped"})
@@ -653,10 +651,10 @@ async def test_lab_output_with_a_nul_byte(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
     """Output is text for a person: a NUL byte in it does not keep the lab from failing."""
-    site = site_dict(tmp_path / "state", database_url)
     script = "import sys; sys.stdout.write('before\\x00after\\n'); sys.exit(2)"
-    site["systems"]["local"]["command"] = [sys.executable, "-c", script]
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(command=[sys.executable, "-c", script])
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub)
         lab = await wait_state(hub, lab_id, {"failed", "running", "stopped"})

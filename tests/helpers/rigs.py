@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from backend import procs
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
+from tests.helpers import site
 from tests.helpers.labs import SESSION_ARG, process_environment
-from tests.helpers.site import site_dict
 
 SYSTEM = "sut"  # the system under test
 
@@ -49,17 +47,19 @@ class Rig:
     kind: str
     system: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
-    site: dict[str, Any] = field(default_factory=dict)  # more of the site file
+    site_extra: dict[str, Any] = field(default_factory=dict)  # more of the site file
     crash: Callable[[], None] | None = None  # make the next lab crash (else FAKELAB_MODE)
     crash_output: bool = True  # a crashed lab's output reaches the person
     remains: Callable[[str], list[str]] = lambda lab_id: []
 
     def settings(self, tmp_path: Path) -> Settings:
-        doc = site_dict(tmp_path / "state", f"sqlite+aiosqlite:///{tmp_path}/backend.sqlite")
-        doc.update(self.site)
-        doc["systems"] = {SYSTEM: self.system}
-        doc["default_system"] = SYSTEM
-        return parse_settings(yaml.safe_dump(doc, sort_keys=False), f"{self.kind} rig")
+        doc = site.doc(
+            tmp_path / "state",
+            f"sqlite+aiosqlite:///{tmp_path}/backend.sqlite",
+            systems={SYSTEM: self.system},
+            **self.site_extra,
+        )
+        return site.settings(doc, f"{self.kind} rig")
 
     def left_behind(self, lab_id: str, prefix: str) -> list[str]:
         """What of a lab is still there: its process, its job, its pod."""

@@ -8,17 +8,15 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from backend.systems.slurm.client import SlurmClient
 from backend.systems.slurm.tokens import mint
-from tests.helpers.labs import fakelab_command
 
 SLURM_DIR = Path(os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm"))
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: the accounts may run it (not the tests' venv)
-ACCOUNTS = {"alice": "lablink-alice", "bob": "lablink-bob"}
+ACCOUNTS = {"alice": "lablink-alice", "bob": "lablink-bob"}  # person: the Unix user of the jobs
 
 
 @dataclass(frozen=True)
@@ -73,38 +71,3 @@ class SlurmRest:
 
     def client(self, http: httpx.AsyncClient, user: str, retry_for: float = 1.0) -> SlurmClient:
         return SlurmClient(http, self.url, user, self.token(user), retry_for=retry_for)
-
-    def system(self, **overrides: Any) -> dict[str, Any]:
-        """A ``kind: slurm`` system whose labs are tests/fakelab.py, run by the system's
-        Python (the people's accounts cannot run the backend's)."""
-        system: dict[str, Any] = {
-            "kind": "slurm",
-            "display_name": "Test cluster",
-            "url": self.url,
-            "auth": {"key_file": str(self.key_file)},
-            "lab_command": fakelab_command(SYSTEM_PYTHON),
-            "environment": {
-                "LABLINK_LAB_HOST": "127.0.0.1",
-                "LABLINK_LAB_BIND": "127.0.0.1",
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-            },
-            "lab_hosts": ["127.0.0.1"],
-            "poll_interval": 0.2,
-            "watch_interval": 0.3,
-            "retry_for": 2,
-            "start_timeout": 30,
-            "stop_timeout": 15,
-            "partitions": {
-                "batch": {
-                    "runtime": {"min": 1, "max": 60, "default": 10},
-                    "gpus": {"min": 0, "max": 2},
-                },
-                "devel": {"runtime": {"min": 1, "max": 60, "default": 10}},
-            },
-            "access": [
-                {"users": [person], "accounts": [account], "projects": ["p1"]}
-                for person, account in ACCOUNTS.items()
-            ],
-        }
-        system.update(overrides)
-        return system

@@ -18,15 +18,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 import uvicorn
-import yaml
 
 from backend.app import create_app
 from backend.procs import free_port
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
+from tests.helpers import site
 from tests.helpers.api import BackendFactory, RunningBackend
 from tests.helpers.labs import fakelab_processes, kill_fakelabs
 from tests.helpers.peers import peer_missing
-from tests.helpers.site import site_dict
 
 PG_ADMIN_URL = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -82,12 +81,12 @@ def tokens() -> dict[str, str]:
 
 @pytest.fixture
 def token_env(tokens: dict[str, str]) -> dict[str, str]:
-    return {"LABLINK_TEST_HUB_TOKEN": tokens["hub"], "LABLINK_TEST_ADMIN_TOKEN": tokens["admin"]}
+    return {site.HUB_TOKEN_ENV: tokens["hub"], site.ADMIN_TOKEN_ENV: tokens["admin"]}
 
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return parse_settings(yaml.safe_dump(site_dict(tmp_path / "state", database_url)), "test")
+    return site.settings(site.doc(tmp_path / "state", database_url))
 
 
 # -- the backend as a real HTTP server ---------------------------------------------

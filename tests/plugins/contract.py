@@ -21,25 +21,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, hpc, run_devsite
+from tests.helpers import site
+from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, run_devsite
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.kubelet import Kubelet
-from tests.helpers.labs import FAKELAB
 from tests.helpers.peers import peer_missing
 from tests.helpers.rigs import SYSTEM, Rig
 from tests.helpers.slurm import SlurmCluster, SlurmRest
-from tests.helpers.userlabs import NAMESPACE, UserlabManager, cloud_system
+from tests.helpers.userlabs import NAMESPACE, UserlabManager
 
 KINDS = ("local", "unicore", "kubernetes", "slurm")
 
 
 @pytest.fixture(scope="module")
 def devsite_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsite]:
-    site = run_devsite(
+    devsite = run_devsite(
         tmp_path_factory.mktemp("devsite"), dict(os.environ), "--queues", "batch,devel"
     )
-    yield site
-    site.stop()
+    yield devsite
+    devsite.stop()
 
 
 @dataclass
@@ -70,13 +70,12 @@ def cloud_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 
 def local_rig(request: pytest.FixtureRequest) -> Rig:
-    system = {"kind": "local", "command": FAKELAB, "start_timeout": 20, "stop_grace": 3}
-    return Rig("local", system)
+    return Rig("local", site.local_system())
 
 
 def unicore_rig(request: pytest.FixtureRequest) -> Rig:
     devsite: Devsite = request.getfixturevalue("devsite_peer")
-    return Rig("unicore", hpc(devsite.url), env={PASSWORD_ENV: PASSWORD})
+    return Rig("unicore", site.unicore_system(devsite.url), env={PASSWORD_ENV: PASSWORD})
 
 
 def kubernetes_rig(request: pytest.FixtureRequest) -> Rig:
@@ -94,9 +93,9 @@ def kubernetes_rig(request: pytest.FixtureRequest) -> Rig:
 
     return Rig(
         "kubernetes",
-        cloud_system(),
+        site.kubernetes_system(),
         env={"LABLINK_USERLAB_MANAGER_TOKEN": cloud.manager.token},
-        site={"userlab_manager": {"url": cloud.manager.url}},
+        site_extra={"userlab_manager": {"url": cloud.manager.url}},
         crash=crash,
         crash_output=False,  # the pod's log does not reach the person (the manager's sentence does)
         remains=remains,
@@ -114,7 +113,7 @@ def slurm_rig(request: pytest.FixtureRequest) -> Rig:
         ).stdout  # fmt: skip
         return [f"job {line}" for line in out.splitlines() if line.endswith(f"lablink-{lab_id}")]
 
-    return Rig("slurm", rest.system(), remains=remains)
+    return Rig("slurm", site.slurm_system(rest.url, rest.key_file), remains=remains)
 
 
 RIGS = {
