@@ -61,8 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.procs import free_port  # noqa: E402
+from tests.helpers.site import tunnel_service_doc  # noqa: E402
 from tests.helpers.sshd import HttpBackend, Sshd, http_get  # noqa: E402
-from tests.helpers.tunnel import TunnelService, tunnel_site  # noqa: E402
+from tests.helpers.tunnel import TunnelService  # noqa: E402
 from tunnel.links import CIPHERS  # noqa: E402
 
 AES128_GCM = "aes128-gcm@openssh.com"
@@ -164,7 +165,9 @@ def lablink(bench: Bench) -> Iterator[Endpoint]:
     ssh = bench.sshd.ssh_settings(
         destinations=[{"hosts": bench.backend.host, "ports": {"min": 1, "max": 65535}}]
     )
-    service = TunnelService(bench.workdir / "lablink", tunnel_site(bench.workdir / "state", ssh))
+    service = TunnelService(
+        bench.workdir / "lablink", tunnel_service_doc(bench.workdir / "state", ssh)
+    )
     service.start()
     try:
         with service.client() as client:

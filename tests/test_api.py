@@ -13,10 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from backend.settings import Settings, parse_settings
-from tests.conftest import RunningBackend, lab_request, site_dict, wait_state
+from backend.settings import Settings
+from tests.helpers import site
+from tests.helpers.api import (
+    RunningBackend,
+    lab_request,
+    stop_and_wait,
+    stop_everything,
+    wait_state,
+)
 from tests.helpers.labs import (
     alive,
     assert_error,
@@ -39,18 +45,6 @@ async def events_of(client: httpx.AsyncClient, lab_id: str, after: int = 0) -> l
     resp = await client.get(f"/labs/{lab_id}/events", params={"after": after})
     assert resp.status_code == 200, resp.text
     return resp.json()  # type: ignore[no-any-return]
-
-
-async def stop_and_wait(client: httpx.AsyncClient, lab_id: str) -> dict[str, Any]:
-    resp = await client.delete(f"/labs/{lab_id}")
-    assert resp.status_code == 202, resp.text
-    return await wait_state(client, lab_id, {"stopped", "failed"})
-
-
-async def stop_everything(backend: RunningBackend) -> None:
-    async with backend.client(None, admin_token=True) as admin:
-        for lab in (await admin.get("/labs", params={"active": "true"})).json():
-            await stop_and_wait(admin, lab["id"])
 
 
 async def assert_nothing_stored(backend: RunningBackend) -> None:
@@ -584,9 +578,9 @@ async def test_lab_that_crashes_during_start(
 async def test_output_lines_setting_is_honoured(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["output_lines"] = 3
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(output_lines=3)
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub, lab_request(env={"FAKELAB_MODE": "crash"}))
         await wait_state(hub, lab_id, {"failed"})
@@ -626,9 +620,8 @@ async def test_lab_that_ends_by_itself(
 async def test_lab_that_never_answers(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["start_timeout"] = 1
-    settings = parse_settings(yaml.safe_dump(site), "test")
+    system = site.local_system(start_timeout=1)
+    settings = site.settings(site.doc(tmp_path / "state", database_url, systems={"local": system}))
     backend = await start_backend(settings)
     async with backend.client() as hub:
         lab_id = await start_lab(hub, lab_request(env={"FAKELAB_MODE": "never-ready"}))
@@ -645,9 +638,9 @@ async def test_lab_that_never_answers(
 async def test_lab_command_that_cannot_run(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"]["local"]["command"] = [str(tmp_path / "no-such-program")]
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(command=[str(tmp_path / "no-such-program")])
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub)
         lab = await wait_state(hub, lab_id, {"failed", "running", "stopped"})
@@ -661,10 +654,10 @@ async def test_lab_output_with_a_nul_byte(
     no_leftover_processes: None, tmp_path: Path, database_url: str, start_backend: Any
 ) -> None:
     """Output is text for a person: a NUL byte in it does not keep the lab from failing."""
-    site = site_dict(tmp_path / "state", database_url)
     script = "import sys; sys.stdout.write('before\\x00after\\n'); sys.exit(2)"
-    site["systems"]["local"]["command"] = [sys.executable, "-c", script]
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    system = site.local_system(command=[sys.executable, "-c", script])
+    doc = site.doc(tmp_path / "state", database_url, systems={"local": system})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         lab_id = await start_lab(hub)
         lab = await wait_state(hub, lab_id, {"failed", "running", "stopped"})

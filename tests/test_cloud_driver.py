@@ -15,23 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from backend.settings import parse_settings
-from tests.conftest import (
-    FAKELAB,
-    BackendFactory,
-    RunningBackend,
-    lab_request,
-    site_dict,
-    wait_state,
-)
-from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401 (fixture)
-from tests.helpers.labs import assert_error
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
+from tests.helpers.kube import KubeApi
+from tests.helpers.labs import FAKELAB, assert_error
 from tests.helpers.userlabs import (
     NAMESPACE,
     UserlabManager,
-    cloud_system,
     pod_environment,
     scheduled,
 )
@@ -77,13 +68,14 @@ async def cloud(
     manager.start()
     kubelet = Kubelet(kube)
     try:
-        doc = site_dict(
-            tmp_path / "state", f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", cloud=cloud_system()
+        doc = site.doc(
+            tmp_path / "state",
+            f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
+            systems={"cloud": site.kubernetes_system()},
+            userlab_manager={"url": manager.url},
         )
-        doc["default_system"] = "cloud"
-        doc["userlab_manager"] = {"url": manager.url}
         token_env["LABLINK_USERLAB_MANAGER_TOKEN"] = manager.token
-        backend = await start_backend(parse_settings(yaml.safe_dump(doc, sort_keys=False), "t"))
+        backend = await start_backend(site.settings(doc, "t"))
         yield backend, kubelet
     finally:
         kubelet.stop()

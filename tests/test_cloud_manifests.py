@@ -11,10 +11,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from backend.catalog import OptionError, catalog, validate_options
-from backend.settings import Settings, SettingsError, parse_settings
+from backend.settings import Settings, SettingsError
+from tests.helpers import site
 from userlab_manager.manifests import (
     LabPod,
     label_value,
@@ -230,18 +230,15 @@ CLOUD = {
 }
 
 
-def site(tmp_path: Path, **changes: Any) -> Settings:
-    doc = {
-        "tokens": [{"name": "hub", "secret_env": "HUB_TOKEN"}],
-        "default_system": "cloud",
-        "state_dir": str(tmp_path),
-        "systems": {"cloud": {**CLOUD, **changes}},
-    }
-    return parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+def cloud_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """A site whose one system ``cloud`` is CLOUD, ``changes`` on top."""
+    systems = {"cloud": {**CLOUD, **changes}}
+    doc = site.doc(tmp_path, systems=systems, tokens=site.hub_token("HUB_TOKEN"))
+    return site.settings(doc, "site.yaml")
 
 
 def test_the_catalog_lists_flavors_and_images(tmp_path: Path) -> None:
-    [entry] = catalog(site(tmp_path), "alice")["systems"]
+    [entry] = catalog(cloud_settings(tmp_path), "alice")["systems"]
     assert entry["kind"] == "kubernetes"
     assert [f["name"] for f in entry["flavors"]] == ["small", "gpu"]
     assert entry["flavors"][1] == {
@@ -252,7 +249,7 @@ def test_the_catalog_lists_flavors_and_images(tmp_path: Path) -> None:
 
 
 def test_defaults_are_the_first_flavor_and_image_at_their_limits(tmp_path: Path) -> None:
-    _, clean = validate_options(site(tmp_path), {"system": "cloud"}, "alice")
+    _, clean = validate_options(cloud_settings(tmp_path), {"system": "cloud"}, "alice")
     assert clean == {
         "system": "cloud",
         "flavor": "small",
@@ -261,7 +258,7 @@ def test_defaults_are_the_first_flavor_and_image_at_their_limits(tmp_path: Path)
         "memory": 2.0,
     }
     options = {"flavor": "gpu", "image": "quay.io/jupyter/pytorch-notebook:cuda12", "cpu": "2.5"}
-    _, clean = validate_options(site(tmp_path), options, "alice")
+    _, clean = validate_options(cloud_settings(tmp_path), options, "alice")
     assert (clean["cpu"], clean["memory"], clean["image"]) == (2.5, 32.0, options["image"])
 
 
@@ -291,7 +288,7 @@ def test_options_beyond_what_is_offered_are_refused_by_name(
     tmp_path: Path, options: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(OptionError) as err:
-        validate_options(site(tmp_path), {"system": "cloud", **options}, "alice")
+        validate_options(cloud_settings(tmp_path), {"system": "cloud", **options}, "alice")
     assert words in str(err.value), str(err.value)
     assert str(err.value).endswith(".")
 
@@ -309,4 +306,4 @@ def test_a_bad_cloud_system_names_its_key(
     tmp_path: Path, changes: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(SettingsError, match=re.escape(words)):
-        site(tmp_path, **changes)
+        cloud_settings(tmp_path, **changes)

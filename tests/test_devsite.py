@@ -32,7 +32,6 @@ from devsite.slurm import (
     slurm_status,
 )
 from devsite.storage import RangeError, parse_range
-from tests.conftest import SlurmCluster, squeue_ids
 from tests.helpers.devsite import (
     Devsite,
     local_pid,
@@ -42,6 +41,7 @@ from tests.helpers.devsite import (
     wait_status,
     wait_status_async,
 )
+from tests.helpers.slurm import SlurmCluster, squeue_ids
 
 pytestmark = pytest.mark.unicore
 

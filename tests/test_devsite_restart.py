@@ -18,7 +18,6 @@ import pytest
 from devsite.description import parse_description
 from devsite.jobs import Job
 from devsite.table import job_from_record, job_record
-from tests.conftest import SlurmCluster, squeue_ids
 from tests.helpers.devsite import (
     Devsite,
     local_pid,
@@ -27,6 +26,7 @@ from tests.helpers.devsite import (
     shell_job,
     wait_status,
 )
+from tests.helpers.slurm import SlurmCluster, squeue_ids
 
 pytestmark = pytest.mark.unicore
 

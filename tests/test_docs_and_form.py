@@ -3,11 +3,13 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from backend.catalog import catalog
-from backend.settings import parse_settings
+from backend.settings import Settings
 from spawner.form import options_form_html
 from spawner.spawner import LablinkSpawner
+from tests.helpers import site
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,41 +23,53 @@ def test_config_reference_is_current() -> None:
     assert result.returncode == 0, result.stderr
 
 
-SITE = """
-tokens: [{name: hub, secret_env: T}]
-default_system: cloud
-systems:
-  local: {kind: local, display_name: This machine, description: a process here}
-  hpc:
-    kind: unicore
-    display_name: HPC <fast>
-    url: https://unicore.example.org/X/rest/core
-    partitions:
-      batch:
-        display_name: Batch <fast>
-        description: up to two hours
-        nodes: {max: 4}
-        runtime: {min: 10, max: 120}
-      login: {display_name: Quick, interactive: true}
-      gpus: {gpus: {min: 1, max: 2}}
-    reservations:
-      workshop: {partitions: [batch]}
-    access: [{users: ["*"], accounts: [alice, alice2], projects: [p1]}]
-  cloud:
-    kind: kubernetes
-    display_name: HDF Cloud
-    flavors:
-      small: {display_name: Small <b>, cpu: 1, memory: 2}
-      gpu: {cpu: 8, memory: 32, gpus: 2}
-    images:
-      - image: "quay.io/jupyter/scipy-notebook:2025-01-06"
-        display_name: "SciPy <script>alert(1)</script>"
-    image_patterns: ["quay.io/jupyter/*"]
-"""
+HPC = {
+    "kind": "unicore",
+    "display_name": "HPC <fast>",
+    "url": "https://unicore.example.org/X/rest/core",
+    "partitions": {
+        "batch": {
+            "display_name": "Batch <fast>",
+            "description": "up to two hours",
+            "nodes": {"max": 4},
+            "runtime": {"min": 10, "max": 120},
+        },
+        "login": {"display_name": "Quick", "interactive": True},
+        "gpus": {"gpus": {"min": 1, "max": 2}},
+    },
+    "reservations": {"workshop": {"partitions": ["batch"]}},
+    "access": [{"users": ["*"], "accounts": ["alice", "alice2"], "projects": ["p1"]}],
+}
+CLOUD = {
+    "kind": "kubernetes",
+    "display_name": "HDF Cloud",
+    "flavors": {
+        "small": {"display_name": "Small <b>", "cpu": 1, "memory": 2},
+        "gpu": {"cpu": 8, "memory": 32, "gpus": 2},
+    },
+    "images": [
+        {
+            "image": "quay.io/jupyter/scipy-notebook:2025-01-06",
+            "display_name": "SciPy <script>alert(1)</script>",
+        }
+    ],
+    "image_patterns": ["quay.io/jupyter/*"],
+}
+
+
+def form_site(hpc: dict[str, Any] = HPC) -> Settings:
+    """Three systems whose names and descriptions hold HTML; the cloud is the default."""
+    systems = {
+        "local": {"kind": "local", "display_name": "This machine", "description": "a process here"},
+        "hpc": hpc,
+        "cloud": CLOUD,
+    }
+    doc = site.doc(None, systems=systems, default_system="cloud", tokens=site.hub_token("T"))
+    return site.settings(doc)
 
 
 def form_for(user: str = "alice") -> str:
-    return options_form_html(catalog(parse_settings(SITE, "test"), user))
+    return options_form_html(catalog(form_site(), user))
 
 
 def test_form_lists_systems_and_selects_the_default() -> None:
@@ -98,8 +112,8 @@ def test_form_offers_an_hpc_systems_accounts_partitions_and_ranges() -> None:
 
 
 def test_a_system_without_reservations_has_no_reservation_field() -> None:
-    site = SITE.replace("    reservations:\n      workshop: {partitions: [batch]}\n", "")
-    html = options_form_html(catalog(parse_settings(site, "test"), "alice"))
+    hpc = {key: value for key, value in HPC.items() if key != "reservations"}
+    html = options_form_html(catalog(form_site(hpc), "alice"))
     assert 'name="hpc.partition"' in html and 'name="hpc.reservation"' not in html
 
 
@@ -165,5 +179,5 @@ def test_a_site_template_replaces_the_form(tmp_path: Path) -> None:
     (tmp_path / "lablink_form.html").write_text(
         "{% for s in systems %}<p>{{ s.name }}: {{ s.fields | length }} fields</p>{% endfor %}"
     )
-    html = options_form_html(catalog(parse_settings(SITE, "test"), "alice"), [str(tmp_path)])
+    html = options_form_html(catalog(form_site(), "alice"), [str(tmp_path)])
     assert "<p>local: 0 fields</p><p>hpc: 7 fields</p><p>cloud: 4 fields</p>" == html

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from backend import procs
-from tests.conftest import wait_until
+from tests.helpers import site
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -26,10 +27,10 @@ USERS = ["demo", "alice", "bob", "carol"]
 
 def write_site(path: Path) -> Path:
     """The embedded site plus a system whose lab command fails at once."""
-    site = yaml.safe_load((Path("backend/data/embedded.yaml")).read_text())
+    doc = yaml.safe_load((Path("backend/data/embedded.yaml")).read_text())
     for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
-        del site["systems"][hpc]
-    site["systems"]["broken"] = {
+        del doc["systems"][hpc]
+    doc["systems"]["broken"] = {
         "kind": "local",
         "display_name": "A broken system",
         "command": [
@@ -39,8 +40,7 @@ def write_site(path: Path) -> Path:
             "print('ImportError: the lab image lacks jupyterlab', flush=True); sys.exit(4)",
         ],
     }
-    path.write_text(yaml.safe_dump(site))
-    return path
+    return site.write(doc, path)
 
 
 @pytest.fixture(scope="module")

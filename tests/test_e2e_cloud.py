@@ -28,11 +28,12 @@ import pytest
 import yaml
 
 from backend.procs import free_port
-from tests.conftest import wait_until
+from tests.helpers import site
 from tests.helpers.hub import HubUser
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.stack import Stack
-from tests.helpers.userlabs import NAMESPACE, cloud_system, pod_environment, scheduled
+from tests.helpers.userlabs import NAMESPACE, pod_environment, scheduled
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.cloud]
 
@@ -124,7 +125,7 @@ class Kubelet:
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
-    from tests.conftest import peer_missing
+    from tests.helpers.peers import peer_missing
 
     api = KubeApi(tmp_path_factory.mktemp("kube"))
     try:
@@ -140,18 +141,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, kube: KubeApi) -> Iterator[S
     root = tmp_path_factory.mktemp("cloud-stack")
     s = Stack(state_dir=root / "state", password=PASSWORD, users=USERS,
               extra_env={"LABLINK_POLL_INTERVAL": "1"})  # fmt: skip
-    site = yaml.safe_load(Path("backend/data/embedded.yaml").read_text())
+    doc = yaml.safe_load(Path("backend/data/embedded.yaml").read_text())
     for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
-        del site["systems"][hpc]
-    site["systems"]["cloud"] = cloud_system(
+        del doc["systems"][hpc]
+    doc["systems"]["cloud"] = site.kubernetes_system(
         image_patterns=["quay.io/jupyter/*"], start_timeout=60, retry_for=5
     )
-    site["userlab_manager"] = {
+    doc["userlab_manager"] = {
         "url": f"http://127.0.0.1:{free_port()}",
         "kubeconfig": str(kube.kubeconfig(root / "kubeconfig")),
     }
-    s.site = root / "site.yaml"
-    s.site.write_text(yaml.safe_dump(site, sort_keys=False))
+    s.site = site.write(doc, root / "site.yaml")
     s.start()
     yield s
     s.stop_cleanly()

@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import backend
 from backend.embedded import LocalSlurm, embedded_site
-from tests.conftest import block_the_node, scancel, squeue_ids, wait_until
+from tests.helpers import site
 from tests.helpers.hub import HubUser
+from tests.helpers.slurm import SlurmRest, block_the_node, scancel, squeue_ids
 from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
-from tests.plugins.slurmrest import SlurmRest
+from tests.helpers.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -58,15 +58,14 @@ def stack(
         extra_env={"SLURM_CONF": slurm.conf, "LABLINK_POLL_INTERVAL": "1"},
     )
     local_slurm = LocalSlurm(slurmrest.url, str(slurmrest.key_file))
-    site = embedded_site(TEMPLATE, s.ports["devsite"], s.local_tunnel(), local_slurm)
-    broken = dict(site["systems"]["hpc"], display_name="Broken HPC")
+    doc = embedded_site(TEMPLATE, s.ports["devsite"], s.local_tunnel(), local_slurm)
+    broken = dict(doc["systems"]["hpc"], display_name="Broken HPC")
     broken["setup"] = [
         "echo 'lmod: module JupyterLab/4.2 is not available on this system' >&2",
         "exit 3",
     ]
-    site["systems"]["hpc-broken"] = broken
-    s.site = root / "site.yaml"
-    s.site.write_text(yaml.safe_dump(site))
+    doc["systems"]["hpc-broken"] = broken
+    s.site = site.write(doc, root / "site.yaml")
     s.start()
     yield s
     s.stop_cleanly()

@@ -4,7 +4,7 @@ import asyncio
 import time
 
 from spawner.client import BackendClient, BackendError
-from tests.conftest import lab_request
+from tests.helpers.api import lab_request
 
 
 async def test_client_follows_a_lab_from_accepted_to_stopped(backend, no_leftover_processes):

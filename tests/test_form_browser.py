@@ -18,8 +18,9 @@ import pytest
 import pytest_asyncio
 
 from backend.catalog import catalog, validate_options
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
 from spawner.form import options_form_html, options_from_form
+from tests.helpers import site
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -32,38 +33,36 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),  # the browser's loop (tests/plugins/browser.py)
 ]
 
-SITE = """
-tokens: [{name: hub, secret_env: T}]
-default_system: local
-systems:
-  local: {kind: local, display_name: This machine}
-  hpc:
-    kind: unicore
-    display_name: HPC
-    url: https://unicore.example.org/X/rest/core
-    partitions:
-      batch:
-        display_name: Batch
-        nodes: {max: 4}
-        runtime: {min: 10, max: 120, default: 60}
-      gpu:
-        display_name: GPU
-        nodes: {max: 2}
-        runtime: {min: 5, max: 30}
-        gpus: {min: 1, max: 2}
-    reservations:
-      workshop: {partitions: [batch]}
-    access: [{users: ["*"], accounts: ["{user}"], projects: [p1]}]
-  cloud:
-    kind: kubernetes
-    display_name: Cloud
-    flavors:
-      small: {cpu: 1, memory: 2}
-      large: {cpu: 8, memory: 32}
-    images:
-      - {image: "quay.io/jupyter/scipy-notebook:2025-01-06", display_name: SciPy}
-    image_patterns: ["quay.io/jupyter/*"]
-"""
+SYSTEMS = {
+    "local": {"kind": "local", "display_name": "This machine"},
+    "hpc": {
+        "kind": "unicore",
+        "display_name": "HPC",
+        "url": "https://unicore.example.org/X/rest/core",
+        "partitions": {
+            "batch": {
+                "display_name": "Batch",
+                "nodes": {"max": 4},
+                "runtime": {"min": 10, "max": 120, "default": 60},
+            },
+            "gpu": {
+                "display_name": "GPU",
+                "nodes": {"max": 2},
+                "runtime": {"min": 5, "max": 30},
+                "gpus": {"min": 1, "max": 2},
+            },
+        },
+        "reservations": {"workshop": {"partitions": ["batch"]}},
+        "access": [{"users": ["*"], "accounts": ["{user}"], "projects": ["p1"]}],
+    },
+    "cloud": {
+        "kind": "kubernetes",
+        "display_name": "Cloud",
+        "flavors": {"small": {"cpu": 1, "memory": 2}, "large": {"cpu": 8, "memory": 32}},
+        "images": [{"image": "quay.io/jupyter/scipy-notebook:2025-01-06", "display_name": "SciPy"}],
+        "image_patterns": ["quay.io/jupyter/*"],
+    },
+}
 
 # What the form sends when Start is pressed (the browser checks min and max first;
 # a form it finds invalid is not sent, and `sent` stays unset).
@@ -80,14 +79,14 @@ document.getElementById("spawn").addEventListener("submit", function (event) {{
 
 
 @pytest.fixture(scope="module")
-def site() -> Settings:
-    return parse_settings(SITE, "test")
+def form_site() -> Settings:
+    return site.settings(site.doc(None, systems=SYSTEMS, tokens=site.hub_token("T")))
 
 
 @pytest_asyncio.fixture(loop_scope="session")  # on the browser's loop, as the tests
-async def form(page: Page, site: Settings) -> Page:
+async def form(page: Page, form_site: Settings) -> Page:
     """The form the hub renders for alice, in a page of its own."""
-    await page.set_content(PAGE.format(form=options_form_html(catalog(site, "alice"))))
+    await page.set_content(PAGE.format(form=options_form_html(catalog(form_site, "alice"))))
     return page
 
 
@@ -238,7 +237,7 @@ async def test_an_image_may_be_typed_when_the_system_has_patterns(form: Page) ->
 )
 async def test_what_the_form_sends_the_backend_accepts(
     form: Page,
-    site: Settings,
+    form_site: Settings,
     choices: dict[str, str],
     typed: dict[str, str],
     expected: dict[str, Any],
@@ -248,7 +247,7 @@ async def test_what_the_form_sends_the_backend_accepts(
     for name, value in typed.items():
         await form.fill(f"[name='{name}']", value)
     options = options_from_form(await submit(form))
-    system, clean = validate_options(site, options, "alice")
+    system, clean = validate_options(form_site, options, "alice")
     assert system == choices["system"]
     assert {key: clean.get(key) for key in expected} == expected
 

@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 
 from backend.cli import main as lablink
 from backend.db import create_engine, migrate
-from backend.settings import parse_settings
-from tests.conftest import BackendFactory, lab_request, site_dict, wait_state
+from backend.settings import load_settings
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, lab_request, wait_state
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +26,8 @@ async def test_admins_see_a_labs_handle_and_inspect_prints_it(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    site = tmp_path / "site.yaml"
-    site.write_text(yaml.safe_dump(site_dict(tmp_path / "state", "")))
-    settings = parse_settings(site.read_text(), str(site))
+    path = site.write(site.doc(tmp_path / "state"), tmp_path / "site.yaml")
+    settings = load_settings(path)
     caplog.set_level(logging.DEBUG, logger="lablink.backend")
     backend = await start_backend(settings)
     async with backend.client() as hub:
@@ -44,7 +43,7 @@ async def test_admins_see_a_labs_handle_and_inspect_prints_it(
     assert any(f"lab {lab['id'][:8]}: started" in m for m in steps), steps
     assert any("the lab answers at http://127.0.0.1:" in m for m in steps), steps
 
-    assert await asyncio.to_thread(lablink, ["inspect", "--site", str(site), lab["id"][:8]]) == 0
+    assert await asyncio.to_thread(lablink, ["inspect", "--site", str(path), lab["id"][:8]]) == 0
     text = capsys.readouterr().out
     assert f"lab      {lab['id']}" in text and "person   alice:s1" in text
     assert "system   local (local)" in text and "state    running (100%)" in text
@@ -52,7 +51,7 @@ async def test_admins_see_a_labs_handle_and_inspect_prints_it(
     assert "accepted   Lab accepted for system local." in text
 
     assert (
-        await asyncio.to_thread(lablink, ["inspect", "--site", str(site), "--json", lab["id"]]) == 0
+        await asyncio.to_thread(lablink, ["inspect", "--site", str(path), "--json", lab["id"]]) == 0
     )
     doc = json.loads(capsys.readouterr().out)
     assert doc["handle"] == handle and [e["state"] for e in doc["events"]][-1] == "running"
@@ -73,13 +72,12 @@ async def test_admins_see_a_labs_handle_and_inspect_prints_it(
 async def test_inspect_says_what_it_cannot_find(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], lab_id: str, words: str
 ) -> None:
-    site = tmp_path / "site.yaml"
-    site.write_text(yaml.safe_dump(site_dict(tmp_path / "state", "")))
+    path = site.write(site.doc(tmp_path / "state"), tmp_path / "site.yaml")
     if lab_id != "nodb":  # a database without labs
         (tmp_path / "state").mkdir()
         engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'state' / 'backend.sqlite'}")
         await migrate(engine)
         await engine.dispose()
-    code = await asyncio.to_thread(lablink, ["inspect", "--site", str(site), lab_id])
+    code = await asyncio.to_thread(lablink, ["inspect", "--site", str(path), lab_id])
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err

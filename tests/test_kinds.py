@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from backend.catalog import catalog, validate_options
-from backend.settings import SettingsError, parse_settings
+from backend.settings import SettingsError
 from backend.systems.base import OptionError
 from backend.systems.registry import KindError, kinds
 from spawner.form import options_form_html
-from tests.conftest import FAKELAB, BackendFactory, lab_request, site_dict, wait_state
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, lab_request, wait_state
+from tests.helpers.labs import FAKELAB
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,22 +51,25 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: None) -
 
 
 def toy_site(tmp_path: Path, database_url: str = "") -> dict[str, Any]:
-    site = site_dict(tmp_path / "state", database_url or f"sqlite+aiosqlite:///{tmp_path}/b.sqlite")
-    site["systems"]["paint"] = {
+    paint = {
         "kind": "toy",
         "display_name": "Paint shop",
         "command": FAKELAB,
         "colours": ["red", "green"],
         "start_timeout": 20,
     }
-    return site
+    return site.doc(
+        tmp_path / "state",
+        database_url or f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
+        systems={"local": site.local_system(), "paint": paint},
+    )
 
 
 def test_a_toy_kind_shows_in_the_catalog_the_form_and_the_reference(
     toy: Path, tmp_path: Path
 ) -> None:
     assert "toy" in kinds()
-    settings = parse_settings(yaml.safe_dump(toy_site(tmp_path)), "site.yaml")
+    settings = site.settings(toy_site(tmp_path), "site.yaml")
     shown = catalog(settings, "alice")
     paint = next(s for s in shown["systems"] if s["name"] == "paint")
     assert paint["kind"] == "toy" and paint["colours"] == ["red", "green"]
@@ -85,7 +89,7 @@ def test_a_toy_kind_shows_in_the_catalog_the_form_and_the_reference(
 
 
 def test_a_toy_kind_checks_its_options_and_the_site_file(toy: Path, tmp_path: Path) -> None:
-    settings = parse_settings(yaml.safe_dump(toy_site(tmp_path)), "site.yaml")
+    settings = site.settings(toy_site(tmp_path), "site.yaml")
     assert validate_options(settings, {"system": "paint"}, "alice") == (
         "paint",
         {"system": "paint", "colour": "red"},
@@ -94,17 +98,17 @@ def test_a_toy_kind_checks_its_options_and_the_site_file(toy: Path, tmp_path: Pa
         validate_options(settings, {"system": "paint", "colour": "blue"}, "alice")
     with pytest.raises(OptionError, match=r"options.partition: not an option of system 'paint'"):
         validate_options(settings, {"system": "paint", "partition": "batch"}, "alice")
-    site = toy_site(tmp_path)
-    del site["systems"]["paint"]["colours"]
+    doc = toy_site(tmp_path)
+    del doc["systems"]["paint"]["colours"]
     with pytest.raises(SettingsError, match=r"systems.paint.colours: required but missing"):
-        parse_settings(yaml.safe_dump(site), "site.yaml")
+        site.settings(doc, "site.yaml")
 
 
 @pytest.mark.integration
 async def test_a_toy_lab_runs_through_the_backend(
     toy: Path, tmp_path: Path, start_backend: BackendFactory
 ) -> None:
-    settings = parse_settings(yaml.safe_dump(toy_site(tmp_path)), "site.yaml")
+    settings = site.settings(toy_site(tmp_path), "site.yaml")
     backend = await start_backend(settings)
     async with backend.client() as hub:
         resp = await hub.post("/labs", json=lab_request(options={"system": "paint", "colour": "x"}))

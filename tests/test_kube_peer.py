@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiException, CoreV1Api
 
-from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401
+from tests.helpers.kube import KubeApi
 
 pytestmark = pytest.mark.cloud
 

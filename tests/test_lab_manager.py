@@ -10,13 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from backend.db import create_engine, migrate
 from backend.labs import INTERNAL_ERROR, LabManager
-from backend.settings import parse_settings
 from backend.store import Lab, Store
-from tests.conftest import site_dict
+from tests.helpers import site
 from tests.helpers.fakes import Crashes, EndedWhileDown, FakeDriver, NeverReady, SlowStop
 
 Manager = Callable[[FakeDriver], LabManager]
@@ -33,7 +31,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture
 async def manager(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
     """Managers whose one system's kind is played by a fake driver."""
-    settings = parse_settings(yaml.safe_dump(site_dict(tmp_path / "state", "")), "test")
+    settings = site.settings(site.doc(tmp_path / "state"))
     made: list[LabManager] = []
     http = httpx.AsyncClient()
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 import backend
-from tests.helpers.devsite import Devsite, hpc
+from tests.helpers import site
+from tests.helpers.devsite import Devsite
 from tests.helpers.hub import HubUser
 from tests.helpers.oidc import OIDCProvider, browser_login
 from tests.helpers.stack import Stack
@@ -75,12 +76,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
     )
     s = Stack(state_dir=root / "state", password="unused-demo-password", users=["demo"])
     client = provider.register_client([f"http://127.0.0.1:{s.ports['hub']}/hub/oauth_callback"])
-    site = yaml.safe_load(TEMPLATE.read_text())
-    site["systems"] = {
-        "local": site["systems"]["local"],
-        "hpc": hpc(devsite.url, auth={"method": "bearer"}, access=[]),
+    doc = yaml.safe_load(TEMPLATE.read_text())
+    doc["systems"] = {
+        "local": doc["systems"]["local"],
+        "hpc": site.unicore_system(devsite.url, auth={"method": "bearer"}, access=[]),
     }
-    site["vos"] = {
+    doc["vos"] = {
         "workshop": {
             "display_name": "Workshop 2026",
             "members": {"entitlements": [f"{NS}:group:ws2026#*"]},
@@ -92,8 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
             "systems": ["hpc"],
         },
     }
-    s.site = root / "site.yaml"
-    s.site.write_text(yaml.safe_dump(site, sort_keys=False))
+    s.site = site.write(doc, root / "site.yaml")
     s.extra_env = {
         "LABLINK_OIDC_ISSUER": provider.issuer,
         "LABLINK_OIDC_CLIENT_ID": client[0],

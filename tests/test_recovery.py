@@ -14,14 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from backend.db import create_engine, migrate
 from backend.labs import LabManager
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
 from backend.states import LabState
 from backend.store import Lab, Store
-from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.labs import (
     alive,
     fakelab_processes,
@@ -310,10 +310,8 @@ async def test_lab_on_a_system_the_site_no_longer_offers(
     store: Store,
 ) -> None:
     lab = await put_lab(store, LabState.ACCEPTED)
-    site = site_dict(tmp_path / "state", database_url)
-    site["systems"] = {"other": site["systems"]["local"]}
-    site["default_system"] = "other"
-    backend = await start_backend(parse_settings(yaml.safe_dump(site), "test"))
+    doc = site.doc(tmp_path / "state", database_url, systems={"other": site.local_system()})
+    backend = await start_backend(site.settings(doc))
     async with backend.client() as hub:
         failed = await wait_state(hub, lab.id, {"failed", "stopped", "running"})
         assert failed["state"] == "failed"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SlurmCluster, squeue_ids
+from tests.helpers.slurm import SlurmCluster, squeue_ids
 
 pytestmark = pytest.mark.slurm
 

@@ -17,24 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from backend.settings import Settings, parse_settings
+from backend.settings import Settings
 from backend.systems.slurm import jobs
 from backend.systems.slurm.client import SlurmClient, SlurmRefused, SlurmUnavailable
 from backend.systems.slurm.tokens import Tokens, mint
-from tests.conftest import (
-    BackendFactory,
-    RunningBackend,
-    SlurmCluster,
-    block_the_node,
-    lab_request,
-    scancel,
-    site_dict,
-    wait_state,
-)
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.labs import stored_lab
-from tests.plugins.slurmrest import SlurmRest
+from tests.helpers.slurm import SlurmCluster, SlurmRest, block_the_node, scancel
 
 pytestmark = [pytest.mark.slurm_rest, pytest.mark.slurm, pytest.mark.integration]
 
@@ -193,10 +184,13 @@ def slurm_backend(
     tmp_path: Path, slurm: SlurmCluster, slurmrest: SlurmRest, start_backend: BackendFactory
 ) -> SlurmBackend:
     async def start(**overrides: Any) -> tuple[Settings, RunningBackend]:
-        doc = site_dict(tmp_path / "state", f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
-                        cluster=slurmrest.system(**overrides))  # fmt: skip
-        doc["default_system"] = "cluster"
-        settings = parse_settings(yaml.safe_dump(doc), "test")
+        cluster = site.slurm_system(slurmrest.url, slurmrest.key_file, **overrides)
+        doc = site.doc(
+            tmp_path / "state",
+            f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
+            systems={"cluster": cluster},
+        )
+        settings = site.settings(doc)
         return settings, await start_backend(settings)
 
     return start

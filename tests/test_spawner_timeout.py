@@ -11,6 +11,7 @@ import pytest
 
 from backend.settings import Settings
 from spawner.spawner import LablinkSpawner, _backend_decides
+from tests.helpers import site
 from tests.helpers.fakes import FakeHubUser
 
 pytestmark = pytest.mark.integration
@@ -37,19 +38,14 @@ async def test_the_start_timeout_is_the_systems_limit_and_a_margin(
 
 
 def test_a_batch_systems_limit_covers_its_queue_and_start() -> None:
-    from backend.settings import parse_settings
-
-    site = """
-tokens: [{name: hub, secret_env: T}]
-default_system: hpc
-systems:
-  hpc:
-    kind: unicore
-    url: https://u.example.org/X/rest/core
-    queue_timeout: 7200
-    start_timeout: 300
-    retry_for: 60
-    partitions: {batch: {}}
-"""
-    limit = parse_settings(site, "test").systems["hpc"].start_limit()
+    hpc = {
+        "kind": "unicore",
+        "url": "https://u.example.org/X/rest/core",
+        "queue_timeout": 7200,
+        "start_timeout": 300,
+        "retry_for": 60,
+        "partitions": {"batch": {}},
+    }
+    doc = site.doc(None, systems={"hpc": hpc}, tokens=site.hub_token("T"))
+    limit = site.settings(doc).systems["hpc"].start_limit()
     assert limit == 7200 + 300 + 2 * 60 + 60

@@ -13,13 +13,11 @@ import asyncssh
 import pytest
 
 from backend.procs import free_port
-from tests.helpers.sshd import (  # noqa: F401 (the fixtures sshd and http_backend)
+from tests.helpers.sshd import (
     HttpBackend,
     Sshd,
-    http_backend_fixture,
     http_get,
     http_get_async,
-    sshd_fixture,
 )
 
 pytestmark = pytest.mark.integration

@@ -20,30 +20,27 @@ from pathlib import Path
 import asyncssh
 import httpx
 import pytest
-import yaml
 
 from backend.procs import free_port
-from backend.settings import Settings, parse_settings
-from tests.conftest import BackendFactory, RunningBackend, lab_request, site_dict, wait_state
+from backend.settings import Settings
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.devsite import (
     PASSWORD,
     PASSWORD_ENV,
     Devsite,
-    hpc,
     job_processes,
     run_devsite,
 )
 from tests.helpers.labs import assert_error, stored_lab
-from tests.helpers.sshd import (  # noqa: F401 (fixtures)
+from tests.helpers.sshd import (
     HttpBackend,
     Sshd,
-    http_backend_fixture,
     http_get,
     http_get_async,
     known_hosts_of,
-    sshd_fixture,
 )
-from tests.helpers.tunnel import TunnelService, tunnel_site
+from tests.helpers.tunnel import TunnelService
 from tunnel import fastpath, links
 
 pytestmark = [pytest.mark.integration, pytest.mark.tunnel]
@@ -54,7 +51,7 @@ ALLOWED = [{"hosts": "127.0.0.1", "ports": {"min": 1024, "max": 65535}}]
 @pytest.fixture
 def service(tmp_path: Path, sshd: Sshd) -> Iterator[TunnelService]:
     ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1)
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+    svc = TunnelService(tmp_path / "tunnel", site.tunnel_service_doc(tmp_path / "state", ssh))
     svc.start()
     yield svc
     svc.stop()
@@ -201,9 +198,9 @@ def hub_forwarding_service(
     ssh = sshd.ssh_settings(
         destinations=ALLOWED, keepalive=1, hub_forward={"bind": "127.0.0.1", "port": port}
     )
-    site = tunnel_site(tmp_path / "state", ssh)
-    site["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{hub.port}"
-    return TunnelService(tmp_path / "tunnel", site)
+    doc = site.tunnel_service_doc(tmp_path / "state", ssh)
+    doc["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{hub.port}"
+    return TunnelService(tmp_path / "tunnel", doc)
 
 
 def test_compute_nodes_reach_the_hub_api_through_the_login_node(
@@ -262,7 +259,7 @@ def test_forwards_move_to_another_login_node_when_theirs_is_lost(
         known = known_hosts_of(tmp_path / "known_hosts", sshd, second)
         ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1, known_hosts=str(known))
         ssh["login_nodes"].append({"host": second.host, "port": second.port})
-        svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+        svc = TunnelService(tmp_path / "tunnel", site.tunnel_service_doc(tmp_path / "state", ssh))
         svc.start()
         ports = [open_tunnel(svc, http_backend, f"lab-{i}") for i in range(2)]
         nodes = {f"127.0.0.1:{s.port}": s for s in (sshd, second)}
@@ -291,7 +288,7 @@ def test_an_unknown_host_key_is_refused(
     stranger = tmp_path / "known_hosts_of_another_host"
     stranger.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 " + "A" * 68 + "\n")
     ssh = sshd.ssh_settings(destinations=ALLOWED, known_hosts=str(stranger))
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "state", ssh))
+    svc = TunnelService(tmp_path / "tunnel", site.tunnel_service_doc(tmp_path / "state", ssh))
     svc.start()
     try:
         with svc.client() as client:
@@ -369,17 +366,17 @@ async def hpc_through_a_tunnel(
     """A backend whose HPC system (the development site, local jobs) is reached
     through a tunnel service that is set up but not started."""
     ssh = sshd.ssh_settings(destinations=ALLOWED)
-    svc = TunnelService(tmp_path / "tunnel", tunnel_site(tmp_path / "tstate", ssh))
+    svc = TunnelService(tmp_path / "tunnel", site.tunnel_service_doc(tmp_path / "tstate", ssh))
     svc.port = free_port()
     devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
-    doc = site_dict(
+    system = site.unicore_system(devsite.url, tunnel="ssh", ssh=ssh, retry_for=retry_for)
+    doc = site.doc(
         tmp_path / "state",
         f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",
-        hpc=hpc(devsite.url, tunnel="ssh", ssh=ssh, retry_for=retry_for),
+        systems={"hpc": system},
+        tunnel_service={"url": f"http://127.0.0.1:{svc.port}"},
     )
-    doc["default_system"] = "hpc"
-    doc["tunnel_service"] = {"url": f"http://127.0.0.1:{svc.port}"}
-    settings = parse_settings(yaml.safe_dump(doc), "test")
+    settings = site.settings(doc)
     token_env.update({PASSWORD_ENV: PASSWORD, "LABLINK_TUNNEL_TOKEN": svc.token})
     try:
         return HpcWithTunnel(settings, await start_backend(settings), devsite, svc)
@@ -498,7 +495,7 @@ def test_every_byte_arrives_both_ways_across_rekeys(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     svc = TunnelService(
         tmp_path / "tunnel",
-        tunnel_site(tmp_path / "state", sshd.ssh_settings(destinations=ALLOWED)),
+        site.tunnel_service_doc(tmp_path / "state", sshd.ssh_settings(destinations=ALLOWED)),
     )
     try:
         svc.start()

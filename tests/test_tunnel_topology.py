@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import peer_missing
 from tests.helpers.netns import COMPUTE, HUB_SIDE, LOGIN_INSIDE, LOGIN_OUTSIDE, NetnsError, Site
-from tests.helpers.sshd import (  # noqa: F401 (fixtures)
+from tests.helpers.peers import peer_missing
+from tests.helpers.site import tunnel_service_doc
+from tests.helpers.sshd import (
     HttpBackend,
     Sshd,
     SshdError,
-    http_backend_fixture,
     http_get,
 )
-from tests.helpers.tunnel import TunnelService, tunnel_site
+from tests.helpers.tunnel import TunnelService
 
 pytestmark = [pytest.mark.integration, pytest.mark.tunnel]
 
@@ -122,7 +122,7 @@ def test_a_compute_node_is_reached_only_through_its_login_node(
             keepalive=1,
             hub_forward={"bind": LOGIN_INSIDE, "port": HUB_FORWARD_PORT},
         )
-        doc = tunnel_site(tmp_path / "state", ssh)
+        doc = tunnel_service_doc(tmp_path / "state", ssh)
         doc["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{http_backend.port}"
         svc = TunnelService(tmp_path / "tunnel", doc)
         svc.start()  # healthy once the login node listens for the hub

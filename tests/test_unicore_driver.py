@@ -21,36 +21,28 @@ from backend.db import create_engine, migrate
 from backend.settings import Settings
 from backend.store import Store
 from spawner.spawner import LablinkSpawner
-from tests.conftest import (
-    BackendFactory,
-    RunningBackend,
-    block_the_node,
-    lab_request,
-    scancel,
-    squeue_ids,
-    wait_state,
-    wait_until,
-)
+from tests.helpers import site
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.devsite import (
     PASSWORD,
     PASSWORD_ENV,
     Devsite,
-    hpc,
-    hpc_settings,
     job_processes,
     run_devsite,
     site_jobs,
 )
 from tests.helpers.labs import assert_error, stored_lab
+from tests.helpers.slurm import block_the_node, scancel, squeue_ids
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.unicore, pytest.mark.integration]
 
 
 @pytest.fixture
 def devsite(tmp_path: Path) -> Iterator[Devsite]:
-    site = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
-    yield site
-    site.stop()
+    devsite = run_devsite(tmp_path, dict(os.environ), "--queues", "batch,devel")
+    yield devsite
+    devsite.stop()
 
 
 @pytest.fixture
@@ -75,9 +67,10 @@ def hpc_backend(
     async def start(
         url: str | None = None, lab_env: dict[str, str] | None = None, **overrides: Any
     ) -> tuple[Settings, RunningBackend]:
-        system = hpc(url or devsite.url, **overrides)
+        system = site.unicore_system(url or devsite.url, **overrides)
         system["environment"].update(lab_env or {})
-        settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+        db = f"sqlite+aiosqlite:///{tmp_path}/b.sqlite"
+        settings = site.settings(site.doc(tmp_path / "state", db, systems={"hpc": system}))
         return settings, await start_backend(settings)
 
     return start
@@ -235,9 +228,9 @@ async def test_the_catalog_shows_the_users_accounts(hpc_backend: HpcBackend) -> 
 
 @pytest.fixture
 def slurm_devsite(tmp_path: Path, slurm: Any) -> Iterator[Devsite]:
-    site = run_devsite(tmp_path, slurm.env, "--slurm")
-    yield site
-    site.stop()
+    devsite = run_devsite(tmp_path, slurm.env, "--slurm")
+    yield devsite
+    devsite.stop()
 
 
 @pytest.mark.slurm
@@ -251,7 +244,8 @@ async def test_a_slurm_lab_waits_in_the_queue_then_runs(
     database_url: str,
     restart: bool,
 ) -> None:
-    settings = hpc_settings(tmp_path, database_url, hpc=hpc(slurm_devsite.url))
+    system = site.unicore_system(slurm_devsite.url)
+    settings = site.settings(site.doc(tmp_path / "state", database_url, systems={"hpc": system}))
     backend = await start_backend(settings)
     blocker = block_the_node(slurm)
     try:
@@ -324,9 +318,9 @@ async def test_a_job_whose_url_was_never_stored_is_found_by_its_tag(
 async def test_a_lab_accepted_but_never_submitted_fails_cleanly_after_a_restart(
     tmp_path: Path, devsite: Devsite, start_backend: BackendFactory, backend_env: dict[str, str]
 ) -> None:
-    settings = hpc_settings(
-        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=hpc(devsite.url)
-    )
+    db = f"sqlite+aiosqlite:///{tmp_path}/b.sqlite"
+    system = site.unicore_system(devsite.url)
+    settings = site.settings(site.doc(tmp_path / "state", db, systems={"hpc": system}))
     engine = create_engine(settings.resolved_database_url)
     await migrate(engine)
     try:
@@ -376,8 +370,9 @@ async def test_a_job_given_up_in_the_queue_is_cancelled(
     start_backend: BackendFactory,
     backend_env: dict[str, str],
 ) -> None:
-    system = hpc(slurm_devsite.url, queue_timeout=1.5)
-    settings = hpc_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/b.sqlite", hpc=system)
+    db = f"sqlite+aiosqlite:///{tmp_path}/b.sqlite"
+    system = site.unicore_system(slurm_devsite.url, queue_timeout=1.5)
+    settings = site.settings(site.doc(tmp_path / "state", db, systems={"hpc": system}))
     backend = await start_backend(settings)
     blocker = block_the_node(slurm)
     try:

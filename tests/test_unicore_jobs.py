@@ -8,57 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from backend.catalog import OptionError, catalog, validate_options
-from backend.settings import Settings, SettingsError, parse_settings
+from backend.settings import Settings, SettingsError
 from backend.systems.batch.script import BadLabFile, parse_lab_file, start_script
 from backend.systems.unicore import jobs
 from backend.systems.unicore.config import UnicoreSystem
 from backend.systems.unicore.jobs import job_description
+from tests.helpers import site
 
 pytestmark = pytest.mark.unicore
 
 
-def hpc_system(**overrides: Any) -> dict[str, Any]:
-    system: dict[str, Any] = {
-        "kind": "unicore",
-        "display_name": "Test HPC",
-        "url": "http://127.0.0.1:8040/DEVSITE/rest/core",
-        "auth": {"method": "basic", "username": "lablink", "password_env": "UNICORE_PW"},
-        "setup": ["module load JupyterLab"],
-        "environment": {"LABLINK_LAB_HOST": "127.0.0.1"},
-        "partitions": {
-            "batch": {
-                "nodes": {"min": 1, "max": 4},
-                "runtime": {"min": 10, "max": 120, "default": 30},
-            },
-            "gpus": {"gpus": {"min": 1, "max": 4, "default": 2}},
-            "login": {"interactive": True, "login_node": "login*"},
-        },
-        "reservations": {"workshop": {"partitions": ["batch"]}},
-        "access": [
-            {"users": ["alice"], "accounts": ["alice", "alice2"], "projects": ["p1", "p2"]},
-            {"groups": ["trainees"], "accounts": ["{user}"], "projects": ["training"]},
-        ],
-    }
-    system.update(overrides)
-    return system
-
-
-def site(tmp_path: Path, **system: Any) -> Settings:
-    doc = {
-        "tokens": [{"name": "hub", "secret_env": "HUB_TOKEN"}],
-        "default_system": "hpc",
-        "state_dir": str(tmp_path),
-        "systems": {"hpc": hpc_system(**system)},
-    }
-    return parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+def hpc_settings(tmp_path: Path, **system: Any) -> Settings:
+    """A site whose one system ``hpc`` is the catalog's UNICORE system, ``system`` on top."""
+    systems = {"hpc": site.unicore_catalog_system(**system)}
+    doc = site.doc(tmp_path, systems=systems, tokens=site.hub_token("HUB_TOKEN"))
+    return site.settings(doc, "site.yaml")
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return site(tmp_path)
+    return hpc_settings(tmp_path)
 
 
 # -- settings -----------------------------------------------------------------------
@@ -66,19 +37,19 @@ def settings(tmp_path: Path) -> Settings:
 
 def test_a_reservation_for_an_unknown_partition_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"systems\.hpc: .*reservation 'x' names partition"):
-        site(tmp_path, reservations={"x": {"partitions": ["nope"]}})
+        hpc_settings(tmp_path, reservations={"x": {"partitions": ["nope"]}})
 
 
 def test_a_range_upside_down_names_its_key_and_line(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as err:
-        site(tmp_path, partitions={"batch": {"nodes": {"min": 4, "max": 2}}})
+        hpc_settings(tmp_path, partitions={"batch": {"nodes": {"min": 4, "max": 2}}})
     assert "systems.hpc.partitions.batch.nodes" in str(err.value)
     assert "line" in str(err.value)
 
 
 def test_the_url_must_be_a_unicore_base(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"systems\.hpc\.url"):
-        site(tmp_path, url="ftp://example.org/")
+        hpc_settings(tmp_path, url="ftp://example.org/")
 
 
 # -- catalog ------------------------------------------------------------------------
@@ -200,7 +171,7 @@ def test_a_batch_job_description(settings: Settings) -> None:
 
 
 def test_gpus_use_the_sites_resource_name(tmp_path: Path) -> None:
-    settings = site(tmp_path, gpu_resource="GPUsPerNode")
+    settings = hpc_settings(tmp_path, gpu_resource="GPUsPerNode")
     _, desc = describe(settings, {"partition": "gpus", "gpus": 3})
     assert desc["Resources"]["GPUsPerNode"] == "3"
     assert "GPUS" not in desc["Resources"]
@@ -223,7 +194,7 @@ def test_nothing_a_person_sends_reaches_the_script(settings: Settings) -> None:
 
 
 def test_the_start_script_writes_lab_json_and_runs_the_command(tmp_path: Path) -> None:
-    settings = site(
+    settings = hpc_settings(
         tmp_path,
         setup=["export MARK=from-setup"],
         lab_command=["/bin/sh", "-c", 'echo "$MARK $JUPYTERHUB_SERVICE_URL" > out.txt'],
@@ -257,7 +228,7 @@ def test_the_start_script_writes_lab_json_and_runs_the_command(tmp_path: Path) -
     ],
 )
 def test_lab_json_is_checked(tmp_path: Path, data: bytes, words: str) -> None:
-    system = site(tmp_path, lab_hosts=["node*", "127.0.0.1"]).systems["hpc"]
+    system = hpc_settings(tmp_path, lab_hosts=["node*", "127.0.0.1"]).systems["hpc"]
     assert isinstance(system, UnicoreSystem)
     with pytest.raises(BadLabFile, match=words):
         parse_lab_file(data, system)
@@ -275,26 +246,26 @@ def test_job_status_to_lab_state() -> None:
 
 
 def test_a_local_address_needs_a_pattern_that_names_it(tmp_path: Path) -> None:
-    anywhere = site(tmp_path).systems["hpc"]  # lab_hosts: ["*"]
+    anywhere = hpc_settings(tmp_path).systems["hpc"]  # lab_hosts: ["*"]
     assert isinstance(anywhere, UnicoreSystem)
     assert parse_lab_file(b'{"host": "node7", "port": 9999}', anywhere).host == "node7"
     for host in ("127.0.0.1", "localhost", "169.254.169.254", "0.0.0.0", "127.1.2.3"):
         data = json.dumps({"host": host, "port": 9999}).encode()
         with pytest.raises(BadLabFile, match="local address"):
             parse_lab_file(data, anywhere)
-    named = site(tmp_path, lab_hosts=["127.0.0.1"]).systems["hpc"]
+    named = hpc_settings(tmp_path, lab_hosts=["127.0.0.1"]).systems["hpc"]
     assert isinstance(named, UnicoreSystem)
     assert parse_lab_file(b'{"host": "127.0.0.1", "port": 9999}', named).port == 9999
 
 
 def test_plain_http_is_only_for_this_machine(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"systems\.hpc\.url: .*use https://"):
-        site(tmp_path, url="http://unicore.example.org/SITE/rest/core")
-    assert site(tmp_path, url="https://unicore.example.org/SITE/rest/core")
+        hpc_settings(tmp_path, url="http://unicore.example.org/SITE/rest/core")
+    assert hpc_settings(tmp_path, url="https://unicore.example.org/SITE/rest/core")
 
 
 def test_a_user_name_that_is_no_account_gives_no_account(tmp_path: Path) -> None:
-    settings = site(tmp_path)
+    settings = hpc_settings(tmp_path)
     assert catalog(settings, "Alice@idp", frozenset({"trainees"}))["systems"] == []
     with pytest.raises(OptionError, match="no account on system 'hpc'"):
         validate_options(settings, {"system": "hpc"}, "Alice@idp", frozenset({"trainees"}))
@@ -324,7 +295,7 @@ HUB_ENV = {
 
 def test_labs_reach_the_hub_api_through_the_login_nodes_reverse_forward(tmp_path: Path) -> None:
     ssh = {**SSH, "hub_forward": {"port": 25488}}
-    _, desc = describe(site(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
+    _, desc = describe(hpc_settings(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
     env = desc["Environment"]
     assert env["JUPYTERHUB_API_URL"] == "http://login1.example.org:25488/jupyter/hub/api"
     assert env["JUPYTERHUB_ACTIVITY_URL"] == (
@@ -333,12 +304,12 @@ def test_labs_reach_the_hub_api_through_the_login_nodes_reverse_forward(tmp_path
     assert env["JUPYTERHUB_BASE_URL"] == "/jupyter/"  # a path: the browser's, unchanged
 
     ssh["hub_forward"] = {"port": 25488, "url": "http://login-int:25488"}
-    _, desc = describe(site(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
+    _, desc = describe(hpc_settings(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
     assert desc["Environment"]["JUPYTERHUB_API_URL"] == "http://login-int:25488/jupyter/hub/api"
 
 
 def test_without_a_reverse_forward_the_hubs_own_api_url_is_kept(tmp_path: Path) -> None:
-    for settings in (site(tmp_path, tunnel="ssh", ssh=SSH), site(tmp_path)):
+    for settings in (hpc_settings(tmp_path, tunnel="ssh", ssh=SSH), hpc_settings(tmp_path)):
         _, desc = describe(settings, {}, env=HUB_ENV)
         assert desc["Environment"]["JUPYTERHUB_API_URL"] == HUB_ENV["JUPYTERHUB_API_URL"]
 
@@ -356,21 +327,17 @@ def test_a_bad_reverse_forward_names_its_key(
     tmp_path: Path, hub_forward: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(SettingsError, match=words.replace(".", r"\.")):
-        site(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": hub_forward})
+        hpc_settings(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": hub_forward})
 
 
 def test_systems_that_share_a_login_node_must_log_in_alike(tmp_path: Path) -> None:
-    doc = {
-        "tokens": [{"name": "hub", "secret_env": "HUB_TOKEN"}],
-        "default_system": "hpc",
-        "state_dir": str(tmp_path),
-        "systems": {
-            "hpc": hpc_system(tunnel="ssh", ssh=SSH),
-            "booster": hpc_system(tunnel="ssh", ssh={**SSH, "user": "other"}),
-        },
+    systems = {
+        "hpc": site.unicore_catalog_system(tunnel="ssh", ssh=SSH),
+        "booster": site.unicore_catalog_system(tunnel="ssh", ssh={**SSH, "user": "other"}),
     }
+    doc = site.doc(tmp_path, systems=systems, tokens=site.hub_token("HUB_TOKEN"))
     with pytest.raises(SettingsError, match=r"systems\.booster\.ssh\.login_nodes\.0") as err:
-        parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+        site.settings(doc, "site.yaml")
     assert "login node of system 'hpc'" in str(err.value)
-    doc["systems"]["booster"] = hpc_system(tunnel="ssh", ssh=SSH)  # the same login: fine
-    parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+    doc["systems"]["booster"] = site.unicore_catalog_system(tunnel="ssh", ssh=SSH)  # the same login
+    site.settings(doc, "site.yaml")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.kube import KubeApi, kube_fixture  # noqa: F401 (fixture)
+from tests.helpers.kube import KubeApi
 from tests.helpers.labs import assert_error
 from tests.helpers.userlabs import NAMESPACE, UserlabManager, lab_body, scheduled
 

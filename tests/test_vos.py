@@ -12,19 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from backend.settings import Settings, SettingsError, parse_settings
-from tests.conftest import (
+from backend.settings import Settings, SettingsError
+from tests.helpers import site
+from tests.helpers.api import (
     BackendFactory,
     RunningBackend,
     lab_request,
-    site_dict,
+    stop_and_wait,
+    stop_everything,
     wait_state,
 )
 from tests.helpers.labs import assert_error, fakelab_processes
-from tests.test_api import stop_and_wait, stop_everything
-from tests.test_unicore_jobs import hpc_system
 
 pytestmark = [pytest.mark.quota, pytest.mark.integration]
 
@@ -34,19 +33,20 @@ ENTITLEMENT = "urn:geant:h-df.de:res:hpc:training2026:act:alice1#login.helmholtz
 @pytest.fixture
 def token_env(tokens: dict[str, str]) -> dict[str, str]:
     return {
-        "LABLINK_TEST_HUB_TOKEN": tokens["hub"],
-        "LABLINK_TEST_ADMIN_TOKEN": tokens["admin"],
+        site.HUB_TOKEN_ENV: tokens["hub"],
+        site.ADMIN_TOKEN_ENV: tokens["admin"],
         "UNICORE_PW": "not-used-in-these-tests",
     }
 
 
 def vo_site(tmp_path: Path, database_url: str, vos: dict[str, Any], **extra: Any) -> Settings:
-    doc = site_dict(tmp_path / "state", database_url)
-    doc["systems"]["hpc"] = hpc_system(access=[])
-    doc["systems"]["failing"] = {"kind": "local", "command": ["false"], "start_timeout": 10}
-    doc["vos"] = vos
-    doc.update(extra)
-    return parse_settings(yaml.safe_dump(doc, sort_keys=False), "site.yaml")
+    systems = {
+        "local": site.local_system(),
+        "hpc": site.unicore_catalog_system(access=[]),
+        "failing": {"kind": "local", "command": ["false"], "start_timeout": 10},
+    }
+    doc = site.doc(tmp_path / "state", database_url, systems=systems, vos=vos, **extra)
+    return site.settings(doc, "site.yaml")
 
 
 WORKSHOP = {

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BackendFactory, RunningBackend, lab_request, wait_state
-from tests.plugins.contract import SYSTEM, Rig
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
+from tests.helpers.rigs import SYSTEM, Rig
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]
 

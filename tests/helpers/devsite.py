@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from pyunicore import client as unicore
 from pyunicore.credentials import OIDCToken, UsernamePassword
 
 from backend.procs import free_port
-from backend.settings import Settings, parse_settings
-from tests.conftest import FAKELAB, site_dict
 from tests.helpers.stack import end_process, launch
 
 USERS = {"alice": ("alice", "alice2"), "bob": ("bob",)}
@@ -155,40 +152,6 @@ def pid_alive(pid: int) -> bool:
 
 PASSWORD_ENV = "LABLINK_TEST_UNICORE_PASSWORD"
 PASSWORD = "devsite-password-0123456789"
-
-
-def hpc(url: str, **overrides: Any) -> dict[str, Any]:
-    system: dict[str, Any] = {
-        "kind": "unicore",
-        "display_name": "Test HPC",
-        "url": url,
-        "auth": {"method": "basic", "username": "lablink", "password_env": PASSWORD_ENV},
-        "lab_command": FAKELAB,
-        "environment": {
-            "LABLINK_LAB_HOST": "127.0.0.1",
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        },
-        "lab_hosts": ["127.0.0.1"],
-        "poll_interval": 0.2,
-        "watch_interval": 0.3,
-        "retry_for": 1,
-        "request_timeout": 5,
-        "start_timeout": 30,
-        "stop_timeout": 15,
-        "partitions": {
-            "batch": {"nodes": {"max": 1}, "runtime": {"min": 1, "max": 60, "default": 10}},
-            "devel": {"runtime": {"min": 1, "max": 60, "default": 10}},
-        },
-        "access": [{"users": ["alice", "bob"], "accounts": ["{user}"], "projects": ["p1"]}],
-    }
-    system.update(overrides)
-    return system
-
-
-def hpc_settings(tmp_path: Path, database_url: str, **systems: dict[str, Any]) -> Settings:
-    doc = site_dict(tmp_path / "state", database_url, **systems)
-    doc["default_system"] = next(iter(systems))
-    return parse_settings(yaml.safe_dump(doc), "test")
 
 
 def run_devsite(tmp_path: Path, environ: dict[str, str], *args: str) -> Devsite:

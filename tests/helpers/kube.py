@@ -28,9 +28,7 @@ The emulator has no kubelet and no controllers: a pod's status changes only when
 a test patches it (``KubeApi.set_pod_status``), a deleted pod is gone at once
 (no graceful termination), and deleting a namespace deletes nothing in it.
 
-Tests take the fixture under its function name::
-
-    from tests.helpers.kube import kube_fixture  # noqa: F401
+Tests take a fresh emulator per test from the ``kube`` fixture (tests/plugins/kube.py).
 """
 
 from __future__ import annotations
@@ -55,7 +53,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 import yaml
 
 if TYPE_CHECKING:
@@ -470,34 +467,6 @@ class KubeApi:
         """Delete the pod at once (no grace period); watchers see a DELETED event."""
         with self._http() as http:
             http.delete(f"/api/v1/namespaces/{namespace}/pods/{name}").raise_for_status()
-
-
-def _kmock_missing() -> str | None:
-    """Why kmock cannot be imported, or None."""
-    try:
-        import kmock  # noqa: F401
-    except ImportError as exc:
-        return repr(exc)
-    return None
-
-
-@pytest.fixture(name="kube")
-def kube_fixture(tmp_path: Path) -> Iterator[KubeApi]:
-    """A fresh, empty emulator per test (it starts in about half a second)."""
-    from tests.conftest import peer_missing
-
-    what = "Kubernetes API emulator (kmock)"
-    if problem := _kmock_missing():
-        peer_missing(what, problem)
-    api = KubeApi(tmp_path / "kube")
-    try:
-        api.start()
-    except KubeError as exc:
-        peer_missing(what, str(exc))
-    try:
-        yield api
-    finally:
-        api.stop()
 
 
 if __name__ == "__main__":

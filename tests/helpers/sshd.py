@@ -9,13 +9,8 @@ GET with one write (headers and body together: a server that writes them apart
 costs ~44 ms per response through a tunnel, Nagle against delayed ACKs) and
 streams ``/big?bytes=N`` for throughput tests.
 
-Tests take the ``sshd`` and ``http_backend`` fixtures by importing them under
-their function names (so that a test's ``sshd`` argument does not shadow an
-import, which ruff would flag as F811)::
-
-    from tests.helpers.sshd import http_backend_fixture, sshd_fixture  # noqa: F401
-
-The benchmark (``benchmarks/tunnel.py``) uses the classes directly.
+Tests take started ones from the ``sshd`` and ``http_backend`` fixtures
+(tests/plugins/sshd.py). The benchmark (``benchmarks/tunnel.py``) uses the classes directly.
 """
 
 from __future__ import annotations
@@ -30,13 +25,11 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 from backend.loginnode import SSHD, TUNNEL_USER, LoginNodeFiles, banner
 
@@ -447,33 +440,3 @@ async def http_get_async(
     if not head.startswith(b"HTTP/"):
         raise ConnectionError(f"no HTTP answer from {host}:{port}: {data[:80]!r}")
     return int(head.split()[1]), body
-
-
-# -- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(name="sshd")
-def sshd_fixture(tmp_path: Path) -> Iterator[Sshd]:
-    """A started OpenSSH sshd on 127.0.0.1 for one test (fails in CI if it cannot run)."""
-    from tests.conftest import peer_missing
-
-    server = Sshd(tmp_path / "sshd")
-    try:
-        server.start()
-    except (SshdError, OSError, subprocess.SubprocessError) as exc:
-        peer_missing("OpenSSH sshd", str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(name="http_backend")
-def http_backend_fixture() -> Iterator[HttpBackend]:
-    """A started HTTP server on 127.0.0.1 (a lab on a compute node)."""
-    server = HttpBackend()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -12,31 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from backend.procs import free_port
+from tests.helpers import site
 from tests.helpers.stack import end_process, launch
-
-
-def tunnel_site(
-    state_dir: Path, ssh: dict[str, Any], ports: tuple[int, int] = (20000, 29999)
-) -> dict[str, Any]:
-    """A site file with one HPC system ``hpc`` whose labs are reached through ``ssh``."""
-    return {
-        "state_dir": str(state_dir),
-        "tokens": [{"name": "hub", "secret_env": "LABLINK_TEST_HUB_TOKEN"}],
-        "default_system": "hpc",
-        "tunnel_service": {"ports": {"min": ports[0], "max": ports[1]}},
-        "systems": {
-            "hpc": {
-                "kind": "unicore",
-                "url": "http://127.0.0.1:9/TEST/rest/core",
-                "tunnel": "ssh",
-                "ssh": ssh,
-                "partitions": {"batch": {}},
-            }
-        },
-    }
 
 
 @dataclass
@@ -61,8 +40,7 @@ class TunnelService:
 
     def start(self, wait_healthy: bool = True, timeout: float = 30) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        site_file = self.directory / "site.yaml"
-        site_file.write_text(yaml.safe_dump(self.site))
+        site_file = site.write(self.site, self.directory / "site.yaml")
         self.port = self.port or free_port()
         env = {
             **os.environ,

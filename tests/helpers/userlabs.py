@@ -14,46 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from backend.procs import free_port
+from tests.helpers import site
 from tests.helpers.kube import KubeApi
+from tests.helpers.site import IMAGE, NAMESPACE
 from tests.helpers.stack import end_process, launch
-
-NAMESPACE = "lablink-labs"
-IMAGE = "quay.io/jupyter/scipy-notebook:2025-01-06"
-
-
-def cloud_system(**changes: Any) -> dict[str, Any]:
-    """A cloud system whose labs are reached at their pod's IP (the tests play the
-    kubelet and give each pod a loopback address)."""
-    system: dict[str, Any] = {
-        "kind": "kubernetes",
-        "display_name": "Test Cloud",
-        "namespace": NAMESPACE,
-        "reach": "pod_ip",
-        "flavors": {
-            "small": {"cpu": 1, "memory": 2, "cpu_request": 0.5, "memory_request": 1},
-            "gpu": {"cpu": 8, "memory": 32, "gpus": 1},
-        },
-        "images": [{"image": IMAGE, "display_name": "SciPy"}],
-        "image_patterns": ["quay.io/jupyter/*"],
-        "poll_interval": 0.2,
-        "retry_for": 2,
-        "start_timeout": 30,
-    }
-    system.update(changes)
-    return system
-
-
-def cloud_site(state_dir: Path, kubeconfig: Path, **system: Any) -> dict[str, Any]:
-    return {
-        "state_dir": str(state_dir),
-        "tokens": [{"name": "hub", "secret_env": "LABLINK_TEST_HUB_TOKEN"}],
-        "default_system": "cloud",
-        "userlab_manager": {"kubeconfig": str(kubeconfig)},
-        "systems": {"cloud": cloud_system(**system)},
-    }
 
 
 @dataclass
@@ -66,8 +32,8 @@ class UserlabManager:
 
     @classmethod
     def for_kube(cls, directory: Path, kube: KubeApi, **system: Any) -> UserlabManager:
-        site = cloud_site(directory / "state", kube.kubeconfig(directory / "kubeconfig"), **system)
-        return cls(directory, site)
+        kubeconfig = kube.kubeconfig(directory / "kubeconfig")
+        return cls(directory, site.userlab_manager_doc(directory / "state", kubeconfig, **system))
 
     @property
     def url(self) -> str:
@@ -85,8 +51,7 @@ class UserlabManager:
 
     def start(self, timeout: float = 30) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        site_file = self.directory / "site.yaml"
-        site_file.write_text(yaml.safe_dump(self.site, sort_keys=False))
+        site_file = site.write(self.site, self.directory / "site.yaml")
         self.port = self.port or free_port()
         env = {
             **os.environ,

@@ -8,94 +8,38 @@ as traefik-proxy runs one test module over all its proxies).
   node (tests/helpers/kubelet.py) that runs the pods' labs;
 - ``slurm``: the real slurmrestd of the one-node cluster, jobs as lablink-alice.
 
-Every lab is tests/fakelab.py; a rig finds a lab's process by its
-``JUPYTERHUB_SERVICE_PREFIX``, which every kind hands on to the lab.
+A ``Rig`` (tests/helpers/rigs.py) is what a test gets: the system, and how to reach
+behind the backend to a lab's process, job or pod.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
-import yaml
 
-from backend import procs
-from backend.settings import Settings, parse_settings
-from tests.conftest import FAKELAB, SlurmCluster, site_dict
-from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, hpc, run_devsite
+from tests.helpers import site
+from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, run_devsite
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.kubelet import Kubelet
-from tests.helpers.labs import SESSION_ARG, process_environment
 from tests.helpers.peers import peer_missing
-from tests.helpers.userlabs import NAMESPACE, UserlabManager, cloud_system
-from tests.plugins.slurmrest import SlurmRest
+from tests.helpers.rigs import SYSTEM, Rig
+from tests.helpers.slurm import SlurmCluster, SlurmRest
+from tests.helpers.userlabs import NAMESPACE, UserlabManager
 
 KINDS = ("local", "unicore", "kubernetes", "slurm")
-SYSTEM = "sut"  # the system under test
-
-
-def lab_pids(prefix: str) -> list[int]:
-    """The live fakelab processes serving the lab at ``prefix``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if SESSION_ARG.encode() not in (entry / "cmdline").read_bytes():
-                continue
-            pid = int(entry.name)
-            if procs.start_time(pid) is not None:
-                if process_environment(pid).get("JUPYTERHUB_SERVICE_PREFIX") == prefix:
-                    found.append(pid)
-    return found
-
-
-@dataclass
-class Rig:
-    """One kind's system under test, and how a test reaches behind the backend."""
-
-    kind: str
-    system: dict[str, Any]
-    env: dict[str, str] = field(default_factory=dict)
-    site: dict[str, Any] = field(default_factory=dict)  # more of the site file
-    crash: Callable[[], None] | None = None  # make the next lab crash (else FAKELAB_MODE)
-    crash_output: bool = True  # a crashed lab's output reaches the person
-    remains: Callable[[str], list[str]] = lambda lab_id: []
-
-    def settings(self, tmp_path: Path) -> Settings:
-        doc = site_dict(tmp_path / "state", f"sqlite+aiosqlite:///{tmp_path}/backend.sqlite")
-        doc.update(self.site)
-        doc["systems"] = {SYSTEM: self.system}
-        doc["default_system"] = SYSTEM
-        return parse_settings(yaml.safe_dump(doc, sort_keys=False), f"{self.kind} rig")
-
-    def left_behind(self, lab_id: str, prefix: str) -> list[str]:
-        """What of a lab is still there: its process, its job, its pod."""
-        return [f"process {pid}" for pid in lab_pids(prefix)] + self.remains(lab_id)
-
-    def kill(self, prefix: str) -> None:
-        """End the lab from outside the backend, as a crash or the wall time would."""
-        pids = lab_pids(prefix)
-        assert pids, f"no process serves the lab at {prefix}"
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def devsite_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devsite]:
-    site = run_devsite(
+    devsite = run_devsite(
         tmp_path_factory.mktemp("devsite"), dict(os.environ), "--queues", "batch,devel"
     )
-    yield site
-    site.stop()
+    yield devsite
+    devsite.stop()
 
 
 @dataclass
@@ -126,13 +70,12 @@ def cloud_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 
 def local_rig(request: pytest.FixtureRequest) -> Rig:
-    system = {"kind": "local", "command": FAKELAB, "start_timeout": 20, "stop_grace": 3}
-    return Rig("local", system)
+    return Rig("local", site.local_system())
 
 
 def unicore_rig(request: pytest.FixtureRequest) -> Rig:
     devsite: Devsite = request.getfixturevalue("devsite_peer")
-    return Rig("unicore", hpc(devsite.url), env={PASSWORD_ENV: PASSWORD})
+    return Rig("unicore", site.unicore_system(devsite.url), env={PASSWORD_ENV: PASSWORD})
 
 
 def kubernetes_rig(request: pytest.FixtureRequest) -> Rig:
@@ -150,9 +93,9 @@ def kubernetes_rig(request: pytest.FixtureRequest) -> Rig:
 
     return Rig(
         "kubernetes",
-        cloud_system(),
+        site.kubernetes_system(),
         env={"LABLINK_USERLAB_MANAGER_TOKEN": cloud.manager.token},
-        site={"userlab_manager": {"url": cloud.manager.url}},
+        site_extra={"userlab_manager": {"url": cloud.manager.url}},
         crash=crash,
         crash_output=False,  # the pod's log does not reach the person (the manager's sentence does)
         remains=remains,
@@ -170,7 +113,7 @@ def slurm_rig(request: pytest.FixtureRequest) -> Rig:
         ).stdout  # fmt: skip
         return [f"job {line}" for line in out.splitlines() if line.endswith(f"lablink-{lab_id}")]
 
-    return Rig("slurm", rest.system(), remains=remains)
+    return Rig("slurm", site.slurm_system(rest.url, rest.key_file), remains=remains)
 
 
 RIGS = {
