@@ -437,7 +437,7 @@ async def stream_events(
     if last.isascii() and last.isdigit():
         after = max(after, min(int(last), MAX_SEQ))
     store = store_of(request)
-    whose = who.user or f"token {who.token_name}"
+    whose = repr(who.user) if who.user else f"the token {who.token_name!r}"
     streams: dict[str, set[int]] = request.app.state.streams
     mine = streams.setdefault(whose, set())
     limit = request.app.state.settings.event_streams_per_user

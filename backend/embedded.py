@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import getpass
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from . import loginnode, procs
 from .files import private_dir
 from .loginnode import LoginNodeFiles
 from .settings import SettingsError, load_settings
+from .systems.registry import kinds
 from .systems.slurm.tokens import mint
 from .systems.unicore.client import Credentials
 
@@ -64,6 +66,12 @@ USERLAB_TOKEN_ENV = "LABLINK_USERLAB_MANAGER_TOKEN"  # noqa: S105 (a variable na
 # where `make slurm-up` (.ci/peers.sh) runs its cluster
 SLURM_DIR = os.environ.get("LABLINK_SLURM_DIR", "/tmp/lablink-slurm")  # noqa: S108
 SLURMRESTD_PORT = int(os.environ.get("LABLINK_SLURMRESTD_PORT", "6820"))
+
+
+# the account of the demo's local labs when `lablink up` runs as root
+DEMO_ACCOUNT = "lablink-demo"
+# SharedPasswordAuthenticator's shortest user password
+DEMO_PASSWORD_MIN = 8
 
 
 def crypt_key(path: Path) -> str:
@@ -177,7 +185,64 @@ def embedded_site(
             # the cluster runs jobs as Unix users: the people's labs run as this one
             system["access"] = [{"users": ["*"], "accounts": [getpass.getuser()]}]
             _this_machine(system, tunnel, doc)
+        elif system.get("run_as") == "":
+            demo_local(system)
+    if os.environ.get("LABLINK_OIDC_ISSUER"):
+        # people log in as themselves: no system may put them in one account
+        doc["login"] = "oidc"
+        for name, system in list(systems.items()):
+            kind = kinds().get(str(system.get("kind")))
+            if kind is not None and kind.settings.model_validate(system).shared_by_everybody():
+                del systems[name]
+        if doc.get("default_system") not in systems and systems:
+            doc["default_system"] = next(iter(systems))
     return doc
+
+
+def demo_local(system: dict[str, Any]) -> None:
+    """Whose account the demo's labs on this machine run in (a local system as data).
+
+    As root, never root by itself: the labs run in the unprivileged account
+    ``lablink-demo`` when that account can run this Python. Where it cannot (a
+    Python under /root, as pyenv installs it there), the site file says so in the open
+    (``allow_root: true``) and `lablink up` warns: labs then run as root, which only
+    the one-person demo may."""
+    if os.geteuid() != 0:
+        return
+    if others_can_run(Path(sys.executable)):
+        system["run_as"] = demo_account()
+    else:
+        system["allow_root"] = True
+
+
+def others_can_run(python: Path) -> bool:
+    """Whether an account other than its owner can run ``python`` and read its library
+    (every directory on the way searchable by others)."""
+    needed = [python.resolve(), Path(sys.base_prefix).resolve() / "lib"]
+    for path in needed:
+        for part in (path, *path.parents):
+            try:
+                mode = part.stat().st_mode
+            except OSError:
+                return False
+            if not mode & 0o001:
+                return False
+    return True
+
+
+def demo_account() -> str:
+    """The Unix account the demo's local labs run as when `lablink up` runs as root,
+    made (with a home) if the machine has none."""
+    try:
+        pwd.getpwnam(DEMO_ACCOUNT)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--create-home", "--shell", "/bin/bash", DEMO_ACCOUNT],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    return DEMO_ACCOUNT
 
 
 def logs_in_to_devsite(system: Any) -> bool:
@@ -357,6 +422,15 @@ class Embedded:
         doc = embedded_site(
             self.template, self.devsite_port, self._local_tunnel(), self.local_slurm
         )
+        for name, system in doc.get("systems", {}).items():
+            if system.get("allow_root"):
+                self.say(
+                    f"labs of system {name!r} run as root: this Python ({sys.executable}) is "
+                    "not readable by other accounts; run `lablink up` as an ordinary user to "
+                    "keep labs out of root"
+                )
+            elif system.get("run_as"):
+                self.say(f"labs of system {name!r} run in the account {system['run_as']!r}")
         path = self.state / "site.yaml"
         path.write_text(
             "# written by `lablink up` from the embedded site file; changes are overwritten\n"
@@ -371,6 +445,11 @@ class Embedded:
     def _services(self) -> dict[str, Service]:
         hub_token = secrets.token_urlsafe(32)
         password = os.environ.get("LABLINK_DEMO_PASSWORD", "")
+        if password and len(password) < DEMO_PASSWORD_MIN:
+            raise SystemExit(
+                f"lablink up: LABLINK_DEMO_PASSWORD has {len(password)} characters; the demo "
+                f"login needs at least {DEMO_PASSWORD_MIN} (or leave it unset for a random one)"
+            )
         self.generated_password = not password
         if not password:
             password = secrets.token_urlsafe(12)

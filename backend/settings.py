@@ -86,6 +86,13 @@ class Settings(Strict):
     tokens: list[TokenSettings] = Field(
         min_length=1, description="who may call the backend (bearer tokens)"
     )
+    login: Literal["demo", "oidc"] = Field(
+        default="oidc",
+        description="how people log in to the hub: 'oidc', with their institution's identity "
+        "(every person apart), or 'demo', one shared password (`lablink up`'s demo: whoever "
+        "knows it is trusted like the machine's owner). A `local` system that runs labs as "
+        "one shared account is allowed only with 'demo'",
+    )
     event_streams_per_user: int = Field(
         default=20,
         ge=1,
@@ -147,7 +154,18 @@ class Settings(Strict):
             raise ValueError("tokens: every token needs its own name")
         self._check_shared_login_nodes()
         self._check_vo_references()
+        self._check_people_apart()
         return self
+
+    def _check_people_apart(self) -> None:
+        """With a real login, no system may put everybody's labs in one account."""
+        if self.login == "demo":
+            return
+        for name, system in self.systems.items():
+            shared = system.shared_by_everybody()
+            if shared is not None:
+                key, reason = shared
+                raise _error_at(("systems", name, key), getattr(system, key, None), reason)
 
     def _check_vo_references(self) -> None:
         """Every system a VO names is one of the site's, and every partition or flavor

@@ -5,14 +5,12 @@ passed ``lab_hosts: ['*']`` as a remote host and ``jwc*`` matched
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from backend import addresses
-from backend.settings import parse_settings
 from backend.systems.batch.script import BadLabFile, parse_lab_file
+from backend.systems.unicore.config import UnicoreSystem
+from tests.helpers import site
 
 LOOPBACK_SPELLINGS = [
     "127.0.0.1",
@@ -45,7 +43,7 @@ def test_every_spelling_of_this_machine_is_local(host: str) -> None:
         ("127.1", "127.0.0.1"),
         ("2130706433", "127.0.0.1"),
         ("0x7f000001", "127.0.0.1"),
-        ("0", "0.0.0.0"),  # noqa: S104 (a spelling, not a bind address)
+        ("0", "0.0.0.0"),
         ("::ffff:10.1.2.3", "10.1.2.3"),
         ("[2001:DB8::1]", "2001:db8::1"),
         ("JWC01.Example.ORG.", "jwc01.example.org"),
@@ -90,42 +88,29 @@ def test_patterns_match_addresses_however_spelled_and_names_by_whole_labels(
     assert addresses.matches(host, pattern) is expected
 
 
-def hpc(tmp_path: Path, lab_hosts: list[str]) -> object:
-    doc = {
-        "state_dir": str(tmp_path),
-        "database_url": "sqlite+aiosqlite:///:memory:",
-        "tokens": [{"name": "hub", "secret_env": "T"}],
-        "default_system": "hpc",
-        "systems": {
-            "hpc": {
-                "kind": "unicore",
-                "display_name": "HPC",
-                "url": "https://unicore.example.org/SITE/rest/core",
-                "lab_hosts": lab_hosts,
-                "partitions": {"batch": {}},
-                "access": [{"accounts": ["alice"]}],
-            }
-        },
-    }
-    return parse_settings(yaml.safe_dump(doc), "test").systems["hpc"]
+def hpc(lab_hosts: list[str]) -> UnicoreSystem:
+    system = site.unicore_catalog_system(lab_hosts=lab_hosts)
+    parsed = site.settings(site.doc(None, systems={"hpc": system})).systems["hpc"]
+    assert isinstance(parsed, UnicoreSystem)
+    return parsed
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001", "0", "0177.0.0.1"])
-def test_a_lab_cannot_name_this_machine_in_another_spelling(tmp_path: Path, host: str) -> None:
-    system = hpc(tmp_path, ["*"])
+def test_a_lab_cannot_name_this_machine_in_another_spelling(host: str) -> None:
+    system = hpc(["*"])
     with pytest.raises(BadLabFile, match="local address"):
-        parse_lab_file(f'{{"host": "{host}", "port": 8888}}'.encode(), system)  # type: ignore[arg-type]
+        parse_lab_file(f'{{"host": "{host}", "port": 8888}}'.encode(), system)
 
 
-def test_a_lab_host_must_match_a_pattern_label_by_label(tmp_path: Path) -> None:
-    system = hpc(tmp_path, ["jwc*"])
+def test_a_lab_host_must_match_a_pattern_label_by_label() -> None:
+    system = hpc(["jwc*"])
     with pytest.raises(BadLabFile, match="lab_hosts"):
-        parse_lab_file(b'{"host": "jwc.attacker.example", "port": 8888}', system)  # type: ignore[arg-type]
-    address = parse_lab_file(b'{"host": "JWC07", "port": 8888}', system)  # type: ignore[arg-type]
+        parse_lab_file(b'{"host": "jwc.attacker.example", "port": 8888}', system)
+    address = parse_lab_file(b'{"host": "JWC07", "port": 8888}', system)
     assert (address.host, address.port) == ("jwc07", 8888)
 
 
-def test_this_machine_is_a_lab_host_where_named_in_any_spelling(tmp_path: Path) -> None:
-    system = hpc(tmp_path, ["127.0.0.1"])
-    address = parse_lab_file(b'{"host": "127.1", "port": 8888}', system)  # type: ignore[arg-type]
+def test_this_machine_is_a_lab_host_where_named_in_any_spelling() -> None:
+    system = hpc(["127.0.0.1"])
+    address = parse_lab_file(b'{"host": "127.1", "port": 8888}', system)
     assert address.host == "127.0.0.1"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend import procs
+from backend import embedded, procs
 from tests.helpers import site
 from tests.helpers.hub import HubUser
 from tests.helpers.stack import Stack
@@ -39,7 +39,10 @@ def write_site(path: Path) -> Path:
             "import sys; [print(f'starting step {i}') for i in range(40)]; "
             "print('ImportError: the lab image lacks jupyterlab', flush=True); sys.exit(4)",
         ],
+        "run_as": "",
     }
+    for system in doc["systems"].values():
+        embedded.demo_local(system)  # as `lablink up` does without --site
     return site.write(doc, path)
 
 

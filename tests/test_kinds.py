@@ -21,7 +21,6 @@ from backend.systems.registry import KindError, kinds
 from spawner.form import options_form_html
 from tests.helpers import site
 from tests.helpers.api import BackendFactory, lab_request, wait_state
-from tests.helpers.labs import FAKELAB
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,13 +50,8 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: None) -
 
 
 def toy_site(tmp_path: Path, database_url: str = "") -> dict[str, Any]:
-    paint = {
-        "kind": "toy",
-        "display_name": "Paint shop",
-        "command": FAKELAB,
-        "colours": ["red", "green"],
-        "start_timeout": 20,
-    }
+    # a local system, as the toy kind is one with colours
+    paint = site.local_system(kind="toy", display_name="Paint shop", colours=["red", "green"])
     return site.doc(
         tmp_path / "state",
         database_url or f"sqlite+aiosqlite:///{tmp_path}/b.sqlite",

@@ -15,7 +15,16 @@ from backend.db import create_engine, migrate
 from backend.labs import INTERNAL_ERROR, LabManager
 from backend.store import Lab, Store
 from tests.helpers import site
-from tests.helpers.fakes import Crashes, EndedWhileDown, FakeDriver, NeverReady, SlowStop
+from tests.helpers.fakes import (
+    Crashes,
+    EndedWhileDown,
+    FakeDriver,
+    LosesTrack,
+    NeverReady,
+    PrintsNul,
+    SlowStop,
+    StopFails,
+)
 
 Manager = Callable[[FakeDriver], LabManager]
 
@@ -38,6 +47,7 @@ async def manager(tmp_path: Path, store: Store) -> AsyncIterator[Manager]:
     def make(driver: FakeDriver) -> LabManager:
         lab_manager = LabManager(settings, store, http)
         lab_manager.drivers["local"] = driver
+        lab_manager.stop_retry_first = 0.05  # a failed stop is tried again at once
         made.append(lab_manager)
         return lab_manager
 
@@ -140,3 +150,65 @@ async def test_after_a_restart_labs_are_followed_given_up_or_ended(
     await ended_meanwhile.recover_all()
     ended = await until(store, running.id, "stopped")
     assert ended.message == "The fake lab ended while the backend was down."
+
+
+async def test_a_lab_lablink_loses_track_of_fails_with_a_sentence(
+    manager: Manager, store: Store
+) -> None:
+    """Before, an exception while following a running lab ended the task and left the
+    lab running for ever, holding its quota and its server name."""
+    driver = LosesTrack()
+    labs = manager(driver)
+    lab = await create(labs)
+    failed = await until(store, lab.id, "failed")
+    assert failed.message == INTERNAL_ERROR
+    assert driver.called("stop") == 1  # what it left is cleared
+
+
+async def test_a_stop_the_system_does_not_confirm_keeps_the_lab_active_and_is_retried(
+    manager: Manager, store: Store
+) -> None:
+    """Before, a failed stop made the lab 'failed' (its quota released, its server name
+    free) while its job might still run."""
+    driver = StopFails(times=2)
+    labs = manager(driver)
+    labs.stop_retry_first = 0.3
+    lab = await until(store, (await create(labs)).id, "running")
+    await labs.stop(lab)
+    stuck = await until(store, lab.id, "stop_failed")
+    assert stuck.active
+    assert "could not be stopped yet: The fake system cannot be reached" in stuck.message
+    assert [lab.id for lab in await store.list_labs(user_name="alice", active_only=True)] == [
+        lab.id
+    ]
+    await labs.stop(stuck)  # asked again: tried again at once, not after the backoff
+    stopped = await until(store, lab.id, "stopped", timeout=5)
+    assert stopped.message == "The lab was stopped."
+    assert driver.called("stop") == 3
+    states = [state for state, _ in await messages(store, lab.id)]
+    assert states.count("stop_failed") == 1  # the same sentence is not stored twice
+
+
+async def test_a_failed_stop_is_taken_up_again_after_a_restart(
+    manager: Manager, store: Store
+) -> None:
+    first = manager(StopFails(times=100))
+    lab = await until(store, (await create(first)).id, "running")
+    await first.stop(lab)
+    await until(store, lab.id, "stop_failed")
+    await first.close()  # the backend goes down with the stop not done
+    again = manager(StopFails(times=0))
+    await again.recover_all()
+    assert (await until(store, lab.id, "stopped")).message == "The lab was stopped."
+
+
+async def test_what_a_lab_prints_is_cleaned_before_it_is_stored(
+    manager: Manager, store: Store
+) -> None:
+    labs = manager(PrintsNul())
+    lab = await until(store, (await create(labs)).id, "running")
+    await labs.stop(lab)
+    await until(store, lab.id, "stopped")
+    detail = (await store.events(lab.id))[-1].detail
+    assert detail.startswith("bye[31m red ") and detail.endswith(" end")
+    assert "\x00" not in detail and "\x1b" not in detail and "\ufffd" in detail

@@ -40,6 +40,7 @@ systems:
     kind: local
     command: [jupyterhub-singleuser]
     start_timeout: 30
+login: demo
 """
 
 
@@ -107,7 +108,7 @@ def test_valid_site_and_defaults() -> None:
     assert local.start_timeout == 30
     assert local.stop_grace == 5
     assert local.output_lines == 20
-    assert local.allow_root is None
+    assert local.allow_root is False and local.run_as == ""  # never root by itself
     assert local.args == []
     assert settings.state_dir == Path(".lablink")
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backend.catalog import validate_options
 from backend.settings import Settings, SettingsError
 from tests.helpers import site
 from tests.helpers.api import (
@@ -314,3 +315,37 @@ def test_the_form_names_the_vo_and_its_quota_or_says_there_is_none() -> None:
         "vo": "workshop",
         "system": "local",
     }
+
+
+async def test_the_vos_gpu_maximum_counts_every_node_of_a_lab(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    """A VO's ``gpus`` is per lab: 2 nodes with 2 GPUs each are 4, over a limit of 2
+    (before, each node was checked alone and 4 nodes with 2 GPUs each passed)."""
+    partitions = {
+        "gpus": {"nodes": {"min": 1, "max": 4}, "gpus": {"min": 0, "max": 4, "default": 1}}
+    }
+    systems = {
+        "hpc": site.unicore_catalog_system(partitions=partitions, reservations={}, access=[])
+    }
+    vos = {"gpu": {"members": {"groups": ["workshop"]}, "quota": {"gpus": 2}}}
+    doc = site.doc(tmp_path / "state", database_url, systems=systems, vos=vos)
+    settings = site.settings(doc)
+    backend = await start_backend(settings)
+    body = start_body("alice", system="hpc", partition="gpus", nodes=2, gpus=2)
+    body["user"]["entitlements"] = [ENTITLEMENT]
+    refused = await post_lab(backend, body)
+    assert_error(refused, 422, "options.gpus", "4 GPUs", "the 2 a lab may have in VO 'gpu'")
+    async with backend.client(None, admin_token=True) as admin:
+        assert (await admin.get("/labs")).json() == []  # nothing was stored
+    # 2 nodes with one GPU each are 2: allowed (checked without starting a job)
+    allowed = {"system": "hpc", "partition": "gpus", "nodes": 2, "gpus": 1}
+    _, clean = validate_options(
+        settings,
+        allowed,
+        "alice",
+        frozenset({"workshop"}),
+        entitlements=frozenset({ENTITLEMENT}),
+        vo="gpu",
+    )
+    assert (clean["nodes"], clean["gpus"]) == (2, 1)

@@ -69,6 +69,12 @@ class SystemSettings(Strict):
         answers, queue included (the hub waits this long)."""
         return 300.0
 
+    def shared_by_everybody(self) -> tuple[str, str] | None:
+        """(key, sentence) when this system puts every person's labs in one account, so
+        that a person could read another's work or the service's secrets: allowed only
+        with the demo login (``login: demo``). None for a system that keeps people apart."""
+        return None
+
 
 class Range(Strict):
     """Whole numbers a person may choose, with the value the form starts at."""

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from backend.states import LabState
-from backend.systems.driver import Driver, LabContext, LabEnded, LabStatus
+from backend.systems.driver import Driver, LabContext, LabEnded, LabFailed, LabStatus
 
 URL = "http://127.0.0.1:9"  # never dialled: fake labs answer nothing
 
@@ -85,6 +85,38 @@ class EndedWhileDown(FakeDriver):
     async def recover(self, ctx: LabContext[Any]) -> str | None:
         self.calls.append(("recover", ctx.lab_id))
         raise LabEnded("The fake lab ended while the backend was down.", "bye")
+
+
+class LosesTrack(FakeDriver):
+    """Runs, then breaks while the manager follows it (an error no driver should let
+    out)."""
+
+    async def wait_ended(self, ctx: LabContext[Any]) -> LabStatus:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the fake driver lost its lab")
+
+
+class StopFails(FakeDriver):
+    """Cannot end its lab the first ``times`` times it is asked (the system's API is
+    down); then it can."""
+
+    def __init__(self, times: int = 2):
+        super().__init__()
+        self.times = times
+
+    async def stop(self, ctx: LabContext[Any]) -> str:
+        self.calls.append(("stop", ctx.lab_id))
+        if self.called("stop") <= self.times:
+            raise LabFailed("The fake system cannot be reached.")
+        return "gone"
+
+
+class PrintsNul(FakeDriver):
+    """A lab whose last words hold NUL bytes, invalid UTF-8 and terminal escapes."""
+
+    async def stop(self, ctx: LabContext[Any]) -> str:
+        self.calls.append(("stop", ctx.lab_id))
+        return b"bye\x00\x1b[31m red \xff\xfe end".decode("utf-8", "surrogateescape")
 
 
 class FakeHubUser:

@@ -16,6 +16,7 @@ writes raw YAML, as its subject is the parser's account of lines.)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,9 @@ def doc(
 ) -> dict[str, Any]:
     """A site document: ``systems`` (one local system, ``local``, unless given), the
     first of them the default unless ``default_system`` says otherwise, the hub's and an
-    admin's token unless ``tokens`` says otherwise, and ``extra`` top-level settings.
-    Without ``state_dir`` or ``database_url`` the backend's defaults hold."""
+    admin's token unless ``tokens`` says otherwise, the demo login (``login: demo``, so
+    that a local system may run labs in the test's own account) and ``extra`` top-level
+    settings. Without ``state_dir`` or ``database_url`` the backend's defaults hold."""
     systems = systems if systems is not None else {"local": local_system()}
     document: dict[str, Any] = {"site_name": "Lablink tests"}
     if state_dir is not None:
@@ -66,6 +68,7 @@ def doc(
     if database_url is not None:
         document["database_url"] = database_url
     document["tokens"] = [dict(token) for token in (TOKENS if tokens is None else tokens)]
+    document["login"] = "demo"
     document["default_system"] = default_system or next(iter(systems))
     document["systems"] = systems
     document.update(extra)
@@ -88,13 +91,15 @@ def write(document: dict[str, Any], path: Path) -> Path:
 
 
 def local_system(**changes: Any) -> dict[str, Any]:
-    """Labs are tests/fakelab.py, processes on this machine."""
+    """Labs are tests/fakelab.py, processes on this machine, in the test's own account
+    (as root too: fakelab is no JupyterLab, and a test says so with allow_root)."""
     system: dict[str, Any] = {
         "kind": "local",
         "display_name": "Test machine",
         "command": FAKELAB,
         "start_timeout": 20,
         "stop_grace": 3,
+        "allow_root": os.geteuid() == 0,
     }
     system.update(changes)
     return system

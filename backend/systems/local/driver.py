@@ -1,9 +1,12 @@
 """The ``local`` driver: each lab is a ``jupyterhub-singleuser`` process here.
 
-For demos and development (the embedded default). The lab runs in its own
+For demos and development (the embedded default), and for a machine whose
+people have Unix accounts (``run_as: person``). The lab runs in its own
 session with a clean environment (the backend's own variables, tokens among
-them, are not passed on), its working directory under the state directory,
-and its output in ``labs/<id>/output.log``.
+them, are not passed on) and its output in ``labs/<id>/output.log``; in the
+backend's own account its working directory is under the state directory,
+in another account (``run_as``) that account's home, with its uid, group and
+groups, as JupyterHub's LocalProcessSpawner runs it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import shutil
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,22 +46,60 @@ def lab_command(system: LocalSystem, port: int) -> list[str]:
         beside = Path(sys.executable).parent / exe
         exe = str(beside) if beside.exists() else (shutil.which(exe) or exe)
     argv = [exe, *system.command[1:], *system.args]
-    allow_root = system.allow_root if system.allow_root is not None else os.geteuid() == 0
-    if allow_root and "--allow-root" not in argv:
+    if system.allow_root and "--allow-root" not in argv:
         argv.append("--allow-root")
     return argv
 
 
-def lab_environment(hub_env: dict[str, str], home: Path, port: int, prefix: str) -> dict[str, str]:
-    """The lab's environment (pure): the hub's variables, a PATH, a HOME, the bind URL."""
+def lab_environment(
+    hub_env: dict[str, str],
+    home: Path,
+    port: int,
+    prefix: str,
+    account: pwd.struct_passwd | None = None,
+) -> dict[str, str]:
+    """The lab's environment (pure): the hub's variables, a PATH, a HOME, the bind URL;
+    for a lab in its own account, that account's USER, LOGNAME and SHELL."""
     env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
     env.update({k: v for k, v in hub_env.items() if k not in OWN})
     path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
     env["PATH"] = os.pathsep.join(dict.fromkeys(path))
     env["HOME"] = str(home)
     env["SHELL"] = "/bin/bash"
+    if account is not None:
+        env["USER"] = env["LOGNAME"] = account.pw_name
+        if account.pw_shell and not account.pw_shell.endswith(("nologin", "false")):
+            env["SHELL"] = account.pw_shell
     env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}{prefix}"
     return env
+
+
+def lab_account(system: LocalSystem, person: str) -> pwd.struct_passwd | None:
+    """The Unix account a lab runs in (None: the backend's own); LabFailed with a
+    sentence when there is none to be had."""
+    if not system.run_as:
+        if os.geteuid() == 0 and not system.allow_root:
+            raise LabFailed(
+                "This machine would run your lab as root; the site's admins must set run_as "
+                "for this system (an unprivileged account, or each person's own)."
+            )
+        return None
+    name = person if system.run_as == "person" else system.run_as
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise LabFailed(
+            f"There is no Unix account {name!r} on this machine for your lab; ask the "
+            "site's admins to make one."
+        ) from None
+    if account.pw_uid == 0:
+        raise LabFailed(f"The account {name!r} is root; labs never run as root.")
+    if os.geteuid() not in (0, account.pw_uid):
+        raise LabFailed(
+            f"The backend cannot start labs as {name!r} (it does not run as root); ask the "
+            "site's admins."
+        )
+    return account
 
 
 class LocalDriver(Driver[LocalSystem]):
@@ -79,13 +122,29 @@ class LocalDriver(Driver[LocalSystem]):
 
     async def start(self, ctx: LabContext[LocalSystem]) -> str:
         system: LocalSystem = ctx.system
+        account = lab_account(system, ctx.user_name)
         run_dir, home = self._paths(ctx)
         private_dir(run_dir)
-        private_dir(home)
+        if account is None:
+            private_dir(home)
+        else:
+            home = Path(account.pw_dir)
+            if not home.is_dir():
+                raise LabFailed(
+                    f"The home directory of {account.pw_name!r} ({home}) is missing; ask the "
+                    "site's admins."
+                )
         port = procs.free_port()
         prefix = service_prefix(ctx)
         argv = lab_command(system, port)
-        env = lab_environment(ctx.env, home, port, prefix)
+        env = lab_environment(ctx.env, home, port, prefix, account)
+        as_account: dict[str, Any] = {}
+        if account is not None and account.pw_uid != os.geteuid():
+            as_account = {
+                "user": account.pw_uid,
+                "group": account.pw_gid,
+                "extra_groups": os.getgrouplist(account.pw_name, account.pw_gid),
+            }
         log_path = run_dir / "output.log"
         await ctx.report(LabState.SUBMITTED, "Starting the lab as a process on this machine.")
         with log_path.open("ab") as out:
@@ -98,6 +157,7 @@ class LocalDriver(Driver[LocalSystem]):
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
+                    **as_account,
                 )
             except OSError as exc:
                 log.error("%s: cannot run %s: %s", ctx.log_name, argv[0], exc)
