@@ -60,7 +60,7 @@ class Destination(Strict):
 
     hosts: str = Field(
         max_length=255,
-        pattern=r"^[A-Za-z0-9.*?\[\]-]+$",
+        pattern=r"^[A-Za-z0-9.*?\[\]:/-]+$",
         description="compute nodes: '*', an address or network ('10.1.0.0/16'), or a name whose "
         "labels are shell-style patterns, each matching one label ('jwc*' is not "
         "'jwc.example.org'); addresses are compared however they are spelled, and loopback "

@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 
 from backend import addresses
+from backend.sshconfig import SshTunnel
 from backend.systems.batch.script import BadLabFile, parse_lab_file
 from backend.systems.unicore.config import UnicoreSystem
 from tests.helpers import site
+from tunnel.app import allowed, resolve
 
 LOOPBACK_SPELLINGS = [
     "127.0.0.1",
@@ -114,3 +116,30 @@ def test_this_machine_is_a_lab_host_where_named_in_any_spelling() -> None:
     system = hpc(["127.0.0.1"])
     address = parse_lab_file(b'{"host": "127.1", "port": 8888}', system)
     assert address.host == "127.0.0.1"
+
+
+def tunnel_rules(*hosts: str) -> SshTunnel:
+    return SshTunnel(
+        login_nodes=[{"host": "login1.example.org"}],  # type: ignore[list-item]
+        user="lablink",
+        key_file="/nonexistent/key",
+        known_hosts="/nonexistent/known_hosts",
+        destinations=[{"hosts": h} for h in hosts],  # type: ignore[misc]
+    )
+
+
+async def test_the_tunnel_service_resolves_once_and_checks_the_address() -> None:
+    assert await resolve("0x7f000001") == "127.0.0.1"
+    assert await resolve("localhost") in ("127.0.0.1", "::1")
+    assert await resolve("no-such-host.invalid") is None
+    anywhere = tunnel_rules("*")
+    # '*' never reaches the login node itself, however it is spelled or named
+    for host in ("127.0.0.1", "localhost"):
+        assert not allowed(anywhere, host, "127.0.0.1", 8888)
+    assert allowed(anywhere, "10.1.2.3", "10.1.2.3", 8888)
+    assert allowed(tunnel_rules("127.0.0.1"), "localhost", "127.0.0.1", 8888)
+    nodes = tunnel_rules("jwc*")
+    assert allowed(nodes, "jwc01", "10.1.2.3", 8888)
+    assert not allowed(nodes, "jwc.attacker.example", "203.0.113.9", 8888)
+    assert allowed(tunnel_rules("10.1.0.0/16"), "jwc01", "10.1.2.3", 8888)  # by its address
+    assert not allowed(nodes, "jwc01", "10.1.2.3", 80)  # below the ports allowed

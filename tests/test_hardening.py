@@ -350,3 +350,42 @@ async def test_a_lab_never_runs_as_root_unless_the_site_says_so(
         lab = (await hub.post("/labs", json=lab_request())).json()
         failed = await wait_state(hub, lab["id"], {"failed"})
         assert "would run your lab as root" in failed["message"]
+
+
+def test_pod_logs_are_asked_for_with_a_byte_limit() -> None:
+    """The official client asks the API server for at most LOG_BYTES of a lab's log
+    (``limitBytes``), so a lab that prints without end costs the manager nothing."""
+    import http.server
+    import threading
+
+    from kubernetes import client as k8s
+
+    from userlab_manager.kube import LOG_BYTES, Kube
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b"last words\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = k8s.Configuration(host=f"http://127.0.0.1:{server.server_port}")
+        kube = Kube(k8s.ApiClient(config))
+        tail = asyncio.run(kube.log_tail("labs", "lab-1", 20))
+    finally:
+        server.shutdown()
+    assert tail == "last words\n"
+    [path] = asked
+    assert path.startswith("/api/v1/namespaces/labs/pods/lab-1/log?")
+    assert f"limitBytes={LOG_BYTES}" in path and "tailLines=20" in path

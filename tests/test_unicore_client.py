@@ -93,3 +93,28 @@ async def test_a_missing_job_is_none_and_a_tail_reads_the_end() -> None:
     assert await uc.job(f"{JOBS}/j404") is None
     tail = await uc.tail("https://gw/SITE/rest/core/storages/j1-uspace", "stdout", max_bytes=64)
     assert tail.endswith("line 999\n") and len(tail) <= 64
+
+
+async def test_the_persons_token_goes_only_to_the_systems_own_origin() -> None:
+    """A Location or link that UNICORE (or whoever answers in its name) points
+    elsewhere is refused, not followed: the bearer token never leaves the system."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(
+            201, headers={"Location": "https://evil.example/SITE/rest/core/jobs/1"}
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    uc = UnicoreClient(http, Credentials("the-persons-token"), origin=JOBS)
+    job_url = await uc.submit(JOBS, {"Executable": "true"})
+    for call in (uc.job(job_url), uc.read_file("https://evil.example/s", "lab.json", length=9)):
+        with pytest.raises(UnicoreRefused, match=r"evil\.example:443, not to the system.s own"):
+            await call
+    assert seen == [JOBS]
+    # the same origin in another spelling is the system's own
+    uc_default_port = UnicoreClient(
+        http, Credentials("t"), origin="https://GW.example.org:443/SITE/rest/core"
+    )
+    assert uc_default_port.origin == UnicoreClient(http, Credentials("t"), origin=JOBS).origin

@@ -79,9 +79,13 @@ class UnicoreClient:
         preferences: str | None = None,
         timeout: float = 20.0,
         retry_for: float = 60.0,
+        origin: str | None = None,
     ):
         self.http = http
         self.credentials = credentials
+        # where the person's token may go: the system's own scheme, host and port; a
+        # Location or a link UNICORE sends elsewhere is refused, never followed
+        self.origin = origin_of(origin) if origin else None
         self.preferences = preferences
         self.timeout = timeout
         self.retry_for = retry_for
@@ -114,6 +118,11 @@ class UnicoreClient:
         With ``max_bytes``, at most that many bytes of the body are read (what a
         job wrote is the job's to choose; the rest is left unread).
         """
+        if self.origin is not None and origin_of(url) != self.origin:
+            log.warning("refusing %s %s: not on the system's origin %s", method, url, self.origin)
+            raise UnicoreRefused(
+                0, f"UNICORE pointed to {origin_of(url)}, not to the system's own address"
+            )
         backoff = Backoff(self.retry_for, first=0.5, most=10.0)
         while True:
             try:
@@ -233,6 +242,13 @@ class UnicoreClient:
         start = max(0, size - max_bytes)
         data = await self.read_file(storage_url, path, start=start, length=size - start)
         return (data or b"").decode("utf-8", "replace")
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of a URL, the port spelled out, the host in lower case."""
+    parts = httpx.URL(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{parts.host.lower()}:{port}"
 
 
 def link(doc: dict[str, Any], name: str) -> str | None:

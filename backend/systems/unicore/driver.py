@@ -136,6 +136,7 @@ class UnicoreDriver(BatchDriver[UnicoreSystem]):
             preferences=jobs.user_preferences(ctx.options) if system.user_preferences else None,
             timeout=system.request_timeout,
             retry_for=system.retry_for,
+            origin=system.url,
         )
         return UnicoreSession(client, ctx)
 
