@@ -27,7 +27,7 @@ def viewer(
     vo: str | None = None,
 ) -> Viewer:
     identity = Identity(user=user, groups=groups, entitlements=entitlements)
-    grants = entitlement_grants(settings.identity.entitlement_pattern, entitlements)
+    grants = entitlement_grants(settings.identity.pattern(), entitlements)
     return Viewer(identity, grants, vo, settings.vos.get(vo) if vo else None)
 
 

@@ -190,6 +190,12 @@ def embedded_site(
     if os.environ.get("LABLINK_OIDC_ISSUER"):
         # people log in as themselves: no system may put them in one account
         doc["login"] = "oidc"
+        namespace = os.environ.get("LABLINK_OIDC_ENTITLEMENT_NAMESPACE", "")
+        if namespace:  # the entitlements that give accounts, as the hub's groups
+            doc["identity"] = {
+                "namespace": namespace,
+                "authority": os.environ.get("LABLINK_OIDC_ENTITLEMENT_AUTHORITY", ""),
+            }
         for name, system in list(systems.items()):
             kind = kinds().get(str(system.get("kind")))
             if kind is not None and kind.settings.model_validate(system).shared_by_everybody():

@@ -2,13 +2,15 @@
 
 The hub tells the backend a person's groups and entitlements (from the OIDC
 provider's claims); this module turns them into VO memberships and, with the
-site's ``identity.entitlement_pattern``, into accounts and projects on HPC
-systems. It is pure: the database and the API use it, it uses neither.
+site's ``identity`` (the entitlements' namespace and authority it trusts, or its
+own ``entitlement_pattern``), into accounts and projects on HPC systems. It is
+pure: the database and the API use it, it uses neither.
 
 Example of the site file's part::
 
-    identity:
-      entitlement_pattern: '^urn:[^#]*:res:(?P<system>\\w+):(?P<project>\\w+):act:(?P<account>\\w+)'
+    identity:   # urn:geant:h-df.de:res:<system>:<project>:act:<account>#login.helmholtz.de
+      namespace: geant:h-df.de
+      authority: login.helmholtz.de
     vos:
       workshop:
         display_name: HPC workshop
@@ -42,18 +44,38 @@ PROJECT = re.compile(SITE_NAME_PATTERN)
 
 
 class IdentitySettings(Strict):
-    """How the claims of the OIDC provider become accounts and projects."""
+    """How the claims of the OIDC provider become accounts and projects.
 
+    An AAI proxy (Helmholtz AAI, EGI Check-in) passes on entitlements of many
+    communities and authorities; only those of this site's ``namespace`` and
+    ``authority`` give accounts, unless ``entitlement_pattern`` says otherwise."""
+
+    namespace: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._:-]{0,200}$",
+        description="the entitlements' namespace this site trusts, e.g. 'geant:h-df.de' "
+        "(urn:<namespace>:res:...); unset, with no entitlement_pattern: entitlements give "
+        "no accounts",
+    )
+    authority: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._:/-]{0,200}$",
+        description="the authority that must follow '#', e.g. 'login.helmholtz.de'; unset: "
+        "an entitlement of the namespace without one",
+    )
     entitlement_pattern: str = Field(
-        default=DEFAULT_ENTITLEMENT_PATTERN,
+        default="",
         description="a regular expression with the named groups system, project and account; "
         "each entitlement that matches gives that account and project on that system (the "
-        "system's name in lower case)",
+        "system's name in lower case). Unset: "
+        "^urn:<namespace>:res:<system>:<project>:act:<account>#<authority>$",
     )
 
     @field_validator("entitlement_pattern")
     @classmethod
     def _pattern(cls, pattern: str) -> str:
+        if not pattern:
+            return pattern
         try:
             compiled = re.compile(pattern)
         except re.error as exc:
@@ -62,6 +84,23 @@ class IdentitySettings(Strict):
         if missing:
             raise ValueError(f"the pattern needs the named groups {', '.join(missing)}")
         return pattern
+
+    def pattern(self) -> str | None:
+        """The pattern entitlements are matched with; None: they give nothing."""
+        if self.entitlement_pattern:
+            return self.entitlement_pattern
+        if not self.namespace:
+            return None
+        return anchored_pattern(self.namespace, self.authority)
+
+
+def anchored_pattern(namespace: str, authority: str) -> str:
+    """The AARC-G069 resource pattern of one namespace and authority."""
+    after = f"#{re.escape(authority)}" if authority else ""
+    return (
+        rf"^urn:{re.escape(namespace)}:res:(?P<system>[^:#]+):(?P<project>[^:#]+)"
+        rf":act:(?P<account>[^:#]+){after}$"
+    )
 
 
 class Members(Strict):
@@ -153,8 +192,11 @@ class Grants:
     projects: dict[str, list[str]] = field(default_factory=dict)
 
 
-def entitlement_grants(pattern: str, entitlements: frozenset[str]) -> Grants:
-    """The (account, project) each matching entitlement gives, per system, sorted."""
+def entitlement_grants(pattern: str | None, entitlements: frozenset[str]) -> Grants:
+    """The (account, project) each matching entitlement gives, per system, sorted (none
+    without a pattern)."""
+    if pattern is None:
+        return Grants()
     regex = re.compile(pattern)
     accounts: dict[str, set[str]] = {}
     projects: dict[str, set[str]] = {}

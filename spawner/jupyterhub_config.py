@@ -40,6 +40,9 @@ if os.environ.get("LABLINK_OIDC_ISSUER"):
     oidc.client_secret = os.environ.get("LABLINK_OIDC_CLIENT_SECRET", "")
     oidc.oauth_callback_url = c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
     oidc.login_service = os.environ.get("LABLINK_OIDC_NAME", "your institution")
+    # the entitlements this hub trusts: urn:<namespace>:group:<group>#<authority>
+    oidc.entitlement_namespace = os.environ.get("LABLINK_OIDC_ENTITLEMENT_NAMESPACE", "")
+    oidc.entitlement_authority = os.environ.get("LABLINK_OIDC_ENTITLEMENT_AUTHORITY", "")
     if os.environ.get("LABLINK_OIDC_REFRESH_MARGIN"):
         oidc.refresh_margin = int(os.environ["LABLINK_OIDC_REFRESH_MARGIN"])
     if os.environ.get("LABLINK_OIDC_AUTH_REFRESH_AGE"):

@@ -95,12 +95,34 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
         config=True
     )
 
+    entitlement_namespace = Unicode(
+        "",
+        help="""The namespace of the group entitlements this hub trusts, e.g.
+        'geant:h-df.de' (urn:<namespace>:group:<group>#<authority>). An AAI proxy
+        passes on entitlements of many communities: only this one's make hub groups.
+        Unset (and no group_entitlement_pattern): groups come only from groups_claim.""",
+    ).tag(config=True)
+
+    entitlement_authority = Unicode(
+        "",
+        help="""The authority that must follow '#' in a group entitlement, e.g.
+        'login.helmholtz.de'; unset: an entitlement of the namespace without one.""",
+    ).tag(config=True)
+
     group_entitlement_pattern = Unicode(
-        r"^urn:[^#]*:group:(?P<group>[^#]+)(#.*)?$",
         help="""A regular expression with a named group 'group': each entitlement that
         matches makes the person a member of that hub group (subgroups keep their
-        ':' separators). Empty: groups come only from groups_claim.""",
+        ':' separators). Default: anchored to entitlement_namespace and
+        entitlement_authority; empty: groups come only from groups_claim.""",
     ).tag(config=True)
+
+    @default("group_entitlement_pattern")
+    def _default_group_entitlement_pattern(self) -> str:
+        if not self.entitlement_namespace:
+            return ""
+        authority = self.entitlement_authority
+        after = f"#{re.escape(authority)}" if authority else ""
+        return rf"^urn:{re.escape(self.entitlement_namespace)}:group:(?P<group>[^#]+){after}$"
 
     @validate("group_entitlement_pattern")
     def _valid_pattern(self, proposal: dict[str, Any]) -> str:

@@ -389,3 +389,45 @@ def test_pod_logs_are_asked_for_with_a_byte_limit() -> None:
     [path] = asked
     assert path.startswith("/api/v1/namespaces/labs/pods/lab-1/log?")
     assert f"limitBytes={LOG_BYTES}" in path and "tailLines=20" in path
+
+
+# -- entitlements: only the site's namespace and authority ---------------------------------
+
+
+RES = "urn:{ns}:res:hpc:training2026:act:alice1{auth}"
+
+
+def test_only_entitlements_of_the_sites_namespace_and_authority_give_accounts() -> None:
+    """Before, the default pattern took any namespace and authority: a community of the
+    same AAI proxy could hand out accounts of this site."""
+    from backend.vos import IdentitySettings, entitlement_grants
+
+    ours = RES.format(ns="geant:h-df.de", auth="#login.helmholtz.de")
+    others = [
+        RES.format(ns="geant:evil.example", auth="#login.helmholtz.de"),
+        RES.format(ns="geant:h-df.de", auth="#idp.evil.example"),
+        RES.format(ns="geant:h-df.de", auth=""),
+        RES.format(ns="geant:h-df.de:x", auth="#login.helmholtz.de"),
+    ]
+    identity = IdentitySettings(namespace="geant:h-df.de", authority="login.helmholtz.de")
+    grants = entitlement_grants(identity.pattern(), frozenset([ours, *others]))
+    assert grants.accounts == {"hpc": ["alice1"]}
+    for other in others:
+        assert entitlement_grants(identity.pattern(), frozenset([other])).accounts == {}
+    # a site that names no namespace trusts no entitlement
+    assert IdentitySettings().pattern() is None
+    assert entitlement_grants(None, frozenset([ours])).accounts == {}
+
+
+def test_only_group_entitlements_of_the_hubs_namespace_make_hub_groups() -> None:
+    group = "urn:geant:h-df.de:group:ws2026"
+    anchored = LablinkOIDCAuthenticator(
+        entitlement_namespace="geant:h-df.de", entitlement_authority="login.helmholtz.de"
+    )
+    claims = [
+        f"{group}#login.helmholtz.de",
+        "urn:geant:evil.example:group:admins#login.helmholtz.de",
+        f"{group}:sub#idp.evil.example",
+    ]
+    assert anchored.groups_from({}, claims) == ["ws2026"]
+    assert LablinkOIDCAuthenticator().groups_from({}, claims) == []  # nothing trusted

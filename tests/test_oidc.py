@@ -77,6 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
     s = Stack(state_dir=root / "state", password="unused-demo-password", users=["demo"])
     client = provider.register_client([f"http://127.0.0.1:{s.ports['hub']}/hub/oauth_callback"])
     doc = yaml.safe_load(TEMPLATE.read_text())
+    doc["identity"] = dict(site.IDENTITY)  # the provider's entitlements give accounts
     doc["systems"] = {
         "local": doc["systems"]["local"],
         "hpc": site.unicore_system(devsite.url, auth={"method": "bearer"}, access=[]),
@@ -99,6 +100,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
         "LABLINK_OIDC_CLIENT_ID": client[0],
         "LABLINK_OIDC_CLIENT_SECRET": client[1],
         "LABLINK_OIDC_NAME": "Test AAI",
+        "LABLINK_OIDC_ENTITLEMENT_NAMESPACE": site.IDENTITY["namespace"],
+        "LABLINK_OIDC_ENTITLEMENT_AUTHORITY": site.IDENTITY["authority"],
         "LABLINK_OIDC_REFRESH_MARGIN": "2",
         "LABLINK_OIDC_AUTH_REFRESH_AGE": str(REFRESH_AGE),
         "LABLINK_POLL_INTERVAL": "1",

@@ -38,6 +38,9 @@ TOKENS = [
 ]
 
 
+IDENTITY = {"namespace": "geant:h-df.de", "authority": "login.helmholtz.de"}
+
+
 def hub_token(secret_env: str = HUB_TOKEN_ENV) -> list[dict[str, str]]:
     """Only a hub's token: for the services beside the backend (the tunnel service, the
     UserLab Manager), and for sites that are parsed but never served."""
@@ -69,6 +72,8 @@ def doc(
         document["database_url"] = database_url
     document["tokens"] = [dict(token) for token in (TOKENS if tokens is None else tokens)]
     document["login"] = "demo"
+    # the entitlements the tests' provider issues: urn:geant:h-df.de:...#login.helmholtz.de
+    document["identity"] = dict(IDENTITY)
     document["default_system"] = default_system or next(iter(systems))
     document["systems"] = systems
     document.update(extra)
