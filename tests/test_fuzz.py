@@ -26,7 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from backend.procs import free_port
 from tests.helpers import site
 from tests.helpers.api import lab_request
+from tests.helpers.kube import KubeApi, KubeError
+from tests.helpers.peers import peer_missing
 from tests.helpers.stack import end_process, launch
+from tests.helpers.userlabs import UserlabManager
 
 pytestmark = [pytest.mark.fuzz]
 
@@ -124,6 +127,22 @@ def tunnel_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
     end_process(proc, signal.SIGTERM, 20)
 
 
+@pytest.fixture(scope="module")
+def userlab_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    directory = tmp_path_factory.mktemp("fuzz-userlabs")
+    kube = KubeApi(directory / "kube")
+    try:
+        kube.start()
+    except KubeError as exc:
+        peer_missing("Kubernetes API emulator (kmock)", str(exc))
+    manager = UserlabManager.for_kube(directory / "manager", kube)
+    manager.start()
+    headers = {"Authorization": f"Bearer {manager.token}"}
+    yield Service("UserLab Manager", manager.url, {"backend": headers, "nobody": {}}, manager.proc)
+    manager.stop()
+    kube.stop()
+
+
 def check(service: Service, caller: str, case: schemathesis.Case) -> None:
     resp = case.call(base_url=service.url, headers=service.callers[caller], timeout=30)
     service.sent += 1
@@ -132,7 +151,7 @@ def check(service: Service, caller: str, case: schemathesis.Case) -> None:
     assert resp.status_code < 500, where
     if caller == "nobody":
         assert resp.status_code in (401, 404, 405, 413, 422, 400), where
-    if caller not in ("admin", "backend"):
+    if caller not in ("admin", "backend"):  # the services beside the backend: one caller
         for secret in service.secret_of_others:
             assert secret not in resp.text, where
 
@@ -161,6 +180,14 @@ def test_the_backend_answers_anything_with_no_server_error_and_no_leak(
     assert operations >= 10, operations
     assert backend_service.sent >= operations * 3
     assert {200, 401, 404, 422} <= backend_service.statuses, backend_service.statuses
+
+
+def test_the_userlab_manager_answers_anything_with_no_server_error(
+    userlab_service: Service,
+) -> None:
+    operations = fuzz(userlab_service)
+    assert operations >= 4
+    assert {401, 404, 422} <= userlab_service.statuses, userlab_service.statuses
 
 
 def test_the_tunnel_service_answers_anything_with_no_server_error(
