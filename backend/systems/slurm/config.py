@@ -88,7 +88,8 @@ class SlurmSystem(BatchSystem[Partition]):
         default="/tmp",  # noqa: S108 (a directory on the compute nodes, not ours)
         pattern=r"^/[A-Za-z0-9._/-]*$",
         description="a directory every compute node has, where a lab's job starts and Slurm "
-        "writes its output (lablink-<job id>.out); the lab itself runs in the person's home",
+        "writes its output (lablink-<user>-<job id>.out: people who share it never meet, "
+        "even when the cluster's job ids start again); the lab itself runs in the person's home",
     )
 
     @field_validator("url")

@@ -82,7 +82,7 @@ def job_submission(
         "nodes": [options["nodes"], options["nodes"]],
         "time_limit": options["runtime"],
         "current_working_directory": system.job_directory,
-        "standard_output": f"{system.job_directory.rstrip('/')}/lablink-%j.out",
+        "standard_output": f"{system.job_directory.rstrip('/')}/lablink-%u-%j.out",
         "environment": job_environment(system, env, lab_id=lab_id, prefix=prefix),
     }
     if options.get("project"):
