@@ -226,7 +226,13 @@ async def test_a_spawn_refreshes_the_token_that_unicore_needs(
     async with await log_in(stack, provider, "carol") as carol:
         await asyncio.sleep(4.5)  # the login's access token has expired
         starting = asyncio.create_task(carol.start(options={"system": "hpc", "partition": "devel"}))
-        await asyncio.sleep(0.3)  # the spawn is pending: its progress replays every event
+        # the progress of a pending spawn replays every event; a lab of the development
+        # site can be up in a quarter of a second, so catch the spawn while it is pending
+        while not starting.done():
+            servers = (await carol.model()).get("servers", {})
+            if servers.get("", {}).get("pending") == "spawn":
+                break
+            await asyncio.sleep(0.005)
         events = await carol.progress()
         resp = await starting
         assert resp.status_code in (201, 202), resp.text
