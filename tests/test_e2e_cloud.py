@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -61,6 +62,10 @@ class Kubelet:
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.seen: set[str] = set()
+        # step() runs in a thread that a cancelled task does not stop: the lock keeps it
+        # from starting a lab while stop() ends them, and from starting one after
+        self.lock = threading.Lock()
+        self.stopped = False
 
     def _run(self, pod: dict[str, Any], ip: str) -> str:
         """Start the pod's lab at ``ip``; its URL prefix."""
@@ -73,17 +78,23 @@ class Kubelet:
         argv = [SINGLEUSER, f"--ip={ip}", "--port=8888"]
         if os.geteuid() == 0:
             argv.append("--allow-root")
-        log = (home / "lab.log").open("ab")
-        self.procs[pod["metadata"]["name"]] = subprocess.Popen(
-            argv, env=lab_env, cwd=home, stdout=log, stderr=subprocess.STDOUT
-        )
+        with self.lock:
+            if self.stopped:
+                return prefix
+            log = (home / "lab.log").open("ab")
+            self.procs[pod["metadata"]["name"]] = subprocess.Popen(
+                argv, env=lab_env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+            )
         return prefix
 
     def step(self) -> None:
         pods = {p["metadata"]["name"]: p for p in self.kube.pods(NAMESPACE)}
         for name in list(self.procs):
             if name not in pods:  # deleted: the container stops
-                proc = self.procs.pop(name)
+                with self.lock:
+                    proc = self.procs.pop(name, None)
+                if proc is None:
+                    continue
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(10)
@@ -118,7 +129,10 @@ class Kubelet:
             await asyncio.sleep(0.1)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        with self.lock:
+            self.stopped = True
+            procs = list(self.procs.values())
+        for proc in procs:
             proc.kill()
             proc.wait(10)
 
