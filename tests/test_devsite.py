@@ -685,3 +685,21 @@ def test_slurm_shutdown_cancels_jobs(slurm: SlurmCluster, tmp_path: Path) -> Non
         site.stop()
     assert "cancelling Slurm jobs" in site.log_text()
     wait_gone(slurm, bss_id)
+
+
+def test_userinfo_answers_are_kept_a_while_by_a_hash_of_the_token() -> None:
+    """The development site asks the provider once per token and minute, not on every
+    call of a lab that polls its job; the token itself is not what it keeps."""
+    from devsite.auth import UserinfoCache
+
+    cache = UserinfoCache(seconds=0.2, size=2)
+    assert cache.get("t1") == (False, None)
+    cache.put("t1", ("alice", ("alice1",)))
+    cache.put("t2", None)  # a refusal is kept too
+    assert cache.get("t1") == (True, ("alice", ("alice1",)))
+    assert cache.get("t2") == (True, None)
+    assert all(b"t1" not in key for key in cache._answers)
+    cache.put("t3", ("bob", ("bob",)))  # at most two: the oldest goes
+    assert cache.get("t1") == (False, None)
+    time.sleep(0.25)
+    assert cache.get("t3") == (False, None)  # expired
