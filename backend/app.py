@@ -18,6 +18,7 @@ from .labs import LabManager
 from .service import service_app
 from .settings import (
     Settings,
+    hub_forward_cas,
     system_secrets,
     token_secrets,
     tunnel_token,
@@ -37,6 +38,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     secrets = system_secrets(settings, env)
     tunnel_secret = tunnel_token(settings, env)
     userlab_secret = userlab_manager_token(settings, env)
+    hub_forward_cas(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -53,11 +53,12 @@ def _service_token(var: str, name: str) -> str | None:
 
 
 def cmd_tunnel(args: argparse.Namespace) -> int:
-    from tunnel.app import create_app
+    from tunnel.app import check_hub_tls, create_app
 
     overrides = {"state_dir": args.state_dir} if args.state_dir else None
     try:
         settings = load_settings(args.site, overrides)
+        check_hub_tls(settings)
     except SettingsError as exc:
         print(f"lablink tunnel: {exc}", file=sys.stderr)
         return 2
@@ -129,6 +130,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"lablink inspect: {exc}", file=sys.stderr)
         return 2
     print((as_json if args.json else as_text)(settings, lab, events))
+    return 0
+
+
+def cmd_hub_forward_tls(args: argparse.Namespace) -> int:
+    """Make (or keep) a CA and a certificate for the hub's API on the login nodes."""
+    from .addresses import canonical
+    from .certs import hub_forward_tls
+
+    hosts = []
+    for host in args.host:
+        name = canonical(host)
+        if name is None:
+            print(f"lablink hub-forward-tls: --host {host!r} is not a host name or an IP "
+                  "address", file=sys.stderr)  # fmt: skip
+            return 2
+        hosts.append(name)
+    try:
+        files = hub_forward_tls(Path(args.directory), hosts)
+    except (OSError, ValueError) as exc:
+        print(f"lablink hub-forward-tls: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"# for {', '.join(hosts)}: the tunnel service reads cert_file and key_file, the "
+        "backend ca_file\n"
+        f"tls: {{cert_file: {files.cert_file}, key_file: {files.key_file}, "
+        f"ca_file: {files.ca_file}}}"
+    )
     return 0
 
 
@@ -235,6 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ulm.add_argument("--kubeconfig", help="overrides userlab_manager.kubeconfig of the site file")
     ulm.set_defaults(func=cmd_userlab_manager)
+
+    tls = sub.add_parser(
+        "hub-forward-tls",
+        help="make a CA and a certificate for the hub's API on the login nodes "
+        "(ssh.hub_forward.tls); kept while they fit, renewed when the names change",
+    )
+    tls.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a name or address labs reach it by (the host of hub_forward.url); repeat for "
+        "each login node",
+    )
+    tls.add_argument("directory", type=Path, help="where the files go (made 0700)")
+    tls.set_defaults(func=cmd_hub_forward_tls, log_level="warning")
 
     dev = sub.add_parser(
         "unicore-devsite",

@@ -33,6 +33,7 @@ import httpx
 import yaml
 
 from . import loginnode, procs
+from .certs import HubForwardFiles, hub_forward_tls
 from .files import private_dir
 from .loginnode import LoginNodeFiles
 from .settings import SettingsError, load_settings
@@ -102,12 +103,22 @@ class LocalTunnel:
     hub_api_port: int = 8081
     hub_forward_port: int = 8023
 
+    def hub_forward_tls(self) -> HubForwardFiles:
+        """A CA and a certificate for the login node's address, next to its keys
+        (made once, kept)."""
+        node = self.login_node
+        return hub_forward_tls(node.directory / "hub-forward", [node.host], "Lablink up")
+
     def apply(self, doc: dict[str, Any], system: dict[str, Any]) -> None:
         system["tunnel"] = "ssh"
         system["ssh"] = self.login_node.ssh_settings(
             # the development site's "compute node" is this machine
             destinations=[{"hosts": "127.0.0.1", "ports": {"min": 1024, "max": 65535}}],
-            hub_forward={"bind": "127.0.0.1", "port": self.hub_forward_port},
+            hub_forward={
+                "bind": "127.0.0.1",
+                "port": self.hub_forward_port,
+                "tls": self.hub_forward_tls().settings(),
+            },
         )
         doc["tunnel_service"] = {
             "url": f"http://127.0.0.1:{self.service_port}",

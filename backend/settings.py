@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .certs import read_ca
 from .config_base import NAME_PATTERN, Strict
 from .sshconfig import TunnelService
 from .systems import registry
@@ -404,6 +405,18 @@ def system_secrets(settings: Settings, environ: Mapping[str, str] | None = None)
         if secret is not None:
             out[name] = secret
     return out
+
+
+def hub_forward_cas(settings: Settings) -> None:
+    """Check at start that every hub forward's CA file is a readable PEM certificate
+    (labs get it in their start script), so a misconfigured system fails at start."""
+    for name, system in settings.systems.items():
+        ssh = getattr(system, "ssh", None)
+        if getattr(system, "tunnel", "none") == "ssh" and ssh and ssh.hub_forward:
+            try:
+                read_ca(ssh.hub_forward.tls.ca_file)
+            except ValueError as exc:
+                raise SettingsError(f"systems.{name}.ssh.hub_forward.tls.ca_file: {exc}") from None
 
 
 def _peer_token(needed: bool, var: str, key: str, why: str, environ: Any) -> str | None:

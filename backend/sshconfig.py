@@ -17,11 +17,20 @@ Example::
           key_file: /etc/lablink/ssh/id_ed25519
           known_hosts: /etc/lablink/ssh/known_hosts
           destinations: [{hosts: "jwc*", ports: {min: 1024, max: 65535}}]
-          hub_forward: {bind: 0.0.0.0, port: 25488, url: "http://login1-int:25488"}
+          hub_forward:
+            bind: 0.0.0.0
+            port: 25488
+            url: "https://login1-int:25488"
+            tls: {cert_file: /etc/lablink/hub-forward/cert.pem,
+                  key_file: /etc/lablink/hub-forward/key.pem,
+                  ca_file: /etc/lablink/hub-forward/ca.pem}
 
 Every login node carries a reverse forward of ``hub_forward.port`` to the hub's
 API (``tunnel_service.hub_api``), and the labs' ``JUPYTERHUB_API_URL`` points
-there, because compute nodes cannot reach the hub themselves.
+there, because compute nodes cannot reach the hub themselves. The tunnel
+service serves that port with TLS (``tls.cert_file``, ``tls.key_file``) and the
+labs trust ``tls.ca_file`` (:mod:`backend.certs`), so whoever takes the port on
+a shared login node gets no hub token.
 """
 
 from __future__ import annotations
@@ -69,8 +78,26 @@ class Destination(Strict):
     ports: PortRange = Field(default_factory=PortRange, description="the ports allowed")
 
 
+class HubForwardTls(Strict):
+    """The TLS of the hub's API on the login nodes (``lablink hub-forward-tls`` makes
+    these files)."""
+
+    cert_file: str = Field(
+        min_length=1,
+        description="the certificate (PEM, with its chain) the tunnel service shows labs; "
+        "its names must include the host of `url`",
+    )
+    key_file: str = Field(min_length=1, description="its private key (read by the tunnel service)")
+    ca_file: str = Field(
+        min_length=1,
+        description="the CA (PEM) that signed it: handed to every lab, which trusts it besides "
+        "the compute node's own CAs (read by the backend)",
+    )
+
+
 class HubForward(Strict):
-    """A reverse forward on every login node, through which labs reach the hub's API."""
+    """A reverse forward on every login node, through which labs reach the hub's API
+    over TLS they verify."""
 
     bind: Annotated[str, Field(pattern=HOST_PATTERN)] = Field(
         default="0.0.0.0",  # noqa: S104
@@ -80,10 +107,25 @@ class HubForward(Strict):
     port: int = Field(ge=1024, le=65535, description="the port it listens on, on the login node")
     url: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s/?#]+$",
-        description="how compute nodes reach it, e.g. http://login1-int:25488 (default: the "
-        "first login node's host and `port`)",
+        pattern=r"^https://[^\s/?#]+$",
+        description="how compute nodes reach it, e.g. https://login1-int:25488 (default: the "
+        "first login node's host and `port`); its host must be a name of `tls.cert_file`",
     )
+    tls: HubForwardTls = Field(
+        description="the certificate the port is served with and the CA labs check it "
+        "against: whoever takes the port on a login node learns no token"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_tls(cls, data: object) -> object:
+        if isinstance(data, dict) and "tls" not in data:
+            raise ValueError(
+                "needs `tls: {cert_file, key_file, ca_file}`: labs reach the hub's API on a "
+                "shared login node only over TLS they verify (`lablink hub-forward-tls "
+                "--host <login node> DIR` makes the files)"
+            )
+        return data
 
 
 def _default_ports() -> PortRange:
@@ -123,7 +165,7 @@ class SshTunnel(Strict):
         fwd = self.hub_forward
         if fwd is None:
             return None
-        return fwd.url or f"http://{self.login_nodes[0].host}:{fwd.port}"
+        return fwd.url or f"https://{self.login_nodes[0].host}:{fwd.port}"
 
 
 class TunnelService(Strict):

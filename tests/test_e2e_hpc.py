@@ -139,7 +139,9 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             assert status == 200, lab.text
             [env] = [lab_environment(pid) for pid in singleuser_pids("alice")]
             hub_forward = stack.ports["hub_forward"]
-            assert env["JUPYTERHUB_API_URL"] == f"http://127.0.0.1:{hub_forward}/hub/api"
+            # over TLS the lab checks against the hub forward's CA (its OAuth went so)
+            assert env["JUPYTERHUB_API_URL"] == f"https://127.0.0.1:{hub_forward}/hub/api"
+            assert Path(env["SSL_CERT_FILE"]).name.startswith("lablink-hub-ca.")
             model = await alice.model()
             assert model["servers"][""]["user_options"]["partition"] == "batch"
 

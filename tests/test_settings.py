@@ -4,6 +4,7 @@ token secrets from the environment, and the database URL."""
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,11 @@ def test_lablink_up_reaches_the_hpc_labs_through_its_own_login_node(
     ssh = hpc.ssh  # type: ignore[union-attr]
     assert [(n.host, n.port) for n in ssh.login_nodes] == [("127.0.0.1", 18022)]
     assert ssh.key_file == str(tmp_path.resolve() / "ssh" / "id_ed25519")
-    assert ssh.hub_url_for_labs() == "http://127.0.0.1:18023"
+    assert ssh.hub_url_for_labs() == "https://127.0.0.1:18023"  # TLS with a CA of its own
+    tls = ssh.hub_forward.tls
+    assert Path(tls.ca_file).parent == tmp_path.resolve() / "ssh" / "hub-forward"
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.cert_file, tls.key_file)
     assert settings.tunnel_service.url == "http://127.0.0.1:18020"
     assert settings.tunnel_service.hub_address() == ("127.0.0.1", 18081)
     assert tunnels == SiteTunnels("LABLINK_TUNNEL_TOKEN", 18020, own_login_node=True)

@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import asyncssh
 import httpx
 import pytest
 
+from backend.certs import hub_forward_tls
 from backend.procs import free_port
 from backend.settings import Settings
 from tests.helpers import site
@@ -39,6 +41,7 @@ from tests.helpers.sshd import (
     http_get,
     http_get_async,
     known_hosts_of,
+    lab_tls,
 )
 from tests.helpers.tunnel import TunnelService
 from tunnel import fastpath, links
@@ -67,18 +70,18 @@ def open_tunnel(svc: TunnelService, backend: HttpBackend, lab_id: str = "lab-1")
     return int(resp.json()["local_port"])
 
 
-def answers(port: int) -> bool:
+def answers(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        return http_get("127.0.0.1", port, timeout=1)[0] == 200
+        return http_get("127.0.0.1", port, timeout=1, tls=tls)[0] == 200
     except OSError:
         return False
 
 
-def back_within(port: int, seconds: float) -> float:
+def back_within(port: int, seconds: float, tls: ssl.SSLContext | None = None) -> float:
     """How long until the forward answers again; fails after ``seconds``."""
     began = time.monotonic()
     while time.monotonic() - began < seconds:
-        if answers(port):
+        if answers(port, tls):
             return time.monotonic() - began
         time.sleep(0.02)
     raise AssertionError(f"the tunnel on port {port} did not answer within {seconds} s")
@@ -192,15 +195,19 @@ def until(predicate: object, seconds: float, what: str) -> None:
 
 def hub_forwarding_service(
     tmp_path: Path, sshd: Sshd, hub: HttpBackend, port: int
-) -> TunnelService:
-    """A tunnel service whose login node listens on ``port`` for the hub's API;
-    ``hub`` plays the hub's API."""
+) -> tuple[TunnelService, ssl.SSLContext]:
+    """A tunnel service whose login node listens on ``port`` for the hub's API (TLS
+    with a certificate for 127.0.0.1); ``hub`` plays the hub's API. Also what a
+    lab trusts for it."""
+    tls = hub_forward_tls(tmp_path / "hub-tls", ["127.0.0.1"])
     ssh = sshd.ssh_settings(
-        destinations=ALLOWED, keepalive=1, hub_forward={"bind": "127.0.0.1", "port": port}
+        destinations=ALLOWED,
+        keepalive=1,
+        hub_forward={"bind": "127.0.0.1", "port": port, "tls": tls.settings()},
     )
     doc = site.tunnel_service_doc(tmp_path / "state", ssh)
     doc["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{hub.port}"
-    return TunnelService(tmp_path / "tunnel", doc)
+    return TunnelService(tmp_path / "tunnel", doc), lab_tls(tls.ca_file)
 
 
 def test_compute_nodes_reach_the_hub_api_through_the_login_node(
@@ -209,42 +216,97 @@ def test_compute_nodes_reach_the_hub_api_through_the_login_node(
     http_backend: HttpBackend,
 ) -> None:
     port = free_port()
-    svc = hub_forwarding_service(tmp_path, sshd, http_backend, port)
+    svc, tls = hub_forwarding_service(tmp_path, sshd, http_backend, port)
     svc.start()  # healthy only once the login node listens for the hub
     try:
-        assert http_get("127.0.0.1", port) == (200, http_backend.body)
+        assert http_get("127.0.0.1", port, tls=tls) == (200, http_backend.body)
+        with pytest.raises(ConnectionError):  # TLS only: plain HTTP gets no answer
+            http_get("127.0.0.1", port)
         _, health = health_of(svc)
         assert health["systems"]["hpc"]["hub_forward"] == [f"127.0.0.1:{sshd.port}"]  # type: ignore[index]
         sshd.kill_connections()
-        assert back_within(port, 5) < 5
+        assert back_within(port, 5, tls) < 5
         sshd.restart()
-        assert back_within(port, 5) < 5
+        assert back_within(port, 5, tls) < 5
     finally:
         svc.stop()
-    assert not answers(port), "the login node still listens for the hub after the service ended"
+    assert not answers(port, tls), (
+        "the login node still listens for the hub after the service ended"
+    )
 
 
-def test_a_hub_port_taken_on_the_login_node_is_tried_again(
+class Impostor(socketserver.ThreadingTCPServer):
+    """Somebody on the login node who took the hub forward's port, with a certificate
+    of their own for its name; keeps what labs send."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, directory: Path):
+        own = hub_forward_tls(directory, ["127.0.0.1"], "Impostor")
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(own.cert_file, own.key_file)
+        self.received = bytearray()
+        super().__init__(("127.0.0.1", port), ImpostorHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class ImpostorHandler(socketserver.BaseRequestHandler):
+    server: Impostor
+
+    def handle(self) -> None:
+        try:
+            with self.server.context.wrap_socket(self.request, server_side=True) as conn:
+                conn.settimeout(2)
+                while chunk := conn.recv(4096):
+                    self.server.received += chunk
+                    if b"\r\n\r\n" in self.server.received:
+                        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nthanks")
+                        return
+        except OSError:
+            return
+
+
+def test_whoever_takes_the_hub_port_on_a_login_node_gets_no_token(
     tmp_path: Path,
     sshd: Sshd,
     http_backend: HttpBackend,
 ) -> None:
+    """The port is taken on the login node before the service starts: the service says
+    so once in its log and in its health, retrying; a lab that reaches the impostor
+    fails its TLS handshake, so its hub token is never sent; once the port is free,
+    the hub's API is back on it."""
     port = free_port()
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", port))
-    squatter.listen()
-    svc = hub_forwarding_service(tmp_path, sshd, http_backend, port)
+    impostor = Impostor(port, tmp_path / "impostor")
+    svc, tls = hub_forwarding_service(tmp_path, sshd, http_backend, port)
     svc.start(wait_healthy=False)
     try:
-        until(lambda: "for the hub's API" in svc.log_text(), 10, "the refusal in the log")
+        until(lambda: "cannot reach the hub" in svc.log_text(), 10, "the alert in the log")
         status, health = health_of(svc)
         assert (status, health["status"]) == (503, "restoring")
-        squatter.close()
+        problems = health["systems"]["hpc"]["hub_forward_problems"]  # type: ignore[index]
+        assert list(problems) == [f"127.0.0.1:{sshd.port}"], problems
+        assert f"listen on 127.0.0.1:{port} for the hub's API" in problems[f"127.0.0.1:{sshd.port}"]
+
+        token = "Authorization: token lab-secret-123\r\n"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            http_get("127.0.0.1", port, tls=tls, headers=token)
+        assert b"lab-secret" not in impostor.received
+
+        time.sleep(2)  # retries go on: the alert is not repeated
+        assert svc.log_text(100_000).count("cannot reach the hub") == 1
+        impostor.close()
         until(lambda: health_of(svc)[0] == 200, 15, "healthy once the port is free")
-        assert http_get("127.0.0.1", port) == (200, http_backend.body)
+        assert http_get("127.0.0.1", port, tls=tls, headers=token) == (200, http_backend.body)
+        _, health = health_of(svc)
+        assert health["systems"]["hpc"]["hub_forward_problems"] == {}  # type: ignore[index]
+        assert "the hub's API is on" in svc.log_text() and " again, after " in svc.log_text()
     finally:
-        squatter.close()
+        impostor.close()
         svc.stop()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.certs import hub_forward_tls
 from tests.helpers.netns import COMPUTE, HUB_SIDE, LOGIN_INSIDE, LOGIN_OUTSIDE, NetnsError, Site
 from tests.helpers.peers import peer_missing
 from tests.helpers.site import tunnel_service_doc
@@ -89,9 +90,14 @@ def wait_listening(site: Site, port: int, seconds: float = 10) -> None:
         time.sleep(0.05)
 
 
-def fetch_from_compute_node(site: Site, url: str) -> str:
+def fetch_from_compute_node(site: Site, url: str, trust: Path | None = None) -> str:
+    """What the lab gets from ``url``; ``trust``: its SSL_CERT_FILE (as its start
+    script makes it)."""
     argv = site.exec_argv(site.compute, [sys.executable, "-c", FETCH, url])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
+    env = {**os.environ, **({"SSL_CERT_FILE": str(trust)} if trust else {})}
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=20, check=True, env=env
+    ).stdout
 
 
 def test_a_compute_node_is_reached_only_through_its_login_node(
@@ -117,10 +123,11 @@ def test_a_compute_node_is_reached_only_through_its_login_node(
         hub_api = f"http://{HUB_SIDE}:{http_backend.port}/"  # http_backend plays the hub
         assert fetch_from_compute_node(site, hub_api).startswith("unreachable")
 
+        tls = hub_forward_tls(tmp_path / "hub-tls", [LOGIN_INSIDE])
         ssh = login.ssh_settings(
             destinations=[{"hosts": "10.231.1.*", "ports": {"min": 1024, "max": 65535}}],
             keepalive=1,
-            hub_forward={"bind": LOGIN_INSIDE, "port": HUB_FORWARD_PORT},
+            hub_forward={"bind": LOGIN_INSIDE, "port": HUB_FORWARD_PORT, "tls": tls.settings()},
         )
         doc = tunnel_service_doc(tmp_path / "state", ssh)
         doc["tunnel_service"]["hub_api"] = f"http://127.0.0.1:{http_backend.port}"
@@ -136,9 +143,14 @@ def test_a_compute_node_is_reached_only_through_its_login_node(
         local_port = resp.json()["local_port"]
         assert http_get("127.0.0.1", local_port) == (200, LAB_BODY)
 
-        # the lab's JUPYTERHUB_API_URL would be http://10.231.1.1:8081/hub/api
-        through = fetch_from_compute_node(site, f"http://{LOGIN_INSIDE}:{HUB_FORWARD_PORT}/")
-        assert through == http_backend.body.decode()
+        # the lab's JUPYTERHUB_API_URL would be https://10.231.1.1:8081/hub/api, and it
+        # trusts the hub forward's CA besides the system's
+        url = f"https://{LOGIN_INSIDE}:{HUB_FORWARD_PORT}/"
+        trust = tmp_path / "lab-trust.pem"
+        system = Path("/etc/ssl/certs/ca-certificates.crt")
+        trust.write_text((system.read_text() if system.exists() else "") + tls.ca_file.read_text())
+        assert fetch_from_compute_node(site, url, trust) == http_backend.body.decode()
+        assert "CERTIFICATE_VERIFY_FAILED" in fetch_from_compute_node(site, url)
     finally:
         if svc is not None:
             svc.stop()

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from backend.catalog import OptionError, catalog, validate_options
+from backend.certs import hub_forward_tls
 from backend.settings import Settings, SettingsError
-from backend.systems.batch.script import BadLabFile, parse_lab_file, start_script
+from backend.systems.batch.script import BadHubCa, BadLabFile, parse_lab_file, start_script
 from backend.systems.unicore import jobs
 from backend.systems.unicore.config import UnicoreSystem
 from backend.systems.unicore.jobs import job_description
@@ -293,41 +294,90 @@ HUB_ENV = {
 }
 
 
+def hub_tls(tmp_path: Path, *hosts: str) -> dict[str, str]:
+    """A CA and certificate for ``hosts`` (``hub_forward.tls`` of a site file)."""
+    return hub_forward_tls(tmp_path / "hub-tls", list(hosts) or ["login1.example.org"]).settings()
+
+
 def test_labs_reach_the_hub_api_through_the_login_nodes_reverse_forward(tmp_path: Path) -> None:
-    ssh = {**SSH, "hub_forward": {"port": 25488}}
+    ssh = {**SSH, "hub_forward": {"port": 25488, "tls": hub_tls(tmp_path)}}
     _, desc = describe(hpc_settings(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
     env = desc["Environment"]
-    assert env["JUPYTERHUB_API_URL"] == "http://login1.example.org:25488/jupyter/hub/api"
+    assert env["JUPYTERHUB_API_URL"] == "https://login1.example.org:25488/jupyter/hub/api"
     assert env["JUPYTERHUB_ACTIVITY_URL"] == (
-        "http://login1.example.org:25488/jupyter/hub/api/users/alice/activity"
+        "https://login1.example.org:25488/jupyter/hub/api/users/alice/activity"
     )
     assert env["JUPYTERHUB_BASE_URL"] == "/jupyter/"  # a path: the browser's, unchanged
 
-    ssh["hub_forward"] = {"port": 25488, "url": "http://login-int:25488"}
+    ssh["hub_forward"] = {"port": 25488, "url": "https://login-int:25488", "tls": hub_tls(tmp_path)}
     _, desc = describe(hpc_settings(tmp_path, tunnel="ssh", ssh=ssh), {}, env=HUB_ENV)
-    assert desc["Environment"]["JUPYTERHUB_API_URL"] == "http://login-int:25488/jupyter/hub/api"
+    assert desc["Environment"]["JUPYTERHUB_API_URL"] == "https://login-int:25488/jupyter/hub/api"
 
 
 def test_without_a_reverse_forward_the_hubs_own_api_url_is_kept(tmp_path: Path) -> None:
     for settings in (hpc_settings(tmp_path, tunnel="ssh", ssh=SSH), hpc_settings(tmp_path)):
         _, desc = describe(settings, {}, env=HUB_ENV)
         assert desc["Environment"]["JUPYTERHUB_API_URL"] == HUB_ENV["JUPYTERHUB_API_URL"]
+        assert "SSL_CERT_FILE" not in desc["Imports"][0]["Data"]
 
 
 @pytest.mark.parametrize(
     ("hub_forward", "words"),
     [
         ({"port": 22}, "hub_forward.port"),
-        ({"port": 25488, "url": "http://login1/hub/api"}, "hub_forward.url"),
+        ({"port": 25488, "url": "https://login1/hub/api"}, "hub_forward.url"),
+        ({"port": 25488, "url": "http://login1:25488"}, "hub_forward.url"),
         ({"port": 25488, "bind": "0.0.0.0; rm -rf /"}, "hub_forward.bind"),
         ({"port": 25488, "listen": "x"}, "hub_forward.listen"),
+        ({"port": 25488, "tls": {"cert_file": "c", "key_file": "k"}}, "hub_forward.tls.ca_file"),
     ],
 )
 def test_a_bad_reverse_forward_names_its_key(
     tmp_path: Path, hub_forward: dict[str, Any], words: str
 ) -> None:
+    hub_forward = {"tls": hub_tls(tmp_path), **hub_forward}
     with pytest.raises(SettingsError, match=words.replace(".", r"\.")):
         hpc_settings(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": hub_forward})
+
+
+def test_a_reverse_forward_without_tls_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """Plain HTTP on a port of a shared login node gives the lab's hub token to whoever
+    holds the port: there is no such setting."""
+    with pytest.raises(SettingsError, match=r"hub_forward") as err:
+        hpc_settings(tmp_path, tunnel="ssh", ssh={**SSH, "hub_forward": {"port": 25488}})
+    assert "over TLS they verify" in str(err.value)
+    assert "lablink hub-forward-tls" in str(err.value)
+
+
+def test_the_start_script_makes_the_lab_trust_the_hub_forwards_ca(tmp_path: Path) -> None:
+    tls = hub_tls(tmp_path, "login1.example.org")
+    ssh = {**SSH, "hub_forward": {"port": 25488, "tls": tls}}
+    settings = hpc_settings(
+        tmp_path,
+        tunnel="ssh",
+        ssh=ssh,
+        setup=[],
+        lab_command=["/bin/sh", "-c", 'cp "$SSL_CERT_FILE" bundle.pem'],
+    )
+    system = settings.systems["hpc"]
+    assert isinstance(system, UnicoreSystem)
+    (tmp_path / "start.sh").write_text(start_script(system))
+    env = {"PATH": "/usr/bin:/bin", "JUPYTERHUB_SERVICE_PREFIX": "/u/", "TMPDIR": str(tmp_path)}
+    subprocess.run(["bash", "start.sh"], cwd=tmp_path, env=env, check=True, timeout=20)
+    bundle = (tmp_path / "bundle.pem").read_text()
+    ca = Path(tls["ca_file"]).read_text()
+    assert bundle.endswith(ca)  # the hub forward's CA ...
+    system_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if system_bundle.exists():  # ... besides the compute node's own CAs
+        assert bundle.startswith(system_bundle.read_text()[:200])
+    # the site's CA file is checked PEM before it goes into the script
+    Path(tls["ca_file"]).write_text("-----BEGIN CERTIFICATE-----\n$(id)\n")
+    with pytest.raises(BadHubCa, match="no PEM certificate"):
+        start_script(system)
+    with pytest.raises(SettingsError, match=r"hub_forward\.tls\.ca_file"):
+        from backend.settings import hub_forward_cas
+
+        hub_forward_cas(settings)
 
 
 def test_systems_that_share_a_login_node_must_log_in_alike(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ opened: the host in its canonical spelling, patterns matching whole DNS labels
 (:mod:`backend.addresses`), its name resolved once here and the login node
 asked to connect to that address, never to the name. A system with
 ``ssh.hub_forward`` also gets, on every login node, a reverse forward to the
-hub's API (``tunnel_service.hub_api``), opened when the service starts.
+hub's API (``tunnel_service.hub_api``), opened when the service starts and
+served with the site's TLS certificate (:mod:`tunnel.hubtls`); while a login
+node does not let it listen, the log says so once and health answers 503.
 Tunnels are persisted in ``<state_dir>/tunnels.json`` and restored when the
 service starts; ``GET /api/v1/health`` answers 503 until every one of them
 listens again.
@@ -36,9 +38,10 @@ from backend import __version__, addresses
 from backend.auth import Principal, authenticate
 from backend.files import private_dir
 from backend.service import backend_only_app
-from backend.settings import Settings
-from backend.sshconfig import HOST_PATTERN, SshTunnel
+from backend.settings import Settings, SettingsError
+from backend.sshconfig import HOST_PATTERN, HubForwardTls, SshTunnel
 
+from .hubtls import HubTls, server_context
 from .links import Forward, LinkDown, NodeLink, SystemLink, port_in_use
 
 log = logging.getLogger("lablink.tunnel")
@@ -77,6 +80,19 @@ class Tunnels:
         self.bind = settings.tunnel_service.bind
         self.links: dict[str, SystemLink] = {}
         self.nodes: dict[tuple[str, int], NodeLink] = {}
+        self.hub_tls: dict[tuple[str, str], HubTls] = {}  # by (cert_file, key_file)
+        self.hub_targets: dict[str, tuple[str, int]] = {}  # system: its HubTls listener
+
+    async def start_hub_tls(self) -> None:
+        """A TLS listener for the hub's API per certificate the systems' hub forwards
+        use; the login nodes' reverse forwards lead there."""
+        hub = self.settings.tunnel_service.hub_address()
+        for name, tls in hub_forward_tls(self.settings).items():
+            key = (tls.cert_file, tls.key_file)
+            if key not in self.hub_tls:
+                self.hub_tls[key] = HubTls(tls, hub)
+                await self.hub_tls[key].start()
+            self.hub_targets[name] = self.hub_tls[key].address
 
     def ssh_of(self, system: str) -> SshTunnel:
         found = self.settings.systems.get(system)
@@ -94,7 +110,7 @@ class Tunnels:
         link = self.links.get(system)
         if link is None:
             ssh = self.ssh_of(system)
-            hub = self.settings.tunnel_service.hub_address()
+            hub = self.hub_targets.get(system, self.settings.tunnel_service.hub_address())
             nodes = []
             for node in ssh.login_nodes:
                 key = (node.host, node.port)
@@ -159,6 +175,30 @@ class Tunnels:
         for link in self.links.values():
             await link.close()
         await asyncio.gather(*(node.close() for node in self.nodes.values()))
+        await asyncio.gather(*(tls.close() for tls in self.hub_tls.values()))
+
+
+def hub_forward_tls(settings: Settings) -> dict[str, HubForwardTls]:
+    """The TLS settings of every system with a hub forward, by system name."""
+    out = {}
+    for name, system in settings.systems.items():
+        ssh = getattr(system, "ssh", None)
+        if getattr(system, "tunnel", "none") == "ssh" and ssh and ssh.hub_forward:
+            out[name] = ssh.hub_forward.tls
+    return out
+
+
+def check_hub_tls(settings: Settings) -> None:
+    """SettingsError when a hub forward's certificate or key cannot be used."""
+    for name, tls in hub_forward_tls(settings).items():
+        try:
+            server_context(tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise SettingsError(
+                f"systems.{name}.ssh.hub_forward.tls: the certificate {tls.cert_file} with the "
+                f"key {tls.key_file} cannot be used: {why}"
+            ) from None
 
 
 def allowed(ssh: SshTunnel, host: str, address: str, port: int) -> bool:
@@ -304,6 +344,7 @@ def create_app(settings: Settings, token: str) -> FastAPI:
         private_dir(settings.state_dir)
         tunnels = Tunnels(settings, settings.state_dir / "tunnels.json")
         app.state.tunnels = tunnels
+        await tunnels.start_hub_tls()
         tunnels.load()
         try:
             yield

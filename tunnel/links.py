@@ -86,6 +86,7 @@ class NodeLink:
         self.problem = ""
         self.reconnects = 0
         self.hub_listener: Any = None
+        self.hub_problem = ""  # why the hub's API cannot listen there, while it cannot
         self._task: asyncio.Task[None] | None = None
         self._pty: Any = None
 
@@ -168,22 +169,38 @@ class NodeLink:
                      self.name, exc)  # fmt: skip
 
     async def _hold_hub_forward(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Listen on the login node for the hub's API; retried while the port is
-        taken there (an earlier session of ours that sshd has not noticed is gone)."""
+        """Listen on the login node for the hub's API (the hub forward's TLS listener
+        is the other end). While the node refuses (the port taken there: by an
+        earlier session of ours that sshd has not noticed is gone, or by somebody
+        else), retry with backoff; the log says so once, health until it listens."""
         fwd = self.ssh.hub_forward
         assert fwd is not None
         host, port = self.hub
         delay = 0.5
+        since = 0.0
         while not conn.is_closed():
             try:
                 self.hub_listener = await conn.forward_remote_port(fwd.bind, fwd.port, host, port)
             except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
-                log.warning("%s does not let us listen on %s:%s for the hub's API (%s); "
-                            "retrying", self.name, fwd.bind, fwd.port, exc)  # fmt: skip
+                problem = (
+                    f"{self.name} does not let us listen on {fwd.bind}:{fwd.port} for the "
+                    f"hub's API ({exc})"
+                )
+                if problem != self.hub_problem:
+                    log.error("labs behind %s cannot reach the hub: %s; retrying until it "
+                              "can", self.name, problem)  # fmt: skip
+                    since = since or time.monotonic()
+                self.hub_problem = problem
+                self._notify()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, HUB_RETRY_MAX)
                 continue
-            log.info("the hub's API is on %s:%s of %s", fwd.bind, fwd.port, self.name)
+            if self.hub_problem:
+                log.warning("the hub's API is on %s:%s of %s again, after %.0f s", fwd.bind,
+                            fwd.port, self.name, time.monotonic() - since)  # fmt: skip
+            else:
+                log.info("the hub's API is on %s:%s of %s", fwd.bind, fwd.port, self.name)
+            self.hub_problem = ""
             self._notify()
             return
 
@@ -223,8 +240,11 @@ class SystemLink:
 
     @property
     def hub_ready(self) -> bool:
-        """The hub's API is reachable from the compute nodes (or not needed)."""
-        return self.ssh.hub_forward is None or any(n.hub_listener for n in self.nodes)
+        """The hub's API listens on every login node that is up (or is not needed)."""
+        if self.ssh.hub_forward is None:
+            return True
+        up = [n for n in self.nodes if n.up]
+        return bool(up) and all(n.hub_listener for n in up)
 
     @property
     def healthy(self) -> bool:
@@ -251,6 +271,7 @@ class SystemLink:
             "login_nodes": {n.name: n.state for n in self.nodes},
             "carrier": carrier.name if carrier else None,
             "hub_forward": [n.name for n in self.nodes if n.hub_listener],
+            "hub_forward_problems": {n.name: n.hub_problem for n in self.nodes if n.hub_problem},
             "reconnects": self.reconnects,
         }
 

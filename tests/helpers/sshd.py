@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 import time
@@ -406,10 +407,29 @@ class HttpBackend:
         self._server = self._thread = None
 
 
-def http_get(host: str, port: int, path: str = "/", timeout: float = 5) -> tuple[int, bytes]:
-    """One HTTP/1.0 GET on a new TCP connection, read to EOF: (status, body)."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+def lab_tls(ca_file: str | Path) -> ssl.SSLContext:
+    """What a lab's Python trusts for the hub's API: its start script's bundle, the
+    system's CAs and the hub forward's (``SSL_CERT_FILE``)."""
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
+def http_get(
+    host: str,
+    port: int,
+    path: str = "/",
+    timeout: float = 5,
+    tls: ssl.SSLContext | None = None,
+    headers: str = "",
+) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET on a new TCP connection (TLS with ``tls``, the host name
+    checked), read to EOF: (status, body)."""
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+        if tls is not None:
+            sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n{headers}\r\n".encode())
         data = bytearray()
         while chunk := sock.recv(65536):
             data += chunk

@@ -261,6 +261,13 @@ class BatchDriver(Driver[B]):
                 raise self.failed(ctx, exc) from None
             except SiteUnavailable:
                 raise LabFailed(self.unavailable(ctx)) from None
+            except script.BadHubCa as exc:
+                self.log.error("%s: no job submitted: hub_forward.tls: %s", ctx.log_name, exc)
+                raise LabFailed(
+                    f"Labs on {ctx.system_label!r} cannot be started: the site's certificate "
+                    "for the hub's API on the login nodes is missing. Please tell the site's "
+                    "admins."
+                ) from None
             await ctx.save({**ctx.handle, "job": ref})
             self.log.info("%s: job %s", ctx.log_name, ref)
             await self._drop_duplicates(ctx, jobs, ref)

@@ -6,6 +6,12 @@ kind adds to announce the lab's address. Everything that comes from a person or
 the hub travels in the job's environment, so no option value is ever read by a
 shell as code.
 
+Where labs reach the hub's API through the login nodes (``ssh.hub_forward``),
+the script also makes the lab trust the CA of that port's TLS certificate
+(the admin's ``tls.ca_file``, checked PEM) besides the compute node's own CAs,
+through ``SSL_CERT_FILE``, so the lab's hub token goes only to the tunnel
+service, never to whoever holds the port on a shared login node.
+
 The script picks a free port, writes ``lab.json`` (``{"host": ..., "port": ...}``)
 into the job's working directory, and starts JupyterLab there. The backend
 reads the address back (through UNICORE's storage API, or from the Slurm job's
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ... import addresses
+from ... import addresses, certs
 from .config import BatchSystem
 
 SCRIPT_NAME = "start.sh"
@@ -39,6 +45,7 @@ _SCRIPT = """\
 set -eu
 {prologue}
 {setup}
+{hub_trust}
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
 host=${{LABLINK_LAB_HOST:-$(hostname -f 2>/dev/null || hostname)}}
 printf '{{"host": "%s", "port": %s}}\\n' "$host" "$port" > {lab_file}.tmp
@@ -48,6 +55,45 @@ export JUPYTERHUB_SERVICE_URL="http://${{LABLINK_LAB_BIND:-0.0.0.0}}:${{port}}${
 echo "lablink: starting JupyterLab on $host:$port"
 {run}
 """
+
+
+# where distributions keep their CA bundle; the first one readable is taken
+SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+)
+
+_HUB_TRUST = """\
+# the hub's API is reached over TLS through the login node: trust its CA too
+hub_ca=$(mktemp "${{TMPDIR:-/tmp}}/lablink-hub-ca.XXXXXX")
+for bundle in "${{SSL_CERT_FILE:-}}" {bundles}; do
+  if [ -n "$bundle" ] && [ -r "$bundle" ]; then cat "$bundle" >> "$hub_ca"; break; fi
+done
+cat >> "$hub_ca" <<'LABLINK_HUB_CA'
+{pem}
+LABLINK_HUB_CA
+export SSL_CERT_FILE="$hub_ca"
+"""
+
+
+class BadHubCa(ValueError):
+    """The site's ``hub_forward.tls.ca_file`` cannot be used; the message is for the
+    admin log."""
+
+
+def hub_trust(system: BatchSystem[Any]) -> str:
+    """The script lines that make the lab trust the hub forward's CA (a comment
+    where labs reach the hub directly); BadHubCa when the CA file is unusable."""
+    ssh = system.ssh if system.tunnel == "ssh" else None
+    if ssh is None or ssh.hub_forward is None:
+        return "# (labs reach the hub's API directly)"
+    try:
+        pem = certs.read_ca(ssh.hub_forward.tls.ca_file)
+    except ValueError as exc:
+        raise BadHubCa(str(exc)) from None
+    return _HUB_TRUST.format(bundles=" ".join(SYSTEM_BUNDLES), pem=pem.strip()).rstrip("\n")
 
 
 @dataclass(frozen=True)
@@ -63,13 +109,15 @@ class ScriptHooks:
 
 def start_script(system: BatchSystem[Any], hooks: ScriptHooks = ScriptHooks()) -> str:
     """The start script for every lab of ``system``: the admin's setup and command,
-    and the kind's ``hooks`` (how it prepares the job, where lab.json goes, how it
-    tells the backend where the lab is, how it runs the lab)."""
+    the hub forward's CA, and the kind's ``hooks`` (how it prepares the job, where
+    lab.json goes, how it tells the backend where the lab is, how it runs the lab).
+    BadHubCa when the site's CA file for the hub forward is unusable."""
     setup = "\n".join(system.setup) if system.setup else "# (no setup lines configured)"
     command = " ".join(shlex.quote(a) for a in [*system.lab_command, *system.lab_args])
     return _SCRIPT.format(
         prologue=hooks.prologue,
         setup=setup,
+        hub_trust=hub_trust(system),
         lab_file=hooks.lab_file,
         announce=hooks.announce,
         run=hooks.run.format(command=command),
