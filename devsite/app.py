@@ -22,7 +22,7 @@ from backend.bounded import BodyLimit
 
 from . import DevsiteConfig, SiteError
 from .auth import Authenticated, Caller, UserinfoCache, install_error_handlers
-from .description import parse_description, submitted_copy
+from .description import JOB_TYPES, parse_description, submitted_copy
 from .jobs import Job, LocalRunner, read_exit_code, unicore_time, write_imports
 from .slurm import SlurmRunner
 from .storage import base_url, storage_router
@@ -338,6 +338,55 @@ def paged(name: str, urls: list[str], url: str, offset: int, num: int) -> dict[s
 # -- the app ------------------------------------------------------------------------------
 
 
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+# the job description as UNICORE/X takes it (only in the OpenAPI document: the route
+# reads the JSON itself and answers what UNICORE/X would for what does not fit)
+JOB_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "Name": {"type": "string"},
+                        "Executable": {"type": "string"},
+                        "Arguments": _STRINGS,
+                        "Environment": {
+                            "oneOf": [
+                                _STRINGS,
+                                {"type": "object", "additionalProperties": {"type": "string"}},
+                            ]
+                        },
+                        "Imports": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "From": {"type": "string"},
+                                    "To": {"type": "string"},
+                                    "Data": {"type": "string"},
+                                    "Permissions": {"type": "string"},
+                                },
+                            },
+                        },
+                        "Resources": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "Tags": _STRINGS,
+                        "Job type": {"type": "string", "enum": sorted(JOB_TYPES)},
+                        "Login node": {"type": "string"},
+                        "Project": {"type": "string"},
+                        "haveClientStageIn": {"type": "string", "enum": ["true", "false"]},
+                        "Stdout": {"type": "string"},
+                        "Stderr": {"type": "string"},
+                        "IgnoreNonZeroExitCode": {"type": "string", "enum": ["true", "false"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def create_app(config: DevsiteConfig) -> FastAPI:
     if not SITE_PATTERN.match(config.site):
         raise ValueError(f"the site name '{config.site}' may only hold letters, digits, _ and -")
@@ -359,15 +408,18 @@ def create_app(config: DevsiteConfig) -> FastAPI:
         finally:
             await site.close()
 
+    prefix = f"/{config.site}/rest/core"
     app = FastAPI(
         title=f"UNICORE development site {config.site}",
+        description="The part of UNICORE/X's REST API that Lablink and pyunicore use. "
+        "Every resource but this document needs a login.",
         lifespan=lifespan,
-        openapi_url=None,
+        openapi_url=prefix + "/openapi.json",  # UNICORE/X has none; for tests and fuzzing
         docs_url=None,
         redoc_url=None,
     )
     app.state.devsite = site
-    app.state.prefix = prefix = f"/{config.site}/rest/core"
+    app.state.prefix = prefix
     install_error_handlers(app)
     app.add_middleware(BodyLimit, key="errorMessage")
 
@@ -388,8 +440,8 @@ def create_app(config: DevsiteConfig) -> FastAPI:
         urls = [f"{base}/jobs/{j.id}" for j in jobs]
         return paged("jobs", urls, f"{base}/jobs", max(0, offset), max(0, num))
 
-    @app.post(prefix + "/jobs", status_code=201)
-    @app.post(prefix + "/sites/{tss}", status_code=201)
+    @app.post(prefix + "/jobs", status_code=201, openapi_extra=JOB_BODY)
+    @app.post(prefix + "/sites/{tss}", status_code=201, openapi_extra=JOB_BODY)
     async def submit(request: Request, caller: Authenticated) -> Response:
         try:
             description = await request.json()

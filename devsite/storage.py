@@ -241,7 +241,17 @@ def storage_router(storage_job: Any, own_jobs: Any) -> APIRouter:
             media_type="application/octet-stream",
         )
 
-    @router.put("/storages/{sid}/files/{path:path}", status_code=204)
+    @router.put(
+        "/storages/{sid}/files/{path:path}",
+        status_code=204,
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                }
+            }
+        },
+    )
     async def put_file(request: Request, job: StorageJob, path: str) -> Response:
         if request.headers.get("content-type", "").startswith("application/json"):
             raise SiteError(
@@ -287,7 +297,22 @@ def storage_router(storage_job: Any, own_jobs: Any) -> APIRouter:
         await asyncio.to_thread(_remove, target)
         return Response(status_code=204)
 
-    @router.post("/storages/{sid}/actions/{action}", status_code=204)
+    @router.post(
+        "/storages/{sid}/actions/{action}",
+        status_code=204,
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"from": {"type": "string"}, "to": {"type": "string"}},
+                        }
+                    }
+                }
+            }
+        },
+    )
     async def storage_action(request: Request, job: StorageJob, action: str) -> Response:
         if action not in ("copy", "rename"):
             raise SiteError(404, f"The storage has no action '{action}'; use copy or rename.")

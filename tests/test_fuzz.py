@@ -1,6 +1,7 @@
 """Fuzzing every service's API from its own OpenAPI (schemathesis), as each kind of
 caller: the hub acting for a person, an admin, and nobody (no token). Whatever is
-sent, no answer is a server error, and no answer shows another person's lab.
+sent, no answer is a server error, and no answer shows another person's lab (or,
+on the development site, another person's job).
 
 Each service runs as `lablink` runs it, in a process of its own. Bounded for CI:
 a fixed number of examples per operation (``LABLINK_FUZZ_EXAMPLES``, 15 by
@@ -9,12 +10,13 @@ default), derandomized so that a run is repeatable.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from backend.procs import free_port
 from tests.helpers import site
 from tests.helpers.api import lab_request
+from tests.helpers.devsite import Devsite, shell_job
 from tests.helpers.kube import KubeApi, KubeError
 from tests.helpers.peers import peer_missing
 from tests.helpers.stack import end_process, launch
@@ -53,6 +56,8 @@ class Service:
     secret_of_others: list[str] = field(default_factory=list)
     sent: int = 0  # requests made
     statuses: set[int] = field(default_factory=set)
+    schema_path: str = "/api/v1/openapi.json"
+    prepare: Callable[[schemathesis.Case], None] | None = None  # before a case is sent
 
 
 def start(
@@ -143,7 +148,53 @@ def userlab_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     kube.stop()
 
 
+HELD = "haveClientStageIn"
+
+
+def hold_submitted_jobs(case: schemathesis.Case) -> None:
+    """A job the fuzzer submits waits for a stage-in that never comes: UNICORE runs what
+    an authenticated person sends (shell words and all), and a fuzzer's strings are
+    not commands to run on the test machine."""
+    if case.method == "POST" and isinstance(case.body, dict) and "/actions/" not in case.path:
+        case.body[HELD] = "true"
+    if case.method == "POST" and case.path.endswith("/actions/{action}"):
+        if isinstance(case.path_parameters, dict) and case.path_parameters.get("action") in (
+            "start",
+            "restart",
+        ):
+            case.path_parameters["action"] = "abort"
+
+
+@pytest.fixture(scope="module")
+def devsite_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    directory = tmp_path_factory.mktemp("fuzz-devsite")
+    site = Devsite(workdir=directory / "work", log=directory / "devsite.log")
+    site.start()
+    # bob's job, held before it runs: nobody but bob may ever see it
+    with site.http("bob") as bob:
+        resp = bob.post("/jobs", json=shell_job("true", **{HELD: "true"}))
+        assert resp.status_code == 201, resp.text
+        job_id = resp.headers["location"].rsplit("/", 1)[-1]
+    basic = "Basic " + base64.b64encode(f"alice:{site.passwords['alice']}".encode()).decode()
+    yield Service(
+        "development site",
+        f"http://127.0.0.1:{site.port}",
+        {
+            "alice": {"Authorization": basic},
+            "alice's token": {"Authorization": f"Bearer {site.token}"},
+            "nobody": {},
+        },
+        site.proc,
+        [job_id],
+        schema_path=f"/{site.site}/rest/core/openapi.json",
+        prepare=hold_submitted_jobs,
+    )
+    site.stop()
+
+
 def check(service: Service, caller: str, case: schemathesis.Case) -> None:
+    if service.prepare is not None:
+        service.prepare(case)
     resp = case.call(base_url=service.url, headers=service.callers[caller], timeout=30)
     service.sent += 1
     service.statuses.add(resp.status_code)
@@ -151,7 +202,7 @@ def check(service: Service, caller: str, case: schemathesis.Case) -> None:
     assert resp.status_code < 500, where
     if caller == "nobody":
         assert resp.status_code in (401, 404, 405, 413, 422, 400), where
-    if caller not in ("admin", "backend"):  # the services beside the backend: one caller
+    if caller not in ("admin", "backend"):  # the backend's peers: one caller
         for secret in service.secret_of_others:
             assert secret not in resp.text, where
 
@@ -159,7 +210,7 @@ def check(service: Service, caller: str, case: schemathesis.Case) -> None:
 def fuzz(service: Service) -> int:
     """Every operation of the service's OpenAPI, ``EXAMPLES`` generated cases each, each
     case sent as each kind of caller; the number of operations."""
-    schema = schemathesis.openapi.from_url(f"{service.url}/api/v1/openapi.json")
+    schema = schemathesis.openapi.from_url(service.url + service.schema_path)
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:
 
@@ -197,3 +248,12 @@ def test_the_tunnel_service_answers_anything_with_no_server_error(
     assert operations >= 4
     assert tunnel_service.sent >= operations * 2
     assert {200, 401} <= tunnel_service.statuses, tunnel_service.statuses
+
+
+def test_the_development_site_answers_anything_with_no_server_error_and_no_leak(
+    devsite_service: Service,
+) -> None:
+    operations = fuzz(devsite_service)
+    assert operations >= 20, operations
+    assert devsite_service.sent >= operations * 3
+    assert {200, 201, 401, 404} <= devsite_service.statuses, devsite_service.statuses
