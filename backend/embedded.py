@@ -168,7 +168,8 @@ def _this_machine(system: dict[str, Any], tunnel: LocalTunnel | None, doc: dict[
         tunnel.apply(doc, system)
     bin_dirs = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
     system.setdefault("environment", {})["PATH"] = os.pathsep.join(dict.fromkeys(bin_dirs))
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # the jobs run as root here: JupyterLab must be told (and
+        # `lablink up` says so when it writes the site file)
         system["lab_args"] = [*system.get("lab_args", []), "--allow-root"]
 
 
@@ -448,6 +449,12 @@ class Embedded:
                 )
             elif system.get("run_as"):
                 self.say(f"labs of system {name!r} run in the account {system['run_as']!r}")
+            elif "--allow-root" in system.get("lab_args", []):
+                self.say(
+                    f"labs of system {name!r} run as root: its jobs run in the account that "
+                    "runs `lablink up` (lab_args has --allow-root in the site file it writes); "
+                    "run `lablink up` as an ordinary user to keep labs out of root"
+                )
         path = self.state / "site.yaml"
         path.write_text(
             "# written by `lablink up` from the embedded site file; changes are overwritten\n"

@@ -300,6 +300,27 @@ def test_the_embedded_default_with_oidc_offers_no_shared_machine(
     assert site.settings({**document, "state_dir": "/tmp/x"})
 
 
+def test_lablink_up_as_root_says_which_systems_run_labs_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The embedded HPC systems run their jobs in the account that runs `lablink up`; as
+    root JupyterLab needs --allow-root there, which is never added in silence."""
+    import yaml
+
+    from backend.cli import build_parser
+
+    monkeypatch.setattr(embedded.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(embedded, "demo_local", lambda system: None)  # no account made
+    args = build_parser().parse_args(["up", "--state-dir", str(tmp_path), "--no-tunnel"])
+    up = embedded.Embedded(args, None, Path(embedded.__file__).parent / "data" / "embedded.yaml")
+    up._write_site()
+    said = capsys.readouterr().out
+    written = yaml.safe_load(Path(str(up.site)).read_text())
+    assert "--allow-root" in written["systems"]["hpc"]["lab_args"]
+    assert "labs of system 'hpc' run as root" in said, said
+    assert "lab_args has --allow-root in the site file" in said
+
+
 def uids_of(pid: int) -> list[int]:
     status = Path(f"/proc/{pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("Uid:"))
