@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
 from .catalog import OptionError, catalog, vo_entry
 from .labs import LabManager, NotInVO
-from .states import FINAL, PROGRESS, LabState, exit_status
+from .states import FINAL, PROGRESS, InvalidTransition, LabState, exit_status
 from .store import Event, Lab, QuotaExceeded, ServerNameBusy, Store, UserRecord
+from .systems.driver import lab_log_name
 from .vos import MAX_ENTITLEMENT, Identity, memberships
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -28,6 +29,7 @@ LAB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # text the database can store and a log can show
 log = logging.getLogger("lablink.backend.api")
 HEARTBEAT_SECONDS = 15.0
+MAX_NOTICE = 1000  # characters of a notice on a lab
 MAX_SEQ = 2**31 - 1  # event numbers are 32-bit integers in the database
 
 router = APIRouter(prefix="/api/v1")
@@ -137,6 +139,18 @@ class EventOut(BaseModel):
     state: LabState
     message: str
     detail: str
+
+
+class NoticeIn(BaseModel):
+    """A sentence for the person about one of their labs, from the hub."""
+
+    model_config = ConfigDict(extra="forbid")
+    message: str = Field(
+        min_length=1,
+        max_length=MAX_NOTICE,
+        description="one or two sentences that say what happened and what to do; control "
+        "characters are removed",
+    )
 
 
 class Health(BaseModel):
@@ -405,6 +419,23 @@ async def delete_lab(request: Request, lab_id: str, who: Auth, token: AccessToke
     lab = await visible_lab(request, who, lab_id)
     take_token(request, who, lab, token)
     return lab_out(await manager_of(request).stop(lab), who.admin)
+
+
+@router.post("/labs/{lab_id}/notice", response_model=LabOut)
+async def post_notice(request: Request, lab_id: str, body: NoticeIn, who: Auth) -> LabOut:
+    """Tell the person something about an active lab (the hub: their login could not be
+    renewed). Stored as an event in the lab's current state and progress, so it shows
+    in the progress stream and as the lab's ``message``; answers the lab. 409 once the
+    lab has ended."""
+    lab = await visible_lab(request, who, lab_id)
+    try:
+        lab = await store_of(request).notice(lab.id, body.message)
+    except InvalidTransition:
+        raise HTTPException(
+            409, f"Lab {lab.id} has ended; a notice is kept only for an active lab."
+        ) from None
+    log.info("%s: notice: %s", lab_log_name(lab.user_name, lab.server_name, lab.id), lab.message)
+    return lab_out(lab, who.admin)
 
 
 @router.get("/labs/{lab_id}/events", response_model=list[EventOut])

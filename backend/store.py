@@ -457,3 +457,32 @@ class Store:
             assert updated is not None
             return updated
         raise RuntimeError(f"lab {lab_id}: could not record {state} after repeated conflicts")
+
+    async def notice(self, lab_id: str, message: str) -> Lab:
+        """Store ``message`` for the person as an event of an active lab, in the state it
+        is in and with the progress it has; the lab's ``message`` becomes it.
+
+        Returns the lab after it; raises KeyError for an unknown lab and
+        InvalidTransition for a final one.
+        """
+        for _attempt in range(20):
+            lab = await self.get_lab(lab_id)
+            if lab is None:
+                raise KeyError(lab_id)
+            if not lab.active:
+                raise InvalidTransition(lab.state, lab.state)
+            async with self.engine.connect() as conn:
+                progress = (
+                    await conn.execute(
+                        select(events.c.progress).where(
+                            events.c.lab_id == lab_id, events.c.seq == lab.last_seq
+                        )
+                    )
+                ).scalar()
+            try:
+                return await self.record(
+                    lab_id, lab.state, message, progress=progress, allowed_from=(lab.state,)
+                )
+            except InvalidTransition:
+                continue  # it moved on meanwhile: note it in its new state
+        raise RuntimeError(f"lab {lab_id}: could not store a notice after repeated conflicts")

@@ -56,6 +56,8 @@ class DevsiteConfig:
     # (as UNICORE/X's OAuth2 authenticator does); the person's uids are the accounts
     # of their entitlements
     oidc_userinfo: str = ""
+    # seconds the provider's answer for one token is kept (0: ask it at every call)
+    userinfo_cache: float = 60.0
     entitlement_pattern: str = ""
 
 

@@ -81,7 +81,7 @@ class Devsite:
         self._tasks: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
-        self.userinfo = UserinfoCache()
+        self.userinfo = UserinfoCache(config.userinfo_cache)
 
     async def open(self) -> None:
         self.config.workdir.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,7 @@ OidcCaller = tuple[str, tuple[str, ...]]
 class UserinfoCache:
     """The provider's answers for a while, by a hash of the token (the token itself is not
     kept): a lab polls its job every few seconds, and the provider should not be asked
-    each time. At most ``size`` answers, each for ``seconds``."""
+    each time. At most ``size`` answers, each for ``seconds`` (0: none is kept)."""
 
     def __init__(self, seconds: float = 60.0, size: int = 4096):
         self.seconds = seconds
@@ -131,6 +131,8 @@ class UserinfoCache:
         return True, found[1]
 
     def put(self, token: str, answer: OidcCaller | None) -> None:
+        if self.seconds <= 0:
+            return
         self._answers[self.key(token)] = (time.monotonic() + self.seconds, answer)
         self._answers.move_to_end(self.key(token))
         while len(self._answers) > self.size:

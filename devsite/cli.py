@@ -37,6 +37,15 @@ def add_arguments(dev: argparse.ArgumentParser) -> None:
         help="an OIDC provider's userinfo endpoint: bearer tokens it accepts log in; the "
         "person's uids are the accounts of their eduperson_entitlement claims",
     )
+    dev.add_argument(
+        "--userinfo-cache",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --oidc-userinfo: how long the provider's answer for one token is kept "
+        "(default 60; 0 asks the provider at every call, so an expired token is refused "
+        "at once)",
+    )
     dev.add_argument("--slurm", action="store_true", help="run BATCH jobs through Slurm")
     dev.add_argument(
         "--workdir",
@@ -74,6 +83,8 @@ def make_app(args: argparse.Namespace) -> Any:
         twice = {n for n in names if names.count(n) > 1}
         if twice:
             raise ValueError(f"the user {sorted(twice)[0]} is given twice")
+        if not 0 <= args.userinfo_cache <= 86400:
+            raise ValueError(f"--userinfo-cache {args.userinfo_cache:g} must be 0 to 86400 seconds")
         if not args.gpu_resource.isidentifier():
             raise ValueError(f"--gpu-resource '{args.gpu_resource}' is not a resource name")
         config = DevsiteConfig(
@@ -86,6 +97,7 @@ def make_app(args: argparse.Namespace) -> Any:
             queues=tuple(q for q in args.queues.split(",") if q) or (DEFAULT_QUEUE,),
             environ=environ,
             oidc_userinfo=args.oidc_userinfo,
+            userinfo_cache=args.userinfo_cache,
         )
         app = create_app(config)
         if args.slurm:

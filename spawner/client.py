@@ -115,6 +115,19 @@ class BackendClient:
                 return None
             raise
 
+    async def notice(self, lab_id: str, user: str, message: str) -> dict[str, Any] | None:
+        """Put a sentence for the person on an active lab (it shows among its events);
+        None if the lab is gone or has ended."""
+        try:
+            resp = await self._request(
+                "POST", f"/labs/{lab_id}/notice", user, json={"message": message}
+            )
+            return resp.json()  # type: ignore[no-any-return]
+        except BackendError as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+
     async def follow(self, lab_id: str, user: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Yield the lab's events as the backend stores them, until a final state.
 

@@ -10,10 +10,11 @@ the way an HPC centre's hub needs it:
 - the hub's groups follow the claims: the ``groups`` claim and the group
   entitlements (``urn:...:group:<name>#...``);
 - the access token is refreshed with the refresh token when it expires within
-  ``refresh_margin`` seconds: before every spawn (``refresh_pre_spawn``) and
-  whenever the hub checks the login (``auth_refresh_age``). When the refresh
+  ``refresh_margin`` seconds: before every spawn (``refresh_pre_spawn``),
+  whenever the hub checks the login (``auth_refresh_age``), and while the
+  person has an active lab (the spawner: spawner/refresh.py). When the refresh
   fails, the person logs in again (``LablinkSpawnHandler`` sends them there
-  from the spawn form).
+  from the spawn form; their active labs tell them to).
 """
 
 from __future__ import annotations
@@ -135,10 +136,12 @@ class LablinkOIDCAuthenticator(VOPages, GenericOAuthenticator):
         300,
         help="""Refresh the access token when it expires within this many seconds.
 
-        The hub hands the token to the backend at every spawn, which uses it for
-        UNICORE; a spawn therefore always carries a token valid for at least
-        this long. A margin longer than the provider's token lifetime refreshes
-        at every spawn.""",
+        The hub hands the token to the backend at every spawn and poll, which uses
+        it for UNICORE; a spawn therefore always carries a token valid for at
+        least this long, and while a person's lab is active the hub renews the
+        token this long before it expires (at every poll, and every half margin,
+        at most 30 s, while a start waits in a queue). A margin longer than the
+        provider's token lifetime refreshes at every spawn and every check.""",
     ).tag(config=True)
 
     scope = List(  # type: ignore[assignment]

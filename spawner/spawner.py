@@ -12,6 +12,11 @@ JupyterHub's contract:
 - ``poll()`` returns None while the lab is active, 0 once it stopped, 1 if it
   failed, and None if the backend cannot be asked right now (a backend that
   restarts does not make the hub drop running labs).
+- the person's access token is kept valid while the lab is active: ``poll()``,
+  and a task beside ``start()`` while it follows the lab (JupyterHub does not poll
+  a pending spawn), renew the login when the token is about to expire and hand the
+  new one to the backend; a login that cannot be renewed is a sentence among the
+  lab's events (spawner/refresh.py).
 - ``stop()`` asks the backend to stop the lab and waits until it has.
 - ``get_state()`` / ``load_state()`` keep the lab id, so a restarted hub finds
   its labs again.
@@ -20,6 +25,7 @@ JupyterHub's contract:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import os
 from collections.abc import AsyncIterator
@@ -33,6 +39,7 @@ from backend.config_base import https_url
 from .client import FINAL, BackendClient, BackendError
 from .follow import SharedFollow
 from .form import options_form_html, options_from_form
+from .refresh import Attempt, check_interval, lost_login_sentence, refresh_margin, renew_login
 from .vo import identity
 
 
@@ -116,6 +123,17 @@ class LablinkSpawner(Spawner):
         (queue wait included, `start_limit`); the hub's start_timeout for a lab is
         that plus this margin, so the backend's own sentence reaches the person
         before JupyterHub's generic timeout.""",
+    ).tag(config=True)
+
+    token_refresh_retry = Float(
+        300.0,
+        help="""Seconds before the hub asks the identity provider again to renew a login it
+        could not renew.
+
+        While a person's lab is active the hub renews their access token before it
+        expires (the authenticator's refresh_margin), so the backend can go on
+        following the lab. When that fails, the lab gets one sentence telling the
+        person to log in again, and the provider is asked again only after this long.""",
     ).tag(config=True)
 
     lab_id = Unicode(None, allow_none=True, help="The backend's id of the current lab (state).")
@@ -212,6 +230,21 @@ class LablinkSpawner(Spawner):
             raise LabSpawnError(exc.detail, reason="backend", status_code=status) from None
         self.lab_id = lab["id"]
         self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
+        keeper = None
+        if refresh_margin(self.authenticator) is not None:
+            keeper = asyncio.create_task(
+                self._keep_login_fresh_while_starting(body["user"]["access_token"]),
+                name=f"keep-login-{self.lab_id}",
+            )
+        try:
+            return await self._follow_start(user)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.wait([keeper])
+
+    async def _follow_start(self, user: str) -> str:
+        assert self.lab_id is not None
         async for event in self.backend.follow(self.lab_id, user):
             if event["state"] == "running":
                 current = await self.backend.get(self.lab_id, user)
@@ -228,6 +261,69 @@ class LablinkSpawner(Spawner):
             "The lab ended before it was ready.", reason="lab-failed", status_code=502
         )
 
+    async def _keep_login_fresh_while_starting(self, handed: str | None) -> None:
+        """While start() follows the lab: renew the login when it is due and hand each
+        new token to the backend (a queue wait may outlast many tokens)."""
+        margin = refresh_margin(self.authenticator)
+        assert margin is not None
+        handed_digest = _digest(handed)
+        while True:
+            await asyncio.sleep(check_interval(margin))
+            try:
+                token = await self.keep_login_fresh()
+                # new, or renewed by another of the person's servers, or a new login
+                if token and _digest(token) != handed_digest and self.lab_id:
+                    await self.backend.get(self.lab_id, self._who, token)
+                    handed_digest = _digest(token)
+            except Exception as exc:  # logged; the start goes on
+                self.log.warning(
+                    "%s: keeping the login fresh for lab %s failed: %r",
+                    self._log_name,
+                    self.lab_id,
+                    exc,
+                )
+
+    async def keep_login_fresh(self) -> str | None:
+        """Renew the person's access token when it expires within the authenticator's
+        refresh_margin, and tell this lab, once, when the login cannot be renewed.
+
+        Returns the person's current access token (None without one). An
+        authenticator without tokens (the demo login) is left alone.
+        """
+        renewal = await renew_login(
+            self.user, self.authenticator, self.token_refresh_retry, self.log
+        )
+        if renewal is None:
+            return await self._access_token()
+        if renewal.renewed:
+            self.log.info(
+                "%s: renewed the login of %s for lab %s",
+                self._log_name,
+                self.user.name,
+                self.lab_id,
+            )
+        failure = renewal.failure
+        if failure is not None and self.lab_id and self.lab_id not in failure.told:
+            failure.told.add(self.lab_id)
+            await self._tell_lost_login(failure)
+        return _token_of(renewal.auth_state)
+
+    async def _tell_lost_login(self, failure: Attempt) -> None:
+        assert self.lab_id is not None
+        provider = str(getattr(self.authenticator, "login_service", "") or "")
+        sentence = lost_login_sentence(provider or "your identity provider", failure.expires_at)
+        self.log.warning(
+            "%s: the login of %s could not be renewed; telling lab %s",
+            self._log_name,
+            self.user.name,
+            self.lab_id,
+        )
+        try:
+            await self.backend.notice(self.lab_id, self._who, sentence)
+        except BackendError as exc:
+            failure.told.discard(self.lab_id)  # told at the next check
+            self.log.warning("%s: cannot tell lab %s: %s", self._log_name, self.lab_id, exc.detail)
+
     async def _stop_existing(self, user: str) -> None:
         for lab in await self._labs_of_this_server(user):
             await self.backend.delete(lab["id"], user)
@@ -242,18 +338,21 @@ class LablinkSpawner(Spawner):
 
     async def _access_token(self) -> str | None:
         """The person's current access token from auth_state (None without one)."""
-        auth_state = await self.user.get_auth_state() or {}
-        token = auth_state.get("access_token")
-        return token if isinstance(token, str) and token else None
+        return _token_of(await self.user.get_auth_state() or {})
 
     async def poll(self) -> int | None:
         if not self.lab_id:
             return 0
         user = self._who
         try:
+            token = await self.keep_login_fresh()
+        except Exception as exc:  # logged; the poll goes on with the token there is
+            self.log.warning("%s: cannot keep the login fresh: %r", self._log_name, exc)
+            token = await self._access_token()
+        try:
             # each poll hands the backend the newest token, so it can keep talking
             # to UNICORE for the person (also after a restart of the backend)
-            lab = await self.backend.get(self.lab_id, user, await self._access_token())
+            lab = await self.backend.get(self.lab_id, user, token)
         except BackendError as exc:
             self.log.warning("%s: cannot poll the backend: %s", self._log_name, exc.detail)
             return None
@@ -306,6 +405,16 @@ class LablinkSpawner(Spawner):
             yield item
             if event["state"] == "running":
                 return
+
+
+def _token_of(auth_state: dict[str, Any]) -> str | None:
+    token = auth_state.get("access_token")
+    return token if isinstance(token, str) and token else None
+
+
+def _digest(token: str | None) -> bytes | None:
+    """What tells one token from another without keeping it."""
+    return hashlib.sha256(token.encode()).digest() if token else None
 
 
 async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]) -> None:

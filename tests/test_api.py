@@ -114,6 +114,7 @@ async def test_every_lab_route_needs_a_token(backend: RunningBackend) -> None:
             ("DELETE", "/labs/x"),
             ("GET", "/labs/x/events"),
             ("GET", "/labs/x/events/stream"),
+            ("POST", "/labs/x/notice"),
         ]:
             resp = await anon.request(method, path, json=lab_request())
             assert_error(resp, 401)
@@ -130,6 +131,7 @@ async def test_openapi_document_lists_the_lab_paths(backend: RunningBackend) -> 
     assert {"get", "delete"} <= set(paths["/api/v1/labs/{lab_id}"])
     assert "get" in paths["/api/v1/labs/{lab_id}/events"]
     assert "get" in paths["/api/v1/labs/{lab_id}/events/stream"]
+    assert "post" in paths["/api/v1/labs/{lab_id}/notice"]
     assert "get" in paths["/api/v1/health"]
     assert "get" in paths["/api/v1/catalog"]
     assert "202" in paths["/api/v1/labs"]["post"]["responses"]
@@ -426,8 +428,9 @@ async def test_odd_lab_ids_and_user_names_in_paths(backend: RunningBackend) -> N
                 ("DELETE", f"/labs/{lab_id}"),
                 ("GET", f"/labs/{lab_id}/events"),
                 ("GET", f"/labs/{lab_id}/events/stream"),
+                ("POST", f"/labs/{lab_id}/notice"),
             ]:
-                resp = await hub.request(method, path)
+                resp = await hub.request(method, path, json={"message": "m"})
                 assert 400 <= resp.status_code < 500, (path, resp.status_code, resp.text)
                 assert_error(resp, resp.status_code)
         for user in ("a\x00b", "a\nb", "../x", "x" * 200):
@@ -547,6 +550,95 @@ async def test_admin_token_sees_and_stops_every_lab(
         assert (await stop_and_wait(admin, b))["state"] == "stopped"
         assert (await admin.get("/labs", params={"active": "true"})).json() == []
         assert len((await admin.get("/labs")).json()) == 2
+
+
+# -- notices ------------------------------------------------------------------------------
+
+NOTICE = "Your login could not be renewed with Test AAI; log in to the hub again."
+
+
+async def test_the_hub_puts_a_notice_on_a_lab(
+    no_leftover_processes: None, backend: RunningBackend
+) -> None:
+    """The sentence becomes an event in the lab's state and progress, and its message: the
+    progress stream and the lab show it; the lab itself goes on as it was."""
+    async with backend.client() as hub:
+        lab_id = await start_lab(hub)
+        await wait_state(hub, lab_id, {"running"})
+        before = await events_of(hub, lab_id)
+        resp = await hub.post(f"/labs/{lab_id}/notice", json={"message": NOTICE})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["message"] == NOTICE and resp.json()["state"] == "running"
+        lab = (await hub.get(f"/labs/{lab_id}")).json()
+        assert (lab["state"], lab["message"], lab["exit_status"]) == ("running", NOTICE, None)
+        assert lab["url"]  # still routed to
+        events = await events_of(hub, lab_id)
+        assert events[:-1] == before
+        assert events[-1]["seq"] == before[-1]["seq"] + 1
+        assert (events[-1]["state"], events[-1]["progress"]) == ("running", 100)
+        assert (events[-1]["message"], events[-1]["detail"]) == (NOTICE, "")
+        async with hub.stream(
+            "GET", f"/labs/{lab_id}/events/stream", params={"after": before[-1]["seq"]}
+        ) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    assert NOTICE in line
+                    break
+        dirty = "Renew\x00 your login\x1b[31m now.\r"
+        resp = await hub.post(f"/labs/{lab_id}/notice", json={"message": dirty})
+        assert resp.status_code == 200 and resp.json()["message"] == "Renew your login[31m now."
+        await stop_and_wait(hub, lab_id)
+
+
+async def test_a_notice_keeps_the_progress_of_a_lab_that_starts(
+    no_leftover_processes: None, backend: RunningBackend
+) -> None:
+    async with backend.client() as hub:
+        lab_id = await start_lab(hub, lab_request(env={"FAKELAB_MODE": "never-ready"}))
+        lab = await wait_state(hub, lab_id, {"starting"})
+        progress = (await events_of(hub, lab_id))[-1]["progress"]
+        resp = await hub.post(f"/labs/{lab_id}/notice", json={"message": NOTICE})
+        assert resp.status_code == 200 and resp.json()["state"] == lab["state"]
+        last = (await events_of(hub, lab_id))[-1]
+        assert (last["state"], last["progress"], last["message"]) == ("starting", progress, NOTICE)
+        await stop_and_wait(hub, lab_id)
+
+
+async def test_a_notice_is_only_for_the_labs_owner_and_an_active_lab(
+    no_leftover_processes: None, backend: RunningBackend
+) -> None:
+    async with (
+        backend.client("alice") as alice,
+        backend.client("bob") as bob,
+        backend.client(None, admin_token=True) as admin,
+    ):
+        lab_id = await start_lab(alice)
+        await wait_state(alice, lab_id, {"running"})
+        count = len(await events_of(alice, lab_id))
+        # another person's lab looks like one that does not exist
+        assert_error(await bob.post(f"/labs/{lab_id}/notice", json={"message": "x"}), 404)
+        unknown = "/labs/00000000-0000-0000-0000-000000000000/notice"
+        assert_error(await alice.post(unknown, json={"message": "x"}), 404)
+        for body, words in [
+            ({"message": ""}, "message"),
+            ({"message": "x" * 1001}, "message"),
+            ({}, "message"),
+            ({"message": "x", "detail": "y"}, "detail"),
+            ({"message": 5}, "message"),
+        ]:
+            assert_error(await alice.post(f"/labs/{lab_id}/notice", json=body), 422, *words)
+        big = {"message": "x" * (2 * 1024 * 1024)}
+        assert (await alice.post(f"/labs/{lab_id}/notice", json=big)).status_code == 413
+        assert len(await events_of(alice, lab_id)) == count
+        # an admin may, and so may a hub token acting for the owner
+        resp = await admin.post(f"/labs/{lab_id}/notice", json={"message": "x" * 1000})
+        assert resp.status_code == 200, resp.text
+        await stop_and_wait(alice, lab_id)
+        ended = len(await events_of(alice, lab_id))
+        resp = await alice.post(f"/labs/{lab_id}/notice", json={"message": NOTICE})
+        assert_error(resp, 409, lab_id, "ended")
+        assert len(await events_of(alice, lab_id)) == ended
+        assert (await alice.get(f"/labs/{lab_id}")).json()["message"] != NOTICE
 
 
 # -- labs that go wrong ----------------------------------------------------------------

@@ -19,8 +19,10 @@ import pytest
 from pyunicore import client as unicore
 from pyunicore.aio import client as unicore_aio
 
+from backend.cli import build_parser
 from backend.cli import main as lablink
 from devsite import parse_token, parse_user
+from devsite.cli import make_app
 from devsite.description import DescriptionError, job_script, parse_description, parse_runtime
 from devsite.slurm import (
     ended_outcome,
@@ -266,6 +268,8 @@ def test_user_and_token_arguments_take_secrets_from_the_environment_only() -> No
         (["--user", "demo:env:LABLINK_NOT_SET_ANYWHERE"], "LABLINK_NOT_SET_ANYWHERE"),
         (["--user", "a:env:HOME", "--user", "a:env:HOME"], "given twice"),
         (["--user", "a:env:HOME", "--site", "no/slash"], "site name"),
+        (["--user", "a:env:HOME", "--userinfo-cache", "-1"], "--userinfo-cache -1"),
+        (["--user", "a:env:HOME", "--userinfo-cache", "nan"], "--userinfo-cache nan"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_sentence(
@@ -703,3 +707,23 @@ def test_userinfo_answers_are_kept_a_while_by_a_hash_of_the_token() -> None:
     assert cache.get("t1") == (False, None)
     time.sleep(0.25)
     assert cache.get("t3") == (False, None)  # expired
+
+
+def test_an_empty_userinfo_cache_asks_the_provider_at_every_call() -> None:
+    from devsite.auth import UserinfoCache
+
+    cache = UserinfoCache(seconds=0)
+    cache.put("t1", ("alice", ("alice1",)))
+    assert cache.get("t1") == (False, None) and not cache._answers
+
+
+@pytest.mark.parametrize(("args", "seconds"), [([], 60.0), (["--userinfo-cache", "2.5"], 2.5)])
+def test_the_userinfo_cache_is_set_on_the_command_line(
+    args: list[str], seconds: float, tmp_path: Path
+) -> None:
+    """A test whose tokens live seconds shortens it, so that an expired token is refused
+    by the site as soon as UNICORE/X would refuse it."""
+    argv = ["unicore-devsite", "--workdir", str(tmp_path), "--oidc-userinfo"]
+    parsed = build_parser().parse_args([*argv, "http://127.0.0.1:9/userinfo", *args])
+    app = make_app(parsed)
+    assert app is not None and app.state.devsite.userinfo.seconds == seconds

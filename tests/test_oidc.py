@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 import backend
+from backend.inspect import find_lab
+from backend.settings import load_settings
+from backend.store import Event, Lab
 from tests.helpers import site
 from tests.helpers.devsite import Devsite
 from tests.helpers.hub import HubUser
@@ -33,6 +36,12 @@ WORKSHOP_GROUP = f"{NS}:group:ws2026#login.helmholtz.de"
 RESEARCH_GROUP = f"{NS}:group:research#login.helmholtz.de"
 TEMPLATE = Path(backend.__file__).parent / "data" / "embedded.yaml"
 REFRESH_AGE = 6  # seconds between the hub's checks of a login (auth_refresh_age)
+SLOW_SETUP = 8  # seconds the jobs of the system hpc-slow take before their lab starts
+BASIC_PASSWORD_ENV = "OIDC_TEST_DEVSITE_PASSWORD"  # hpc-basic's own login at the site
+LOST_LOGIN = re.compile(
+    r"Your login could not be renewed with Test AAI; log in to the hub again"
+    r"( before \d\d:\d\d UTC)?, or the lab's job can no longer be followed\."
+)
 
 
 def entitlement(project: str, account: str) -> str:
@@ -54,8 +63,24 @@ USERS: dict[str, dict[str, Any]] = {
     "dave": {"eduperson_entitlement": [WORKSHOP_GROUP]},
     "erin": {"eduperson_entitlement": [WORKSHOP_GROUP]},
     "nobody": {"eduperson_entitlement": [], "groups": ["guests"]},
+    "frank": {
+        "eduperson_entitlement": [
+            WORKSHOP_GROUP,
+            f"{NS}:res:hpc-slow:training2026:act:frank1#login.helmholtz.de",
+        ]
+    },
+    "gina": {"eduperson_entitlement": [WORKSHOP_GROUP, entitlement("training2026", "gina1")]},
+    "hank": {"eduperson_entitlement": [WORKSHOP_GROUP]},
 }
-SHORT = {"carol": (4, None), "dave": (2, 2), "erin": (2, 2)}  # access, refresh TTL (s)
+# access, refresh token lifetimes (s)
+SHORT = {
+    "carol": (4, None),
+    "dave": (2, 2),
+    "erin": (2, 2),
+    "frank": (3, None),
+    "gina": (3, None),
+    "hank": (3, 1),
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +96,15 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCProvider]
 def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("oidc-stack")
     devsite = Devsite(workdir=root / "devsite", log=root / "devsite.log")
+    # the site asks the provider about a token at most once a second, as a UNICORE/X
+    # without a cache would: an expired token is refused a second after it expired
     devsite.start(
-        "--oidc-userinfo", provider.discovery["userinfo_endpoint"], "--queues", "batch,devel"
+        "--oidc-userinfo",
+        provider.discovery["userinfo_endpoint"],
+        "--userinfo-cache",
+        "1",
+        "--queues",
+        "batch,devel",
     )
     s = Stack(state_dir=root / "state", password="unused-demo-password", users=["demo"])
     client = provider.register_client([f"http://127.0.0.1:{s.ports['hub']}/hub/oauth_callback"])
@@ -81,6 +113,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
     doc["systems"] = {
         "local": doc["systems"]["local"],
         "hpc": site.unicore_system(devsite.url, auth={"method": "bearer"}, access=[]),
+        # its jobs take longer to start than the short-lived access tokens live
+        "hpc-slow": site.unicore_system(
+            devsite.url, auth={"method": "bearer"}, access=[], setup=[f"sleep {SLOW_SETUP}"]
+        ),
+        # the backend logs in with its own password: the person's token is not needed
+        "hpc-basic": site.unicore_system(
+            devsite.url,
+            auth={"method": "basic", "username": "alice", "password_env": BASIC_PASSWORD_ENV},
+            access=[{"users": ["hank"], "accounts": ["alice"], "projects": ["p1"]}],
+        ),
     }
     doc["vos"] = {
         "workshop": {
@@ -105,6 +147,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provider: OIDCProvider) -> I
         "LABLINK_OIDC_REFRESH_MARGIN": "2",
         "LABLINK_OIDC_AUTH_REFRESH_AGE": str(REFRESH_AGE),
         "LABLINK_POLL_INTERVAL": "1",
+        BASIC_PASSWORD_ENV: devsite.passwords["alice"],
     }
     s.start()
     yield s
@@ -123,6 +166,40 @@ async def log_in(stack: Stack, provider: OIDCProvider, name: str) -> HubUser:
     )
     assert resp.status_code == 200 and str(resp.url).endswith("/hub/home"), (resp.url, resp.text)
     return user
+
+
+def hub_log(stack: Stack) -> str:
+    return (stack.state_dir / "logs" / "hub.log").read_text(errors="replace")
+
+
+async def wait_for_log(stack: Stack, pattern: str, timeout: float = 20) -> None:
+    """Wait until the hub's log has a line that matches ``pattern``."""
+    for _ in range(int(timeout / 0.1)):
+        if re.search(pattern, hub_log(stack)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the hub's log has no {pattern!r}:\n{hub_log(stack)[-3000:]}")
+
+
+async def backend_view(stack: Stack, name: str) -> tuple[Lab, list[Event]]:
+    """The person's newest lab and its events, as `lablink inspect` shows them to an admin."""
+    ids = re.findall(rf"\b{name}: lab ([0-9a-f-]{{36}}) accepted", hub_log(stack))
+    assert ids, f"no lab of {name} in the hub's log"
+    assert stack.site is not None
+    settings = load_settings(stack.site, {"state_dir": stack.state_dir})
+    return await find_lab(settings, ids[-1])
+
+
+async def start_pending(user: HubUser, options: dict[str, Any]) -> asyncio.Task[Any]:
+    """Ask the hub to start the default server; return once the spawn is pending (or has
+    ended), with the request still waiting for the hub's answer."""
+    starting = asyncio.create_task(user.start(options=options))
+    while not starting.done():
+        servers = (await user.model()).get("servers", {})
+        if servers.get("", {}).get("pending") == "spawn":
+            break
+        await asyncio.sleep(0.005)
+    return starting
 
 
 async def vos_of(user: HubUser) -> dict[str, Any]:
@@ -265,3 +342,80 @@ async def test_an_expired_refresh_token_sends_the_person_to_log_in(
         login = await erin.http.get(page.headers["location"])
         assert "Test AAI" in login.text  # the login page, with the provider's name
         assert re.search(r"oauth_login", login.text)
+
+
+async def test_a_lab_waiting_longer_than_a_token_lives_gets_renewed_tokens(
+    stack: Stack, provider: OIDCProvider
+) -> None:
+    """frank's access token lives 3 s, his lab's job needs 8 s before JupyterLab starts,
+    and he waits on the spawn page: nothing he does renews his login, yet UNICORE gets
+    a valid token all along because the hub renews it while it follows the start."""
+    async with await log_in(stack, provider, "frank") as frank:
+        starting = await start_pending(frank, {"system": "hpc-slow", "partition": "devel"})
+        events = await frank.progress(timeout=60)  # the one request while he waits
+        resp = await starting
+        messages = [str(e.get("message", "")) for e in events]
+        assert resp.status_code in (201, 202), resp.text
+        assert events[-1].get("ready"), messages
+        lab, _ = await backend_view(stack, "frank")
+        assert lab.state == "running"
+        assert (await frank.stop()).status_code in (202, 204)
+        await frank.wait_stopped()
+    log = hub_log(stack)
+    renewals = re.findall(r"frank: renewed the login of frank for lab", log)
+    assert len(renewals) >= 2, log[-3000:]  # 8 s of tokens that live 3 s
+    assert "refreshed the access token of frank" in log
+    assert "access_token" not in log
+
+
+async def test_a_running_labs_poll_renews_the_token(stack: Stack, provider: OIDCProvider) -> None:
+    """gina's lab runs while she does nothing at the hub; the backend follows its job at
+    the UNICORE site with her token (which lives 3 s), renewed by the hub's polls."""
+    async with await log_in(stack, provider, "gina") as gina:
+        starting = await start_pending(gina, {"system": "hpc", "partition": "devel"})
+        events = await gina.progress()
+        assert (await starting).status_code in (201, 202) and events[-1].get("ready")
+        renewed_before = hub_log(stack).count("renewed the login of gina")
+        await asyncio.sleep(8)  # nearly three lifetimes of her token, with no request
+        lab, lab_events = await backend_view(stack, "gina")
+        assert lab.state == "running", [e.message for e in lab_events]
+        renewals = hub_log(stack).count("renewed the login of gina") - renewed_before
+        assert renewals >= 2, hub_log(stack)[-3000:]
+        # the backend followed her job at the site all along: no token was refused
+        backend_log = (stack.state_dir / "logs" / "backend.log").read_text(errors="replace")
+        assert f"gina lab {lab.id[:8]}: cannot look at the job" not in backend_log
+        assert (await gina.stop()).status_code in (202, 204)
+        await gina.wait_stopped()
+
+
+async def test_a_login_that_cannot_be_renewed_is_a_sentence_on_the_lab(
+    stack: Stack, provider: OIDCProvider
+) -> None:
+    """hank's refresh token expires a second after he logs in, while his lab runs: the
+    lab gets one sentence that tells him to log in again, and the provider is not asked
+    at every poll. Once he has logged in again, his login is renewed again."""
+    async with await log_in(stack, provider, "hank") as hank:
+        starting = await start_pending(hank, {"system": "hpc-basic", "partition": "devel"})
+        events = await hank.progress()
+        assert (await starting).status_code in (201, 202) and events[-1].get("ready")
+        await wait_for_log(stack, r"refresh of hank's login failed")
+        await asyncio.sleep(5)  # five polls, all with a token due for renewal, then expired
+        log = hub_log(stack)
+        assert log.count("refresh of hank's login failed") == 1, log[-3000:]
+        assert log.count("the login of hank could not be renewed; telling lab") == 1
+        lab, lab_events = await backend_view(stack, "hank")
+        told = [e for e in lab_events if LOST_LOGIN.fullmatch(e.message)]
+        assert len(told) == 1, [e.message for e in lab_events]
+        assert (told[0].state, told[0].progress) == ("running", 100)
+        assert lab.state == "running" and LOST_LOGIN.fullmatch(lab.message), lab.message
+
+        # he logs in again, now with a refresh token that lasts
+        provider.set_user("hank", "hank-password", USERS["hank"], 3, None)
+        again = await browser_login(
+            hank.http, f"{stack.url}/hub/oauth_login?next=/hub/home", "hank", "hank-password"
+        )
+        assert again.status_code == 200, again.text
+        # (the hub itself tried his stale login once more on the way: its own check)
+        await wait_for_log(stack, r"hank: renewed the login of hank for lab", timeout=10)
+        assert (await hank.stop()).status_code in (202, 204)
+        await hank.wait_stopped()

@@ -77,6 +77,20 @@ async def test_requests_carry_credentials_and_preferences() -> None:
     assert "pw" not in repr(uc.credentials)
 
 
+async def test_each_request_carries_the_newest_token() -> None:
+    """The hub renews the person's token while a lab waits in the queue: the client takes
+    the newest one at every request, the first one while there is no other."""
+    http, seen = scripted(httpx.Response(200, json={"status": "QUEUED"}))
+    newest: list[str | None] = [None]
+    creds = Credentials(bearer="first", bearer_source=lambda: newest[0])
+    uc = UnicoreClient(http, creds, retry_for=1)
+    await uc.job(f"{JOBS}/j1")
+    newest[0] = "renewed"
+    await uc.job(f"{JOBS}/j1")
+    assert [r.headers["authorization"] for r in seen] == ["Bearer first", "Bearer renewed"]
+    assert "renewed" not in repr(creds) and repr(creds) == "Credentials(bearer)"
+
+
 async def test_a_missing_job_is_none_and_a_tail_reads_the_end() -> None:
     content = b"".join(b"line %d\n" % i for i in range(1000))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,21 +43,28 @@ class UnicoreRefused(SiteRefused):
 
 @dataclass(frozen=True)
 class Credentials:
-    """How one request authenticates: a bearer token or basic login (never logged)."""
+    """How one request authenticates: a bearer token or basic login (never logged).
+
+    ``bearer_source`` gives the newest bearer token at each request (the person's,
+    which the hub renews while the lab is followed); ``bearer`` is used when it has none.
+    """
 
     bearer: str | None = None
     basic: tuple[str, str] | None = None
+    bearer_source: Callable[[], str | None] | None = None
 
     def header(self) -> str:
-        if self.bearer is not None:
-            return f"Bearer {self.bearer}"
+        bearer = (self.bearer_source() if self.bearer_source else None) or self.bearer
+        if bearer is not None:
+            return f"Bearer {bearer}"
         if self.basic is not None:
             raw = f"{self.basic[0]}:{self.basic[1]}".encode()
             return "Basic " + base64.b64encode(raw).decode("ascii")
         raise ValueError("no credentials")
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and logs
-        kind = "bearer" if self.bearer is not None else "basic" if self.basic else "none"
+        bearer = self.bearer is not None or self.bearer_source is not None
+        kind = "bearer" if bearer else "basic" if self.basic else "none"
         return f"Credentials({kind})"
 
 

@@ -127,7 +127,9 @@ class UnicoreDriver(BatchDriver[UnicoreSystem]):
                 return None
             creds = Credentials(basic=(system.auth.username, ctx.secret))
         elif ctx.access_token:
-            creds = Credentials(bearer=ctx.access_token)
+            # each request takes the newest token the hub handed over: a lab that waits
+            # in the queue longer than one token lives is followed with the next ones
+            creds = Credentials(bearer=ctx.access_token, bearer_source=ctx.token_source)
         else:
             return None
         client = UnicoreClient(
