@@ -170,26 +170,28 @@ def devsite_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     directory = tmp_path_factory.mktemp("fuzz-devsite")
     site = Devsite(workdir=directory / "work", log=directory / "devsite.log")
     site.start()
-    # bob's job, held before it runs: nobody but bob may ever see it
-    with site.http("bob") as bob:
-        resp = bob.post("/jobs", json=shell_job("true", **{HELD: "true"}))
-        assert resp.status_code == 201, resp.text
-        job_id = resp.headers["location"].rsplit("/", 1)[-1]
-    basic = "Basic " + base64.b64encode(f"alice:{site.passwords['alice']}".encode()).decode()
-    yield Service(
-        "development site",
-        f"http://127.0.0.1:{site.port}",
-        {
-            "alice": {"Authorization": basic},
-            "alice's token": {"Authorization": f"Bearer {site.token}"},
-            "nobody": {},
-        },
-        site.proc,
-        [job_id],
-        schema_path=f"/{site.site}/rest/core/openapi.json",
-        prepare=hold_submitted_jobs,
-    )
-    site.stop()
+    try:
+        # bob's job, held before it runs: nobody but bob may ever see it
+        with site.http("bob") as bob:
+            resp = bob.post("/jobs", json=shell_job("true", **{HELD: "true"}))
+            assert resp.status_code == 201, resp.text
+            job_id = resp.headers["location"].rsplit("/", 1)[-1]
+        basic = "Basic " + base64.b64encode(f"alice:{site.passwords['alice']}".encode()).decode()
+        yield Service(
+            "development site",
+            f"http://127.0.0.1:{site.port}",
+            {
+                "alice": {"Authorization": basic},
+                "alice's token": {"Authorization": f"Bearer {site.token}"},
+                "nobody": {},
+            },
+            site.proc,
+            [job_id],
+            schema_path=f"/{site.site}/rest/core/openapi.json",
+            prepare=hold_submitted_jobs,
+        )
+    finally:
+        site.stop()
 
 
 def check(service: Service, caller: str, case: schemathesis.Case) -> None:
