@@ -227,6 +227,8 @@ class LablinkSpawner(Spawner):
         except BackendError as exc:
             self.log.warning("%s: start refused by the backend: %s", self._log_name, exc.detail)
             status = exc.status if exc.status < 500 else 503
+            if status < 500:
+                self._forget_refused_options()
             raise LabSpawnError(exc.detail, reason="backend", status_code=status) from None
         self.lab_id = lab["id"]
         self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
@@ -323,6 +325,17 @@ class LablinkSpawner(Spawner):
         except BackendError as exc:
             failure.told.discard(self.lab_id)  # told at the next check
             self.log.warning("%s: cannot tell lab %s: %s", self._log_name, self.lab_id, exc.detail)
+
+    def _forget_refused_options(self) -> None:
+        """JupyterHub keeps a start's options for the next start that names none; options
+        the backend refused are not kept, so an empty start gets the site's defaults."""
+        orm = getattr(self, "orm_spawner", None)
+        if orm is None or orm.user_options != self.user_options:
+            return
+        orm.user_options = None
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.commit()
 
     async def _stop_existing(self, user: str) -> None:
         for lab in await self._labs_of_this_server(user):

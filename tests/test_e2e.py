@@ -225,6 +225,22 @@ async def test_bad_options_are_refused_with_a_sentence(
         assert "bad" not in model["servers"] or not model["servers"]["bad"]["ready"]
 
 
+async def test_an_empty_start_after_a_refused_one_uses_the_sites_defaults(stack: Stack) -> None:
+    """JupyterHub replays a server's last options for a start that names none; refused
+    options are not replayed (the README: an empty start uses the site's default)."""
+    async with HubUser(stack.url, "bob", PASSWORD) as bob:
+        await bob.login()
+        refused = await bob.start("again", {"system": "nope"})
+        assert refused.status_code == 422, refused.text
+        response = await bob.start("again")
+        assert response.status_code in (201, 202), response.text
+        await bob.wait_lab("again")
+        model = await bob.model()
+        assert model["servers"]["again"]["user_options"] in ({}, None)
+        assert (await bob.stop("again")).status_code in (202, 204)
+        await bob.wait_stopped("again")
+
+
 async def test_wrong_password_is_refused(stack: Stack) -> None:
     async with HubUser(stack.url, "demo", "not-the-password") as intruder:
         with pytest.raises(AssertionError, match="login of demo failed"):
