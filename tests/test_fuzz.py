@@ -258,4 +258,5 @@ def test_the_development_site_answers_anything_with_no_server_error_and_no_leak(
     operations = fuzz(devsite_service)
     assert operations >= 20, operations
     assert devsite_service.sent >= operations * 3
-    assert {200, 201, 401, 404} <= devsite_service.statuses, devsite_service.statuses
+    # 400: generated job descriptions reached the site's checks (held ones may pass too)
+    assert {200, 400, 401, 404} <= devsite_service.statuses, devsite_service.statuses

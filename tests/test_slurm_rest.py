@@ -330,3 +330,20 @@ async def test_options_are_checked_against_the_partitions(slurm_backend: SlurmBa
     [cluster] = catalog["systems"]
     assert cluster["kind"] == "slurm" and cluster["accounts"] == ["lablink-alice"]
     assert [f["key"] for f in cluster["fields"]][:3] == ["account", "project", "partition"]
+
+
+async def test_a_job_seen_while_slurm_cleans_up_is_named_by_how_it_ended() -> None:
+    """A failed job can be seen as COMPLETING (its processes have ended, Slurm cleans
+    up): people read how it ended, FAILED or COMPLETED, not Slurm's interim state."""
+    from backend.systems.batch.session import JobView
+    from backend.systems.slurm.driver import SlurmDriver
+
+    async with httpx.AsyncClient() as http:
+        driver = SlurmDriver(http)
+        for code, name in ((3, "FAILED"), (0, "COMPLETED")):
+            view = JobView("7", None, "", exit_code=code, raw={"job_state": "COMPLETING"})
+            assert driver.status_name(view) == name
+        unknown = JobView("7", None, "", exit_code=None, raw={"job_state": "COMPLETING"})
+        assert driver.status_name(unknown) == "COMPLETING"
+        failed = JobView("7", None, "", exit_code=3, raw={"job_state": "FAILED"})
+        assert driver.status_name(failed) == "FAILED"

@@ -111,4 +111,8 @@ class SlurmDriver(BatchDriver[SlurmSystem]):
         return f"The backend has no key for {ctx.system_label!r}; please tell the site's admins."
 
     def status_name(self, job: JobView) -> str:
-        return jobs.job_state(job.raw)
+        state = jobs.job_state(job.raw)
+        if state == "COMPLETING" and job.exit_code is not None:
+            # its processes have ended and Slurm is cleaning up: say how it ended
+            return "COMPLETED" if job.exit_code == 0 else "FAILED"
+        return state
