@@ -267,12 +267,12 @@ async def test_home_is_accessible(stack: Stack, page: Page) -> None:
 
 
 async def test_home_with_a_running_lab_is_accessible(stack: Stack, page: Page) -> None:
+    await log_in(page, stack.url, "hugo", PASSWORD)  # before the lab: to the form, not it
     hugo = await person(stack, "hugo")
     try:
         response = await hugo.start(options={"system": "local"})
         assert response.status_code in (201, 202), response.text
         await hugo.wait_lab(timeout=60)
-        await log_in(page, stack.url, "hugo", PASSWORD)
         await page.goto(f"{stack.url}/hub/home")
         await settle(page)
         await assert_accessible(page, "Home with a running lab")
