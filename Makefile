@@ -41,10 +41,10 @@ lint: test-deps
 docs: venv
 	$(PY) docs/generate_reference.py
 
-## screenshots: redo docs/images/*.png with the browser test (a fresh stack, Chromium)
+## screenshots: redo docs/images/*.png (login, hub-home, spawn-form, spawn-pending, jupyterlab, vo) with the browser tests
 screenshots: venv proxy test-deps
 	@bash .ci/peers.sh chromium
-	LABLINK_SCREENSHOTS=$(abspath docs/images) $(PY) -m pytest tests/test_form_browser.py -k log_in $(ARGS)
+	LABLINK_SCREENSHOTS=$(abspath docs/images) $(PY) -m pytest tests/test_browser_flows.py $(ARGS)
 
 ## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
 bench-spawn: venv proxy

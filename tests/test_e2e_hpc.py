@@ -12,7 +12,6 @@ node's reverse forward. People act through the hub's public port only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import json
 import os
@@ -28,6 +27,7 @@ import backend
 from backend.embedded import LocalSlurm, embedded_site
 from tests.helpers import site
 from tests.helpers.hub import HubUser
+from tests.helpers.labs import jupyterlab_processes
 from tests.helpers.slurm import SlurmRest, block_the_node, scancel, squeue_ids
 from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
@@ -87,25 +87,6 @@ def jobs_named(slurm: Any, name: str) -> list[dict[str, str]]:
 HPC = {"system": "hpc", "partition": "batch", "runtime": "30"}
 
 
-def lab_environment(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
-
-
-def singleuser_pids(user: str) -> list[int]:
-    """The JupyterLab processes of ``user``'s labs on this machine (the compute node)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if (
-                entry.name.isdigit()
-                and b"jupyterhub-singleuser" in (entry / "cmdline").read_bytes()
-            ):
-                if lab_environment(int(entry.name)).get("JUPYTERHUB_USER") == user:
-                    found.append(int(entry.name))
-    return found
-
-
 async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) -> None:
     blocker = block_the_node(slurm)
     try:
@@ -137,7 +118,7 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             lab = await alice.api("GET", "/users/alice")
             status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/alice/api")
             assert status == 200, lab.text
-            [env] = [lab_environment(pid) for pid in singleuser_pids("alice")]
+            [env] = jupyterlab_processes("alice").values()
             hub_forward = stack.ports["hub_forward"]
             # over TLS the lab checks against the hub forward's CA (its OAuth went so)
             assert env["JUPYTERHUB_API_URL"] == f"https://127.0.0.1:{hub_forward}/hub/api"

@@ -1,17 +1,11 @@
 """The spawn form in a real browser: its JavaScript on the rendered form, and the
-form on the hub's own pages, from login to a running JupyterLab.
-
-With LABLINK_SCREENSHOTS=<dir> (`make screenshots`: docs/images) the end-to-end
-test keeps its screenshots of the spawn form and the hub's home page there.
+form on the hub's own pages, from login to a running JupyterLab (the flows on
+every kind of system, and the pages' screenshots, are in tests/test_browser_flows.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,6 +15,7 @@ from backend.catalog import catalog, validate_options
 from backend.settings import Settings
 from spawner.form import options_form_html, options_from_form
 from tests.helpers import site
+from tests.helpers.browser import home_without_news, log_in, wait_for_jupyterlab
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -256,7 +251,6 @@ async def test_what_the_form_sends_the_backend_accepts(
 
 PASSWORD = "browser-password-0123"
 USER = "alice"
-NO_NEWS = {"fetchNews": "false", "checkForUpdates": False}  # JupyterLab's news toast
 
 
 @pytest.fixture(scope="module")
@@ -264,29 +258,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`lablink up` with the embedded site: systems local, hpc (and cluster when
     slurmrestd runs)."""
     s = Stack(tmp_path_factory.mktemp("browser") / "state", password=PASSWORD, users=[USER])
-    # the lab's home is <state>/users/<name>: the person's JupyterLab settings
-    lab_settings = s.state_dir / "users" / USER / ".jupyter/lab/user-settings/@jupyterlab"
-    notifications = lab_settings / "apputils-extension" / "notification.jupyterlab-settings"
-    notifications.parent.mkdir(parents=True)
-    notifications.write_text(json.dumps(NO_NEWS))
+    home_without_news(s.state_dir / "users" / USER)  # the lab's home is <state>/users/<name>
     s.start()
     yield s
     s.stop_cleanly()
 
 
-def screenshots(tmp_path: Path) -> Path:
-    return Path(os.environ.get("LABLINK_SCREENSHOTS") or tmp_path)
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
-async def test_log_in_start_a_lab_from_the_form_and_stop_it(
-    stack: Stack, page: Page, tmp_path: Path
-) -> None:
-    await page.goto(f"{stack.url}/hub/login")
-    await page.fill("#username_input", USER)
-    await page.fill("#password_input", PASSWORD)
-    await page.click("#login_submit")
+async def test_log_in_start_a_lab_from_the_form_and_stop_it(stack: Stack, page: Page) -> None:
+    await log_in(page, stack.url, USER, PASSWORD)
     await page.wait_for_url("**/hub/spawn")
 
     assert "VO Demo" in await page.locator(".lablink-vo-summary").inner_text()
@@ -296,8 +277,7 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(
     assert {"local", "hpc"} <= set(systems), systems
     await page.select_option("#lablink-system", "local")
     await page.get_by_role("button", name="Start", exact=True).click()
-    await page.wait_for_url(re.compile(rf"/user/{USER}/lab"), timeout=60_000)
-    await page.locator("#jp-main-dock-panel").wait_for(timeout=30_000)  # JupyterLab's shell
+    await wait_for_jupyterlab(page, f"/user/{USER}/lab")
     assert len(stack.lab_pids(USER)) == 1
 
     # another lab beside it, on the HPC system: its form, without starting it
@@ -310,14 +290,12 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(
     assert await offered(page, "hpc.partition") == ["batch", "devel", "login"]
     runtime = await number(page, "hpc.runtime")
     assert (runtime["max"], runtime["value"]) == ("240", "60")
-    await page.screenshot(path=screenshots(tmp_path) / "spawn-form.png")
     await page.select_option("[name='hpc.partition']", "devel")
     runtime = await number(page, "hpc.runtime")
     assert (runtime["max"], runtime["value"]) == ("60", "30")
     await page.go_back()
 
     await page.wait_for_url("**/hub/home")
-    await page.screenshot(path=screenshots(tmp_path) / "hub-home.png")
     await page.get_by_role("button", name="Stop My Server").click()
     await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
     await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")

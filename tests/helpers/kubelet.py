@@ -6,15 +6,24 @@ secrets resolved, at a loopback address of its own), reports it running and
 ready, and when the lab process ends reports the container terminated with
 its exit code. A pod that is deleted has its process killed. ``crash_next``
 makes the next pod's lab crash at once, as a broken image would.
+
+``JupyterNode`` is the node of the end-to-end tests: it runs a real
+``jupyterhub-singleuser`` for each pod (so that a browser renders JupyterLab),
+reports an image pull, and refuses as a cluster would: an image whose name has
+"missing" in it cannot be pulled, a pod that asks for a GPU cannot be scheduled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -112,3 +121,119 @@ class Kubelet:
         if pod.proc.poll() is None:
             pod.proc.kill()
         pod.proc.wait(5)
+
+
+SINGLEUSER = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+UNSCHEDULABLE = {
+    "phase": "Pending",
+    "conditions": [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+        }
+    ],
+}
+
+
+class JupyterNode:
+    """The emulated cluster's node for end-to-end tests: each pod's lab is a real
+    JupyterLab (``jupyterhub-singleuser``) at a loopback address of its own (the pod's
+    IP), reported ready once it answers, as a readiness probe would. Runs in a thread
+    (``start``/``stop``), so it serves tests on any event loop."""
+
+    def __init__(self, kube: KubeApi, home: Path, namespace: str = NAMESPACE):
+        self.kube = kube
+        self.home = home
+        self.namespace = namespace
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.seen: set[str] = set()
+        self.errors: list[str] = []
+        # step() may be starting a lab while stop() ends them: the lock keeps it from
+        # starting one after
+        self.lock = threading.Lock()
+        self.stopped = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="jupyter-node", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.lock:
+            self.stopped = True
+            procs = list(self.procs.values())
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.step()
+            except (KubeError, OSError, KeyError, httpx.HTTPError) as exc:  # a pod went
+                self.errors.append(repr(exc))
+
+    def _launch(self, pod: dict[str, Any], ip: str) -> str:
+        """Start the pod's lab at ``ip``; its URL prefix."""
+        env = pod_environment(self.kube, pod)
+        prefix = env["JUPYTERHUB_SERVICE_PREFIX"]
+        home = self.home / pod["metadata"]["name"]
+        home.mkdir(parents=True, exist_ok=True)
+        lab_env = {**os.environ, **env, "HOME": str(home),
+                   "JUPYTERHUB_SERVICE_URL": f"http://{ip}:8888{prefix}"}  # fmt: skip
+        argv = [SINGLEUSER, f"--ip={ip}", "--port=8888"]
+        if os.geteuid() == 0:
+            argv.append("--allow-root")
+        with self.lock:
+            if self.stopped:
+                return prefix
+            with (home / "lab.log").open("ab") as log:
+                self.procs[pod["metadata"]["name"]] = subprocess.Popen(
+                    argv, env=lab_env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+                )
+        return prefix
+
+    def step(self) -> None:
+        pods = {p["metadata"]["name"]: p for p in self.kube.pods(self.namespace)}
+        for name in list(self.procs):
+            if name not in pods:  # deleted: the container stops
+                with self.lock:
+                    proc = self.procs.pop(name, None)
+                if proc is None:
+                    continue
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+        for name, pod in pods.items():
+            if name in self.seen or self._stop.is_set():
+                continue
+            self.seen.add(name)
+            [container] = pod["spec"]["containers"]
+            if "nvidia.com/gpu" in container["resources"]["limits"]:
+                self.kube.set_pod_status(self.namespace, name, UNSCHEDULABLE)
+                continue
+            if "missing" in container["image"]:
+                waiting = {"reason": "ImagePullBackOff", "message": "manifest unknown"}
+                self.kube.set_pod_status(self.namespace, name, scheduled(waiting=waiting))
+                continue
+            self.kube.set_pod_status(self.namespace, name, scheduled())
+            time.sleep(0.5)  # pulling the image
+            ip = f"127.0.{random.randint(1, 250)}.{random.randint(2, 250)}"
+            prefix = self._launch(pod, ip)
+            running = scheduled(ip, False, "Running", running={})
+            self.kube.set_pod_status(self.namespace, name, running)
+            probe = f"http://{ip}:8888{prefix}api"  # the pod's readiness probe
+            for _ in range(600):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(probe, timeout=1, trust_env=False).status_code == 200:
+                        break
+                if self._stop.wait(0.05):
+                    return
+            ready = scheduled(ip, True, "Running", running={})
+            self.kube.set_pod_status(self.namespace, name, ready)

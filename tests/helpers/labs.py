@@ -146,6 +146,22 @@ def process_environment(pid: int) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
+def jupyterlab_processes(user: str) -> dict[int, dict[str, str]]:
+    """The JupyterLab processes (``jupyterhub-singleuser``) of ``user``'s labs on this
+    machine, with their environments."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if (
+                entry.name.isdigit()
+                and b"jupyterhub-singleuser" in (entry / "cmdline").read_bytes()
+            ):
+                env = process_environment(int(entry.name))
+                if env.get("JUPYTERHUB_USER") == user:
+                    found[int(entry.name)] = env
+    return found
+
+
 def kill_fakelabs() -> None:
     """Kill what a failed test left behind, so that it does not fail the next tests too."""
     for pid in fakelab_processes():

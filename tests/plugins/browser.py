@@ -10,6 +10,10 @@ lives on the session's loop: a test that uses ``page`` runs on it too, with
 ``pytest.mark.asyncio(loop_scope="session")`` (the fixture says so when it is
 missing), and so does an async fixture that uses it
 (``@pytest_asyncio.fixture(loop_scope="session")``).
+
+``screenshots`` is where a test keeps pictures of its pages: $LABLINK_SCREENSHOTS
+(`make screenshots`: docs/images) or the test's temporary directory. What tests do
+with a page (log in, axe-core, JupyterLab) is in tests/helpers/browser.py.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from tests.helpers.browser import Screenshots
 from tests.helpers.peers import peer_missing
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from playwright.async_api import Browser, Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
@@ -83,3 +90,9 @@ async def page(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterato
         yield await context.new_page()
     finally:
         await context.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Screenshots:
+    """Where the test keeps its screenshots: $LABLINK_SCREENSHOTS, else ``tmp_path``."""
+    return Screenshots.from_environment(tmp_path)
