@@ -15,6 +15,11 @@ A runner has this contract (``LocalRunner`` here, ``SlurmRunner`` in ``slurm``):
   FAILED with the message ``Job aborted.`` once it has stopped.
 - ``wait(job, timeout)`` waits until the runner no longer tracks the job.
 - ``close()`` ends every job the runner still tracks (at shutdown).
+
+Every job runs with its uid's login variables (``Job.login``): ``HOME`` is the uid's
+home on the site, ``<workdir>/homes/<uid>`` (0700), shared by all jobs of that uid
+and kept when a job is deleted, and ``SHELL`` the login shell of the site's Unix
+user, whom every job runs as, locally and through ``sbatch`` alike.
 """
 
 from __future__ import annotations
