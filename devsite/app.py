@@ -23,7 +23,7 @@ from backend.bounded import BodyLimit
 from . import DevsiteConfig, SiteError
 from .auth import Authenticated, Caller, UserinfoCache, install_error_handlers
 from .description import JOB_TYPES, parse_description, submitted_copy
-from .jobs import Job, LocalRunner, read_exit_code, unicore_time, write_imports
+from .jobs import Job, LocalRunner, make_home, read_exit_code, unicore_time, write_imports
 from .slurm import SlurmRunner
 from .storage import base_url, storage_router
 from .table import JobStore
@@ -158,6 +158,7 @@ class Devsite:
         )
         job.queue = (spec.queue or self.default_queue) if spec.job_type == "BATCH" else None
         await asyncio.to_thread(job.directory.mkdir, mode=0o700)
+        await asyncio.to_thread(make_home, job)
         await asyncio.to_thread(write_imports, job)
         self.store.add(job)
         job.note(f"Created with type 'JSON' for {caller.name} (uid {caller.uid}).")

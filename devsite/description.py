@@ -283,14 +283,19 @@ def submitted_copy(desc: Mapping[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def job_script(spec: JobSpec, job_id: str, directory: Path) -> str:
+def job_script(
+    spec: JobSpec, job_id: str, directory: Path, login: Mapping[str, str] | None = None
+) -> str:
     """The job's bash script, as UNICORE's TSI writes it: into the job's directory, the
-    job's ``Environment`` exported (names checked, values quoted), then one line
+    variables of the uid's ``login`` (``HOME``, ``SHELL``) exported, then the
+    job's ``Environment`` (names checked, values quoted), then one line
     ``<Executable> <Arguments...>``, the arguments joined with spaces as they are, for
     the shell to expand (UNICORE's behaviour), then its exit code recorded in
     ``UNICORE_SCRIPT_EXIT_CODE``."""
     lines = ["#!/bin/bash", f"# Job {job_id}, written by Lablink's UNICORE development site."]
     lines.append(f"cd {shlex.quote(str(directory))} || exit 1")
+    for name, value in (login or {}).items():
+        lines.append(f"export {name}={shlex.quote(value)}")
     for name, value in spec.environment.items():
         if not ENV_NAME.match(name):
             raise DescriptionError(f"Environment has the invalid variable name '{name}'.")

@@ -15,6 +15,11 @@ A runner has this contract (``LocalRunner`` here, ``SlurmRunner`` in ``slurm``):
   FAILED with the message ``Job aborted.`` once it has stopped.
 - ``wait(job, timeout)`` waits until the runner no longer tracks the job.
 - ``close()`` ends every job the runner still tracks (at shutdown).
+
+Every job runs with its uid's login variables (``Job.login``): ``HOME`` is the uid's
+home on the site, ``<workdir>/homes/<uid>`` (0700), shared by all jobs of that uid
+and kept when a job is deleted, and ``SHELL`` the login shell of the site's Unix
+user, whom every job runs as, locally and through ``sbatch`` alike.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pwd
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -32,6 +39,7 @@ from typing import Any
 
 from backend.procs import is_alive, signal_group, start_time, wait_exit
 
+from . import UID_PATTERN
 from .description import EXIT_CODE_FILE, SCRIPT_NAME, DescriptionError, JobSpec, job_script
 
 log = logging.getLogger("lablink.devsite")
@@ -39,6 +47,7 @@ log = logging.getLogger("lablink.devsite")
 FINAL = frozenset({"SUCCESSFUL", "FAILED"})
 ABORTED = "Job aborted."  # UNICORE's statusMessage for an aborted job
 LIFETIME = timedelta(days=1)  # UNICORE's default lifetime of a job resource
+HOMES = "homes"  # the users' homes in the site's workdir: homes/<uid>
 
 
 # -- the job --------------------------------------------------------------------------
@@ -86,6 +95,20 @@ class Job:
     def expires(self) -> datetime:
         return self.submitted + LIFETIME
 
+    @property
+    def home(self) -> Path | None:
+        """The home of the job's uid on the site, ``<workdir>/homes/<uid>``: the same
+        for every job of that uid (None for a uid that is no Unix user name)."""
+        if not UID_PATTERN.match(self.uid):
+            return None
+        return self.directory.parent / HOMES / self.uid
+
+    def login(self) -> dict[str, str]:
+        """What a login of the job's uid has on the site (``HOME``, ``SHELL``), which
+        UNICORE's TSI gives every job of that uid."""
+        home = self.home
+        return {"HOME": str(home), "SHELL": login_shell()} if home else {"SHELL": login_shell()}
+
     def save(self) -> None:
         """Write the job to the job table (nothing before the store has it). Every note
         and every status change saves; a change without one calls ``save`` itself."""
@@ -132,6 +155,23 @@ class Job:
         self.aborted = False
         with contextlib.suppress(OSError):
             (self.directory / EXIT_CODE_FILE).unlink()
+
+
+def login_shell() -> str:
+    """The login shell of the Unix user the site runs its jobs as."""
+    try:
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        shell = ""
+    return shell or "/bin/bash"
+
+
+def make_home(job: Job) -> None:
+    """Create the home of the job's uid (0700) if it does not exist yet."""
+    home = job.home
+    if home is not None:
+        home.parent.mkdir(exist_ok=True)
+        home.mkdir(mode=0o700, exist_ok=True)
 
 
 def write_imports(job: Job) -> None:
@@ -198,7 +238,9 @@ class LocalRunner:
         spec = job.spec
         script = job.directory / SCRIPT_NAME
         try:
-            await asyncio.to_thread(script.write_text, job_script(spec, job.id, job.directory))
+            await asyncio.to_thread(
+                script.write_text, job_script(spec, job.id, job.directory, job.login())
+            )
             with (
                 (job.directory / spec.stdout).open("wb") as out,
                 (job.directory / spec.stderr).open("wb") as err,

@@ -216,7 +216,8 @@ class SlurmRunner:
 
     async def submit(self, job: Job) -> None:
         script = job.directory / SCRIPT_NAME
-        await asyncio.to_thread(script.write_text, job_script(job.spec, job.id, job.directory))
+        text = job_script(job.spec, job.id, job.directory, job.login())
+        await asyncio.to_thread(script.write_text, text)
         argv = sbatch_argv(job.spec, job.directory, script)
         job.note("Command is: " + shlex.join(argv))
         rc, out, err = await run(argv, self.env)

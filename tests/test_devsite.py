@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import pwd
 import re
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -160,6 +163,13 @@ def test_job_script_is_unicores_one_line_after_the_quoted_environment() -> None:
     ]  # fmt: skip
     with pytest.raises(DescriptionError, match="variable name"):
         job_script(replace(spec, environment={"A;B": "x"}), "job-1", Path("/w"))
+    # the uid's login (HOME, SHELL) comes first, so the job's Environment may change it
+    login = {"HOME": "/w/homes/it's", "SHELL": "/bin/bash"}
+    lines = job_script(spec, "job-1", Path("/w"), login).splitlines()
+    assert lines[3:7] == [
+        """export HOME='/w/homes/it'"'"'s'""", "export SHELL=/bin/bash",
+        "export GREETING='$(id)'", "export EMPTY=''",
+    ]  # fmt: skip
 
 
 def test_slurm_states_map_to_unicore_states() -> None:
@@ -327,6 +337,43 @@ def test_executable_and_arguments_run_as_unicores_tsi_runs_them(
     expected = stdout or f"{(devsite.workdir / job.job_id).resolve()}\nin.txt\n"
     assert read(job.working_dir, "stdout") == expected
     assert "x" not in job.working_dir.listdir()  # no value of Environment ran
+
+
+# writes into the home what the job saw, then lists the home (a notebook of an earlier job)
+IN_THE_HOME = (
+    'cd "$HOME" && printf "%s|%s|%s" "$HOME" "$SHELL" "$(id -un)" > "seen-$N";'
+    " ls; touch notebook.ipynb"
+)
+
+
+def home_jobs(site: Devsite, preferences: str = "", **extra: Any) -> tuple[Path, str]:
+    """Two jobs of alice one after the other (with ``preferences``): her home on the
+    site, and what the second job listed in it."""
+    client = site.client()
+    if preferences:
+        client.transport.preferences = preferences
+    uid = client.access_info()["xlogin"]["UID"]
+    home = (site.workdir / "homes" / uid).resolve()
+    (home / "notebook.ipynb").unlink(missing_ok=True)
+    listing = ""
+    for n in (1, 2):
+        job = client.new_job(shell_job(IN_THE_HOME, Environment={"N": str(n)}, **extra))
+        props = wait_status(job, {"SUCCESSFUL", "FAILED"}, timeout=30)
+        assert props["status"] == "SUCCESSFUL", (props, read(job.working_dir, "stderr"))
+        listing = read(job.working_dir, "stdout")
+        assert "notebook.ipynb" not in job.working_dir.listdir()  # the job dir: the job's
+    return home, listing
+
+
+def test_each_uid_has_a_home_that_its_jobs_share(devsite: Devsite) -> None:
+    home, listing = home_jobs(devsite)
+    assert home.is_dir() and stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert "notebook.ipynb" in listing.split()  # the first job's file, seen by the second
+    site_user = pwd.getpwuid(os.getuid())
+    assert (home / "seen-2").read_text() == f"{home}|{site_user.pw_shell}|{site_user.pw_name}"
+    other, _ = home_jobs(devsite, "uid:alice2")
+    assert other == home.parent / "alice2" and (other / "seen-1").exists()
+    assert not (home / "seen-1").read_text().startswith(str(other))
 
 
 def test_an_executable_that_is_not_there_fails_with_127(devsite: Devsite) -> None:
@@ -637,6 +684,15 @@ def test_slurm_batch_scripts_run_executable_and_arguments_as_unicore_does(
         expected = stdout or f"{(slurm_devsite.workdir / job.job_id).resolve()}\nin.txt\n"
         assert read(job.working_dir, "stdout") == expected
         assert "x" not in job.working_dir.listdir()
+
+
+@pytest.mark.slurm
+def test_slurm_jobs_have_the_uids_home_too(slurm_devsite: Devsite, slurm: SlurmCluster) -> None:
+    """sbatch runs as the site's Unix user, whose home all uids would share: the jobs
+    get the uid's home on the site, as local jobs do."""
+    home, listing = home_jobs(slurm_devsite, Name="lablink-home")
+    assert "notebook.ipynb" in listing.split()
+    assert (home / "seen-2").read_text().startswith(f"{home}|")
 
 
 @pytest.mark.slurm

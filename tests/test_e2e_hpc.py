@@ -15,6 +15,7 @@ import asyncio
 import getpass
 import json
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -73,15 +74,24 @@ def stack(
 
 def squeue(slurm: Any) -> list[dict[str, str]]:
     out = subprocess.run(
-        ["squeue", "-h", "-o", "%i|%T|%j|%P"],
+        ["squeue", "-h", "-o", "%i|%T|%j|%P|%u|%Z"],
         env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
     ).stdout  # fmt: skip
-    rows = [line.split("|") for line in out.splitlines() if line.strip()]
-    return [{"id": r[0], "state": r[1], "name": r[2], "partition": r[3]} for r in rows]
+    rows = [line.split("|", 5) for line in out.splitlines() if line.strip()]
+    keys = ("id", "state", "name", "partition", "user", "workdir")
+    return [dict(zip(keys, r, strict=True)) for r in rows if len(r) == 6]
 
 
-def jobs_named(slurm: Any, name: str) -> list[dict[str, str]]:
-    return [j for j in squeue(slurm) if j["name"] == name]
+def jobs_named(slurm: Any, name: str, stack: Stack) -> list[dict[str, str]]:
+    """The jobs of ``stack``'s development site (its job directories are in the stack's
+    state directory) named ``name`` in ``squeue``; other stacks may share the cluster."""
+    state = str(stack.state_dir.resolve())
+    return [j for j in squeue(slurm) if j["name"] == name and j["workdir"].startswith(state)]
+
+
+def devsite_home(stack: Stack, uid: str) -> Path:
+    """The home the development site gives ``uid``'s jobs."""
+    return (stack.state_dir / "devsite" / "homes" / uid).resolve()
 
 
 HPC = {"system": "hpc", "partition": "batch", "runtime": "30"}
@@ -92,9 +102,14 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
     try:
         async with HubUser(stack.url, "alice", PASSWORD) as alice:
             await alice.login()
+            # a notebook of an earlier job in alice's home on the site
+            home = devsite_home(stack, "alice")
+            home.mkdir(parents=True, mode=0o700, exist_ok=True)
+            (home / "yesterday.ipynb").write_text('{"cells": [], "metadata": {}}')
             starting = asyncio.create_task(alice.start(options=HPC))
-            await wait_until(lambda: jobs_named(slurm, "lablink-alice"), 30, "alice's job")
-            [job] = jobs_named(slurm, "lablink-alice")
+            # the job has the lab's name: alice's default lab is "lablink"
+            await wait_until(lambda: jobs_named(slurm, "lablink", stack), 30, "alice's job")
+            [job] = jobs_named(slurm, "lablink", stack)
             assert job["state"] == "PENDING" and job["partition"] == "batch"
             progress = asyncio.create_task(alice.progress())
             await asyncio.sleep(1.5)  # the person watches the queue for a moment
@@ -111,7 +126,7 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             assert events[-1].get("ready") is True, events
 
             await alice.wait_lab(timeout=30)  # JupyterLab, after OAuth with the hub's API
-            assert [j["state"] for j in jobs_named(slurm, "lablink-alice")] == ["RUNNING"]
+            assert [j["state"] for j in jobs_named(slurm, "lablink", stack)] == ["RUNNING"]
             # the proxy reaches the lab through the tunnel service's forward, and the lab
             # reaches the hub's API through the login node's reverse forward
             [tunnel] = json.loads((stack.state_dir / "tunnels.json").read_text())
@@ -123,6 +138,15 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             # over TLS the lab checks against the hub forward's CA (its OAuth went so)
             assert env["JUPYTERHUB_API_URL"] == f"https://127.0.0.1:{hub_forward}/hub/api"
             assert Path(env["SSL_CERT_FILE"]).name.startswith("lablink-hub-ca.")
+            # the lab opens in alice's home, not in the job directory, and its terminals
+            # run the login shell (of the site's Unix user, that all jobs run as)
+            [pid] = singleuser_pids("alice")
+            assert os.readlink(f"/proc/{pid}/cwd") == str(home) == env["HOME"]
+            assert env["SHELL"] == pwd.getpwuid(os.getuid()).pw_shell
+            contents = await alice.http.get("/user/alice/api/contents")
+            assert contents.status_code == 200, contents.text
+            names = {item["name"] for item in contents.json()["content"]}
+            assert "yesterday.ipynb" in names and not names & {"lab.json", "start.sh"}
             model = await alice.model()
             assert model["servers"][""]["user_options"]["partition"] == "batch"
 
@@ -164,7 +188,7 @@ async def test_the_backend_restarted_mid_spawn_still_brings_the_lab_up(
         async with HubUser(stack.url, "demo", PASSWORD) as demo:
             await demo.login()
             starting = asyncio.create_task(demo.start("restart", HPC))
-            await wait_until(lambda: jobs_named(slurm, "lablink-demo-restart"), 30, "the job")
+            await wait_until(lambda: jobs_named(slurm, "lablink-restart", stack), 30, "the job")
             old = stack.backend_pid()
             assert old is not None
             os.kill(old, signal.SIGKILL)
@@ -173,22 +197,14 @@ async def test_the_backend_restarted_mid_spawn_still_brings_the_lab_up(
             response = await starting
             assert response.status_code in (201, 202), response.text
             await demo.wait_lab("restart", timeout=60)
-            assert len(jobs_named(slurm, "lablink-demo-restart")) == 1  # not submitted twice
+            assert len(jobs_named(slurm, "lablink-restart", stack)) == 1  # not submitted twice
             await demo.stop("restart")
             await demo.wait_stopped("restart")
             await wait_until(
-                lambda: not jobs_named(slurm, "lablink-demo-restart"), 10, "the job to end"
+                lambda: not jobs_named(slurm, "lablink-restart", stack), 10, "the job to end"
             )
     finally:
         scancel(slurm, blocker)
-
-
-def squeue_users(slurm: Any) -> dict[str, str]:
-    out = subprocess.run(
-        ["squeue", "-h", "-o", "%j|%u"],
-        env=slurm.env, capture_output=True, text=True, check=True, timeout=10,
-    ).stdout  # fmt: skip
-    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
 @pytest.mark.slurm_rest
@@ -196,7 +212,7 @@ async def test_a_lab_runs_as_a_slurm_job_through_slurmrestd(stack: Stack, slurm:
     """Kind slurm from the hub: the form's system 'cluster', a batch job of the local
     cluster submitted through slurmrestd, JupyterLab through the tunnel, then stopped."""
     options = {"system": "cluster", "partition": "devel", "runtime": "20"}
-    before = set(squeue_users(slurm))
+    before = {j["id"] for j in squeue(slurm)}
     async with HubUser(stack.url, "bob", PASSWORD) as bob:
         await bob.login()
         response = await bob.start("slurm", options)
@@ -206,15 +222,17 @@ async def test_a_lab_runs_as_a_slurm_job_through_slurmrestd(stack: Stack, slurm:
         await bob.wait_lab("slurm", timeout=30)
         model = await bob.model()
         assert model["servers"]["slurm"]["user_options"]["partition"] == "devel"
-        [job] = [name for name in squeue_users(slurm) if name not in before]
-        assert job.startswith("lablink-") and squeue_users(slurm)[job] == getpass.getuser()
+        # named after the lab, as squeue shows it
+        [job] = [j for j in squeue(slurm) if j["id"] not in before and j["name"] == "lablink-slurm"]
+        assert job["user"] == getpass.getuser()
         # reached as a UNICORE lab is: through the login node, by the tunnel service
         tunnels = json.loads((stack.state_dir / "tunnels.json").read_text())
-        [tunnel] = [t for t in tunnels if t["lab_id"] == job.removeprefix("lablink-")]
-        assert tunnel["system"] == "cluster"
+        [tunnel] = [t for t in tunnels if t["system"] == "cluster"]
         status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/bob/slurm/api")
         assert status == 200
         response = await bob.stop("slurm")
         assert response.status_code in (202, 204), response.text
         await bob.wait_stopped("slurm")
-        await wait_until(lambda: job not in squeue_users(slurm), 15, "the job to end")
+        await wait_until(
+            lambda: job["id"] not in {j["id"] for j in squeue(slurm)}, 15, "the job to end"
+        )

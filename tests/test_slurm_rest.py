@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pwd
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
+from backend.db import create_engine
 from backend.settings import Settings
+from backend.store import Store
 from backend.systems.slurm import jobs
 from backend.systems.slurm.client import SlurmClient, SlurmRefused, SlurmUnavailable
 from backend.systems.slurm.tokens import Tokens, mint
 from tests.helpers import site
 from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
-from tests.helpers.labs import stored_lab
+from tests.helpers.labs import fakelab_processes, process_environment, stored_lab
 from tests.helpers.slurm import SlurmCluster, SlurmRest, block_the_node, scancel
 
 pytestmark = [pytest.mark.slurm_rest, pytest.mark.slurm, pytest.mark.integration]
@@ -176,6 +180,24 @@ async def test_a_job_sees_and_sets_its_own_comment(
 
 # -- labs through the backend ---------------------------------------------------------
 
+
+def lab_pids(lab_id: str) -> list[int]:
+    """The lab processes (fakelab) of the lab ``lab_id`` on this machine."""
+    return [
+        pid
+        for pid in fakelab_processes()
+        if process_environment(pid).get("LABLINK_LAB_ID") == lab_id
+    ]
+
+
+async def save_handle(settings: Settings, lab_id: str, handle: dict[str, Any]) -> None:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await Store(engine).save_handle(lab_id, handle)
+    finally:
+        await engine.dispose()
+
+
 SlurmBackend = Callable[..., Awaitable[tuple[Settings, RunningBackend]]]
 
 
@@ -221,10 +243,16 @@ async def test_a_lab_runs_as_a_slurm_job_of_the_persons_account_and_stops(
         handle = (await stored_lab(settings, lab["id"])).handle
         client = slurmrest.client(slurm_http, "lablink-alice")
         job = await client.job(handle["job"])
-        assert job is not None and job["name"] == f"lablink-{lab['id']}"
+        assert job is not None and job["name"] == "lablink"  # alice's default lab
         assert job["user_name"] == "lablink-alice" and job["account"] == "p1"
         assert job["partition"] == "batch" and job["time_limit"] == 10
-        assert jobs.parse_comment(job["comment"]).address is not None
+        comment = jobs.parse_comment(job["comment"])
+        assert comment.address is not None and comment.lab == lab["id"]
+        # the lab runs in alice's home, with her login shell for its terminals
+        account = pwd.getpwnam("lablink-alice")
+        [pid] = lab_pids(lab["id"])
+        assert os.readlink(f"/proc/{pid}/cwd") == account.pw_dir
+        assert process_environment(pid)["SHELL"] == account.pw_shell
         said = [e["message"] for e in await events(alice, lab["id"])]
         assert any(f"Batch job {handle['job']} runs on" in m for m in said), said
         await alice.delete(f"/labs/{lab['id']}")
@@ -267,7 +295,7 @@ async def test_a_lab_waits_in_the_queue_and_events_follow_slurm_within_a_second(
             lab = await wait_state(alice, lab_id, {"queued"})
             assert "Waiting in the queue of partition batch" in lab["message"]
             client = slurmrest.client(slurm_http, "lablink-alice")
-            tagged = [j for j in await client.jobs() if j["name"] == f"lablink-{lab_id}"]
+            tagged = [j for j in await client.jobs() if jobs.finds(j, lab_id)]
             scancel(slurm, blocker)
             seen_running = None
             while seen_running is None:
@@ -313,6 +341,46 @@ async def test_a_running_lab_is_followed_again_after_a_restart_of_the_backend(
         assert again["state"] == "running" and again["url"] == lab["url"]
         await alice.delete(f"/labs/{lab_id}")
         await wait_state(alice, lab_id, {"stopped"})
+
+
+async def test_a_lab_whose_job_id_was_never_stored_finds_its_job_by_its_comment(
+    slurm_backend: SlurmBackend,
+    start_backend: BackendFactory,
+    slurmrest: SlurmRest,
+    slurm_http: httpx.AsyncClient,
+) -> None:
+    """A backend that stopped between submitting and storing the job's id: after its
+    restart the lab's job is found by the lab id in its comment (its name is the lab's,
+    shared by other labs of that name), followed, and not submitted a second time."""
+    settings, backend = await slurm_backend()
+    async with backend.client("alice") as alice:
+        body = lab_request("alice", "my~notes", options={"system": "cluster"})
+        lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        lab = await wait_state(alice, lab_id, {"running"})
+    port = int(backend.url.rsplit(":", 1)[1])
+    await backend.stop()
+    handle = (await stored_lab(settings, lab_id)).handle
+    await save_handle(settings, lab_id, {k: v for k, v in handle.items() if k != "job"})
+    client = slurmrest.client(slurm_http, "lablink-alice")
+    # another lab's job of the same name does not confuse it
+    decoy = await client.submit(
+        SCRIPT + "sleep 60", job_body(name="lablink-my-notes", comment=jobs.tag_comment("x"))
+    )
+    try:
+        backend = await start_backend(settings, port=port)
+        async with backend.client("alice") as alice:
+            again = await wait_state(alice, lab_id, {"running", "failed", "stopped"})
+            assert again["state"] == "running" and again["url"] == lab["url"], again
+            assert (await stored_lab(settings, lab_id)).handle["job"] == handle["job"]
+            ours = [j for j in await client.jobs() if jobs.finds(j, lab_id)]
+            assert [str(j["job_id"]) for j in ours] == [handle["job"]]  # not submitted twice
+            assert ours[0]["name"] == "lablink-my-notes"  # as squeue shows it
+            await alice.delete(f"/labs/{lab_id}")
+            await wait_state(alice, lab_id, {"stopped"})
+        decoy_job = await client.job(decoy)
+        assert decoy_job is not None and jobs.job_state(decoy_job) in ("RUNNING", "PENDING")
+    finally:
+        await client.cancel(decoy)
 
 
 async def test_options_are_checked_against_the_partitions(slurm_backend: SlurmBackend) -> None:

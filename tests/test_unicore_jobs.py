@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,13 @@ import pytest
 from backend.catalog import OptionError, catalog, validate_options
 from backend.certs import hub_forward_tls
 from backend.settings import Settings, SettingsError
-from backend.systems.batch.script import BadHubCa, BadLabFile, parse_lab_file, start_script
+from backend.systems.batch.script import (
+    BadHubCa,
+    BadLabFile,
+    job_name,
+    parse_lab_file,
+    start_script,
+)
 from backend.systems.unicore import jobs
 from backend.systems.unicore.config import UnicoreSystem
 from backend.systems.unicore.jobs import job_description
@@ -137,7 +145,6 @@ def describe(settings: Settings, options: dict[str, Any], env: dict[str, str] | 
         system,
         clean,
         lab_id="lab-1",
-        user_name="alice",
         server_name="gpu",
         env=env or {"JUPYTERHUB_API_TOKEN": "tok", "PATH": "/evil"},
         prefix="/user/alice/gpu/",
@@ -160,7 +167,7 @@ def test_a_batch_job_description(settings: Settings) -> None:
     }
     assert desc["Project"] == "p2"
     assert desc["Tags"] == ["lablink", "lablink-lab-1"]
-    assert desc["Name"] == "lablink-alice-gpu"
+    assert desc["Name"] == "lablink-gpu"  # the lab's name, as squeue shows it
     [imp] = desc["Imports"]
     assert imp["To"] == "start.sh" and imp["From"] == "inline://dummy"
     env = desc["Environment"]
@@ -214,6 +221,71 @@ def test_the_start_script_writes_lab_json_and_runs_the_command(tmp_path: Path) -
     assert (tmp_path / "out.txt").read_text().strip() == (
         f"from-setup http://0.0.0.0:{lab['port']}/user/a/"
     )
+
+
+def run_lab(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the start script in the job directory ``tmp_path/job`` with a lab command that
+    tells where it runs and with which shell (files ``pwd``, ``shell`` in the job dir)."""
+    job = tmp_path / "job"
+    job.mkdir(exist_ok=True)
+    tell = f'pwd > {job}/pwd; printf %s "$SHELL" > {job}/shell; : > notebook.ipynb'
+    settings = hpc_settings(tmp_path, setup=[], lab_command=["/bin/sh", "-c", tell])
+    system = settings.systems["hpc"]
+    assert isinstance(system, UnicoreSystem)
+    (job / "start.sh").write_text(start_script(system))
+    base = {"PATH": "/usr/bin:/bin", "JUPYTERHUB_SERVICE_PREFIX": "/user/a/"}
+    return subprocess.run(
+        ["bash", "start.sh"], cwd=job, env={**base, **env}, capture_output=True, text=True,
+        check=True, timeout=20,
+    )  # fmt: skip
+
+
+def test_the_lab_runs_in_the_home_and_the_job_directory_keeps_the_jobs_files(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    out = run_lab(tmp_path, {"HOME": str(home)})
+    job = tmp_path / "job"
+    assert (job / "pwd").read_text().strip() == str(home)
+    assert (home / "notebook.ipynb").exists() and not (job / "notebook.ipynb").exists()
+    assert (job / "lab.json").exists() and not (home / "lab.json").exists()
+    assert "starting JupyterLab on" in out.stdout and f"in {home}" in out.stdout
+    login = pwd.getpwuid(os.getuid()).pw_shell
+    assert (job / "shell").read_text() == login  # the login shell, not $SHELL
+    run_lab(tmp_path, {"HOME": str(home), "SHELL": "/bin/false-shell"})
+    assert (job / "shell").read_text() == login
+
+
+@pytest.mark.parametrize("home", [None, "/nonexistent/lablink-home", "file"])
+def test_without_a_home_the_lab_runs_in_the_job_directory_and_says_so(
+    tmp_path: Path, home: str | None
+) -> None:
+    if home == "file":
+        home = str(tmp_path / "file")
+        Path(home).write_text("not a directory")
+    out = run_lab(tmp_path, {"HOME": home} if home else {})
+    job = tmp_path / "job"
+    assert (job / "pwd").read_text().strip() == str(job)
+    assert "is not a directory here; JupyterLab starts in the job directory" in out.stdout
+    assert (job / "shell").read_text()  # SHELL is set all the same
+
+
+@pytest.mark.parametrize(
+    ("server", "name"),
+    [
+        ("", "lablink"),
+        ("gpu", "lablink-gpu"),
+        ("my lab; rm -rf ~", "lablink-my-lab-rm-rf"),
+        ("$(id)`x`", "lablink-id-x"),
+        ("Ünïcode.Lab_2", "lablink-n-code.Lab_2"),
+        ("---", "lablink"),
+        ("x" * 300, "lablink-" + "x" * 56),
+    ],
+)
+def test_the_job_is_named_after_the_lab_in_plain_characters(server: str, name: str) -> None:
+    assert job_name(server) == name
+    assert len(name) <= 64
 
 
 @pytest.mark.parametrize(

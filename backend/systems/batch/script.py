@@ -13,9 +13,14 @@ through ``SSL_CERT_FILE``, so the lab's hub token goes only to the tunnel
 service, never to whoever holds the port on a shared login node.
 
 The script picks a free port, writes ``lab.json`` (``{"host": ..., "port": ...}``)
-into the job's working directory, and starts JupyterLab there. The backend
-reads the address back (through UNICORE's storage API, or from the Slurm job's
-comment) and checks it before it trusts it.
+into the job's working directory (the kind may choose another place), and starts
+JupyterLab in the person's home directory (``$HOME``, as the batch system set it),
+so the person finds yesterday's notebooks there and the job directory keeps only
+the job's files. Where ``$HOME`` is unset or not a directory, JupyterLab starts in
+the job directory and the job's output says so. ``SHELL`` is the person's login
+shell (``getent passwd``; else ``$SHELL``, ``/bin/bash``, ``/bin/sh``), the shell
+of JupyterLab's terminals. The backend reads the address back (through UNICORE's
+storage API, or from the Slurm job's comment) and checks it before it trusts it.
 """
 
 from __future__ import annotations
@@ -52,9 +57,27 @@ printf '{{"host": "%s", "port": %s}}\\n' "$host" "$port" > {lab_file}.tmp
 mv {lab_file}.tmp {lab_file}
 {announce}
 export JUPYTERHUB_SERVICE_URL="http://${{LABLINK_LAB_BIND:-0.0.0.0}}:${{port}}${{JUPYTERHUB_SERVICE_PREFIX}}"
-echo "lablink: starting JupyterLab on $host:$port"
+{home}
+echo "lablink: starting JupyterLab on $host:$port in $PWD"
 {run}
 """
+
+# the lab's own place: the person's home and login shell (fixed text, no input)
+_HOME = """\
+login_shell=$(getent passwd "$(id -un)" 2>/dev/null | cut -d: -f7) || login_shell=
+if [ -z "$login_shell" ] || [ ! -x "$login_shell" ]; then
+  login_shell=${SHELL:-}
+  if [ -z "$login_shell" ]; then
+    if [ -x /bin/bash ]; then login_shell=/bin/bash; else login_shell=/bin/sh; fi
+  fi
+fi
+export SHELL="$login_shell"
+if [ -n "${HOME:-}" ] && [ -d "$HOME" ] && cd "$HOME" 2>/dev/null; then
+  :
+else
+  echo "lablink: the home directory '${HOME:-}' is not a directory here;" \\
+    "JupyterLab starts in the job directory $PWD"
+fi"""
 
 
 # where distributions keep their CA bundle; the first one readable is taken
@@ -120,6 +143,7 @@ def start_script(system: BatchSystem[Any], hooks: ScriptHooks = ScriptHooks()) -
         hub_trust=hub_trust(system),
         lab_file=hooks.lab_file,
         announce=hooks.announce,
+        home=_HOME,
         run=hooks.run.format(command=command),
     )
 
@@ -147,9 +171,20 @@ def rebase(url: str, base: str) -> str:
     return urlunsplit((new.scheme, new.netloc, parts.path, parts.query, parts.fragment))
 
 
-def job_name(user_name: str, server_name: str) -> str:
-    """What the batch system shows as the job's name."""
-    return f"lablink-{user_name}" + (f"-{server_name}" if server_name else "")
+JOB_NAME_PREFIX = "lablink"
+JOB_NAME_LIMIT = 64  # what UNICORE's TSI and Slurm keep of a job name, with room to spare
+_NOT_IN_JOB_NAMES = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def job_name(server_name: str) -> str:
+    """What the batch system shows as the lab's job name (``squeue``): ``lablink-<server>``
+    for a named lab, ``lablink`` for the person's default lab. The server name is a
+    person's text: each run of characters other than letters, digits, ``_`` and ``.``
+    becomes one ``-`` and the name is cut to 64 characters, a plain word to any tool.
+    The name does not find the job (two people's default labs share it): the tag does."""
+    word = _NOT_IN_JOB_NAMES.sub("-", server_name).strip("-.")
+    name = f"{JOB_NAME_PREFIX}-{word}" if word else JOB_NAME_PREFIX
+    return name[:JOB_NAME_LIMIT].rstrip("-.")
 
 
 def job_tag(lab_id: str) -> str:

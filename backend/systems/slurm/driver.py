@@ -2,7 +2,7 @@
 
 The batch kinds' driver (``backend.systems.batch.driver``) follows the job;
 this module says how to talk to slurmrestd for one lab: submit the job from
-``jobs``, look at it, find it by its name (the lab's tag), cancel it, and read
+``jobs``, look at it, find it by the lab's id in its comment, cancel it, and read
 the lab's address and the end of its output from the job's comment.
 
 Requests act for the lab's account with a token the backend mints from the
@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import httpx
 
 from ..batch.driver import BatchDriver
-from ..batch.script import job_tag
 from ..batch.session import JobSession, JobView
 from ..driver import LabContext, service_prefix
 from . import jobs
@@ -36,7 +35,12 @@ class SlurmSession(JobSession):
     async def submit(self) -> str:
         ctx = self.ctx
         job = jobs.job_submission(
-            ctx.system, ctx.options, lab_id=ctx.lab_id, env=ctx.env, prefix=service_prefix(ctx)
+            ctx.system,
+            ctx.options,
+            lab_id=ctx.lab_id,
+            server_name=ctx.server_name,
+            env=ctx.env,
+            prefix=service_prefix(ctx),
         )
         return await self.client.submit(jobs.job_script(ctx.system), job)
 
@@ -60,11 +64,10 @@ class SlurmSession(JobSession):
         return None if job is None else self._view(ref, job)
 
     async def tagged(self) -> list[str]:
-        tag = job_tag(self.ctx.lab_id)
         found = [
             j
             for j in await self.client.jobs()
-            if j.get("name") == tag and j.get("user_name") == self.client.user
+            if jobs.finds(j, self.ctx.lab_id) and j.get("user_name") == self.client.user
         ]
         return [str(j["job_id"]) for j in sorted(found, key=lambda j: int(j.get("job_id", 0)))]
 

@@ -5,11 +5,14 @@ The job's script is the batch kinds' fixed start script with Slurm's hooks:
 - the job starts in the system's ``job_directory``; the lab runs in the person's
   home, and keeps its files (``lab.json``, ``output.log``) in
   ``~/.lablink/labs/<lab id>``;
+- the job is named after the lab (``lablink-<server>``, ``batch.script.job_name``),
+  and its comment carries the lab's id (``{"lab": <id>, ...}``) from submission to
+  end: that finds a lab's job again, whatever its name;
 - slurmrestd has no file API, so the job tells the backend where the lab
   listens by putting ``lab.json`` in its own comment (``scontrol update
   JobId=$SLURM_JOB_ID Comment=...``, which a job's owner may do), and when it
-  ends, its exit code and the end of its output (``{"exit", "tail"}``, at
-  most 1000 bytes: Slurm keeps 1024).
+  ends, its exit code and the end of its output (``{"exit", "tail"}``), each with
+  the lab's id and at most 1000 bytes (Slurm keeps 1024).
 
 Everything from a person or the hub travels in the job's ``environment``; the
 script holds only the admin's text and Slurm's fixed lines.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...states import LabState
-from ..batch.script import ScriptHooks, job_environment, job_tag, start_script
+from ..batch.script import ScriptHooks, job_environment, job_name, job_tag, start_script
 from .config import SlurmSystem
 
 COMMENT_LIMIT = 1000
@@ -32,7 +35,6 @@ PROLOGUE = """\
 export HOME="${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}" USER="${USER:-$(id -un)}"
 lab_dir="$HOME/.lablink/labs/$LABLINK_LAB_ID"
 mkdir -p "$lab_dir"
-cd "$HOME"
 exec > >(tee -a "$lab_dir/output.log") 2>&1
 tee_pid=$!
 lablink_end() {
@@ -40,18 +42,23 @@ lablink_end() {
   exec >/dev/null 2>&1
   wait "$tee_pid" || true
   python3 - "$1" "$lab_dir/output.log" > "$lab_dir/end.json" <<'PY' || return 0
-import json, sys
+import json, os, sys
 code, tail = int(sys.argv[1]), open(sys.argv[2], errors="replace").read()[-4000:]
-while len(json.dumps({"exit": code, "tail": tail}).encode()) > 1000:
+lab = os.environ["LABLINK_LAB_ID"]
+while len(json.dumps({"lab": lab, "exit": code, "tail": tail}).encode()) > 1000:
     tail = tail[len(tail) // 4 + 1 :]
-print(json.dumps({"exit": code, "tail": tail}))
+print(json.dumps({"lab": lab, "exit": code, "tail": tail}))
 PY
   scontrol update JobId="$SLURM_JOB_ID" Comment="$(cat "$lab_dir/end.json")" || true
 }
 trap 'lablink_end $?' EXIT"""
 
 ANNOUNCE = """\
-scontrol update JobId="$SLURM_JOB_ID" Comment="$(cat "$lab_dir/lab.json")" \\
+python3 - "$lab_dir/lab.json" > "$lab_dir/comment.json" <<'PY'
+import json, os, sys
+print(json.dumps({"lab": os.environ["LABLINK_LAB_ID"], **json.load(open(sys.argv[1]))}))
+PY
+scontrol update JobId="$SLURM_JOB_ID" Comment="$(cat "$lab_dir/comment.json")" \\
   || echo "lablink: scontrol could not put the lab's address in the job's comment" >&2"""
 
 RUN = """\
@@ -59,6 +66,12 @@ set +e
 {command}"""
 
 HOOKS = ScriptHooks(prologue=PROLOGUE, lab_file='"$lab_dir/lab.json"', announce=ANNOUNCE, run=RUN)
+
+
+def tag_comment(lab_id: str) -> str:
+    """The comment a lab's job is submitted with: the lab's id, until the job writes
+    its address (which keeps the id)."""
+    return json.dumps({"lab": lab_id})
 
 
 def job_script(system: SlurmSystem) -> str:
@@ -71,13 +84,16 @@ def job_submission(
     options: dict[str, Any],
     *,
     lab_id: str,
+    server_name: str,
     env: dict[str, str],
     prefix: str,
 ) -> dict[str, Any]:
     """The ``job`` of slurmrestd's submit request, from options the catalog has checked.
-    The job's name is the lab's tag (it finds the job again)."""
+    The job's name is the lab's (``lablink-<server>``); its comment holds the lab's id
+    (``tag_comment``), which finds the job again."""
     job: dict[str, Any] = {
-        "name": job_tag(lab_id),
+        "name": job_name(server_name),
+        "comment": tag_comment(lab_id),
         "partition": options["partition"],
         "nodes": [options["nodes"], options["nodes"]],
         "time_limit": options["runtime"],
@@ -187,11 +203,18 @@ def ended_reason(state: str, job: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Comment:
-    """What the job put in its comment: the lab's address, or how it ended."""
+    """What the job's comment says: the lab's id, and the lab's address or how it ended."""
 
+    lab: str | None = None
     address: bytes | None = None
     exit: int | None = None
     tail: str = ""
+
+
+def finds(job: dict[str, Any], lab_id: str) -> bool:
+    """Whether ``job`` (slurmrestd's JSON) is the lab's: its comment holds the lab's id,
+    or (a job submitted before jobs were named after labs) its name is the lab's tag."""
+    return parse_comment(job.get("comment")).lab == lab_id or job.get("name") == job_tag(lab_id)
 
 
 def parse_comment(text: Any) -> Comment:
@@ -204,11 +227,13 @@ def parse_comment(text: Any) -> Comment:
         return Comment()
     if not isinstance(doc, dict):
         return Comment()
+    lab = doc.get("lab") if isinstance(doc.get("lab"), str) else None
     if "host" in doc:
-        return Comment(address=text.encode())
+        return Comment(lab=lab, address=text.encode())
     code = doc.get("exit")
     tail = doc.get("tail")
     return Comment(
+        lab=lab,
         exit=code if isinstance(code, int) and not isinstance(code, bool) else None,
         tail=tail if isinstance(tail, str) else "",
     )

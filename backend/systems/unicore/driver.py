@@ -46,7 +46,6 @@ class UnicoreSession(JobSession):
             ctx.system,
             ctx.options,
             lab_id=ctx.lab_id,
-            user_name=ctx.user_name,
             server_name=ctx.server_name,
             env=ctx.env,
             prefix=service_prefix(ctx),

@@ -25,15 +25,16 @@ def job_description(
     options: dict[str, Any],
     *,
     lab_id: str,
-    user_name: str,
     server_name: str,
     env: dict[str, str],
     prefix: str,
 ) -> dict[str, Any]:
-    """The JSON UNICORE/X gets for a lab, from options the catalog has validated."""
+    """The JSON UNICORE/X gets for a lab, from options the catalog has validated. Its
+    ``Name`` is the lab's (``lablink-<server>``: what ``squeue`` shows); its tag
+    ``lablink-<lab id>`` finds the job again."""
     partition = system.partitions[options["partition"]]
     desc: dict[str, Any] = {
-        "Name": job_name(user_name, server_name),
+        "Name": job_name(server_name),
         "Executable": "bash",
         "Arguments": [SCRIPT_NAME],
         "Imports": [{"From": "inline://dummy", "To": SCRIPT_NAME, "Data": start_script(system)}],
