@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
 
 from backend import procs  # noqa: E402
 from backend.embedded import become_subreaper  # noqa: E402
-from backend.procs import free_port  # noqa: E402
+from backend.procs import free_ports  # noqa: E402
 from tests.helpers.hub import HubUser  # noqa: E402
 
 PASSWORD = "bench-password-0123456789"
@@ -205,7 +205,7 @@ def base_env(proxy: str) -> dict[str, str]:
 def lablink_hub(root: Path, proxy: str, log_level: str) -> Hub:
     state = root / "state"
     names = ("hub", "backend", "hub_api", "proxy_api", "devsite")
-    ports = {name: free_port() for name in names}
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     argv = [
         sys.executable, "-m", "backend.cli", "up",
         "--state-dir", str(state),
@@ -253,7 +253,7 @@ c.Spawner.http_timeout = 60
 
 def stock_hub(root: Path, proxy: str, log_level: str) -> Hub:
     root.mkdir(parents=True, exist_ok=True)
-    port, hub_api_port, proxy_api_port = free_port(), free_port(), free_port()
+    port, hub_api_port, proxy_api_port = free_ports(3)
     config = root / "jupyterhub_config.py"
     config.write_text(
         STOCK_CONFIG.format(

@@ -133,14 +133,13 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             lab = await alice.api("GET", "/users/alice")
             status, _ = await http_get_async("127.0.0.1", tunnel["local_port"], "/user/alice/api")
             assert status == 200, lab.text
-            [env] = jupyterlab_processes("alice").values()
+            [(pid, env)] = jupyterlab_processes("alice").items()
             hub_forward = stack.ports["hub_forward"]
             # over TLS the lab checks against the hub forward's CA (its OAuth went so)
             assert env["JUPYTERHUB_API_URL"] == f"https://127.0.0.1:{hub_forward}/hub/api"
             assert Path(env["SSL_CERT_FILE"]).name.startswith("lablink-hub-ca.")
             # the lab opens in alice's home, not in the job directory, and its terminals
             # run the login shell (of the site's Unix user, that all jobs run as)
-            [pid] = singleuser_pids("alice")
             assert os.readlink(f"/proc/{pid}/cwd") == str(home) == env["HOME"]
             assert env["SHELL"] == pwd.getpwuid(os.getuid()).pw_shell
             contents = await alice.http.get("/user/alice/api/contents")

@@ -16,7 +16,7 @@ import httpx
 
 from backend.embedded import LocalTunnel
 from backend.loginnode import LoginNodeFiles
-from backend.procs import free_port, start_time
+from backend.procs import free_ports, start_time
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -79,7 +79,7 @@ class Stack:
     def __post_init__(self) -> None:
         names = ("hub", "backend", "hub_api", "proxy_api", "devsite", "tunnel", "sshd",
                  "hub_forward")  # fmt: skip
-        self.ports = {name: free_port() for name in names}
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
 
     def local_tunnel(self) -> LocalTunnel:
         """The login node and tunnel `lablink up` runs for this stack's HPC systems."""
