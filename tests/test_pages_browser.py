@@ -41,7 +41,7 @@ PER_USER = 2
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("pages") / "state"
-    s = Stack(state, password=PASSWORD, users=["alice", "bob", "carol", "dave"])
+    s = Stack(state, password=PASSWORD, users=["alice", "bob", "carol", "dave", "erin"])
     doc: dict[str, Any] = embedded_site(Path(str(EMBEDDED_SITE)), s.ports["devsite"])
     doc["branding"] = {
         "name": "Test Centre Labs",
@@ -222,3 +222,24 @@ async def test_the_named_server_limit_follows_the_vo(stack: Stack, page: Page) -
         await hub_api(page, "DELETE", f"/users/dave/servers/{name}")
     for name in ("sixth", "seventh"):
         await wait_state(page, stack, name, "stopped", 60)
+
+
+async def test_home_counts_down_an_hpc_labs_wall_time(stack: Stack, page: Page) -> None:
+    await log_in(page, stack, "erin")
+    options = {"system": "hpc", "partition": "devel", "runtime": 30}
+    started = await hub_api(page, "POST", "/users/erin/servers/job", options)
+    assert started["status"] in (201, 202), started
+    await wait_state(page, stack, "job", "running", 90)
+    row = page.locator("tr.lablink-lab[data-server='job']")
+    assert await row.locator(".lablink-system").inner_text() == "HPC (development site)"
+    assert await row.locator(".lablink-choice").inner_text() == "Development"
+    left = row.locator(".lablink-time-left")
+    assert re.fullmatch(r"(29|30) min", (await left.inner_text()).strip())
+    ends = await left.get_attribute("data-ends")
+    # the page counts down from the backend's end: 25 minutes later it says 4 or 5
+    await page.clock.install()
+    await page.reload()
+    await page.clock.fast_forward("25:00")
+    assert re.fullmatch(r"[45] min", (await left.inner_text()).strip()), ends
+    await hub_api(page, "DELETE", "/users/erin/servers/job")
+    await wait_state(page, stack, "job", "stopped", 60)
