@@ -8,7 +8,7 @@ import os
 import re
 import weakref
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -19,7 +19,7 @@ from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
 from .catalog import OptionError, catalog, vo_entry
 from .labs import LabManager, NotInVO
 from .states import FINAL, PROGRESS, InvalidTransition, LabState, exit_status
-from .store import Event, Lab, QuotaExceeded, ServerNameBusy, Store, UserRecord
+from .store import Event, Lab, LabTimes, QuotaExceeded, ServerNameBusy, Store, UserRecord
 from .systems.driver import lab_log_name
 from .vos import MAX_ENTITLEMENT, Identity, memberships
 
@@ -116,6 +116,44 @@ class LabOut(BaseModel):
         "port, a job's URL or id and its host:port and tunnel port, a pod's name); None for "
         "everybody else",
     )
+    system_display_name: str | None = Field(
+        default=None, description="the system's name as people see it (list and get only)"
+    )
+    choice_display_name: str | None = Field(
+        default=None,
+        description="the display name of the lab's partition or flavor; None where the "
+        "system has neither (list and get only)",
+    )
+    vo_display_name: str | None = Field(
+        default=None, description="the VO's name as people see it (list and get only)"
+    )
+    started: datetime | None = Field(
+        default=None, description="when the lab began to run; None before (list and get only)"
+    )
+    runtime: int | None = Field(
+        default=None,
+        description="the lab's wall time in minutes; None: it runs until it is stopped",
+    )
+    ends: datetime | None = Field(
+        default=None,
+        description="when the lab's wall time runs out (started + runtime); None while it "
+        "has not started or has no wall time (list and get only)",
+    )
+    failure_detail: str = Field(
+        default="",
+        description="a failed lab's last output (the detail of its final event); empty "
+        "otherwise (list and get only)",
+    )
+
+
+class SiteOut(BaseModel):
+    """The site's face for the hub's pages (the login page too, before anyone logs in)."""
+
+    name: str = Field(description="the site's name (branding.name, else site_name)")
+    logo: str = Field(description="the logo's address; empty: none")
+    login_hint: str = Field(description="how to log in, one or two sentences; empty: none")
+    login_hint_url: str = Field(description="an address linked after the hint; empty: none")
+    support_url: str = Field(description="where people get help; empty: none")
 
 
 class VOChoice(BaseModel):
@@ -180,6 +218,27 @@ def lab_out(lab: Lab, admin: bool = False) -> LabOut:
     )
 
 
+def lab_view(settings: Any, lab: Lab, times: LabTimes | None, admin: bool = False) -> LabOut:
+    """A lab as a person's list of labs shows it: with display names, when it began to
+    run and when its wall time ends, and a failed lab's last output."""
+    out = lab_out(lab, admin)
+    system = settings.systems.get(lab.system)
+    vo = settings.vos.get(lab.vo) if lab.vo else None
+    runtime = system.runtime(lab.options) if system is not None else None
+    started = times.started if times else None
+    return out.model_copy(
+        update={
+            "system_display_name": (system.display_name or lab.system) if system else lab.system,
+            "choice_display_name": system.choice_name(lab.options) if system else None,
+            "vo_display_name": (vo.display_name or lab.vo) if vo else lab.vo,
+            "started": started,
+            "runtime": runtime,
+            "ends": started + timedelta(minutes=runtime) if started and runtime else None,
+            "failure_detail": times.failure_detail if times else "",
+        }
+    )
+
+
 def event_out(ev: Event) -> EventOut:
     return EventOut(
         seq=ev.seq,
@@ -226,6 +285,21 @@ async def health(request: Request, who: Auth) -> Health:
 
     labs = await store_of(request).list_labs(active_only=True)
     return Health(status="ok", version=__version__, pid=os.getpid(), active_labs=len(labs))
+
+
+@router.get("/site", response_model=SiteOut)
+async def get_site(request: Request, who: Auth) -> SiteOut:
+    """The site's name, logo, login hint and support link (``branding`` in the site
+    file), for the hub's pages; any token may read it, with or without a user."""
+    settings = request.app.state.settings
+    face = settings.branding
+    return SiteOut(
+        name=face.name or settings.site_name,
+        logo=face.logo,
+        login_hint=face.login_hint,
+        login_hint_url=face.login_hint_url,
+        support_url=face.support_url,
+    )
 
 
 async def identity_of(request: Request, name: str, groups: list[str] | None = None) -> Identity:
@@ -385,8 +459,11 @@ async def list_labs(
         user = acting_user(who)
     if user is not None and not who.may_see(user):
         raise HTTPException(403, "You can list only your own labs.")
-    labs = await store_of(request).list_labs(user_name=user, active_only=active)
-    return [lab_out(lab, who.admin) for lab in labs]
+    store = store_of(request)
+    labs = await store.list_labs(user_name=user, active_only=active)
+    times = await store.lab_times([lab.id for lab in labs])
+    settings = request.app.state.settings
+    return [lab_view(settings, lab, times.get(lab.id), who.admin) for lab in labs]
 
 
 AccessToken = Annotated[
@@ -410,7 +487,8 @@ def take_token(request: Request, who: Principal, lab: Lab, token: str | None) ->
 async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     lab = await visible_lab(request, who, lab_id)
     take_token(request, who, lab, token)
-    return lab_out(lab, who.admin)
+    times = await store_of(request).lab_times([lab.id])
+    return lab_view(request.app.state.settings, lab, times.get(lab.id), who.admin)
 
 
 @router.delete("/labs/{lab_id}", status_code=202, response_model=LabOut)

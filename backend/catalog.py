@@ -49,12 +49,30 @@ def system_entry(name: str, settings: Settings, who: Viewer) -> dict[str, Any] |
     }
 
 
-def quota_entry(vo: VOSettings, usage: Usage | None) -> dict[str, Any]:
-    """A VO's limits: used/limit for active labs, the maxima of one lab (None: no limit)."""
+def quota_full(display_name: str, vo: VOSettings, usage: Usage | None) -> str | None:
+    """The sentence a new lab in this VO is refused with now, or None if one fits."""
+    q, labs, mine = vo.quota, usage.labs if usage else 0, usage.user_labs if usage else 0
+    if q.labs_per_user is not None and mine >= q.labs_per_user:
+        return (
+            f"You have {mine} active labs in the VO {display_name}, as many as it allows "
+            "one person; stop one of them first."
+        )
+    if q.labs is not None and labs >= q.labs:
+        return (
+            f"The VO {display_name} has all of its {q.labs} labs in use; try again when one "
+            "has stopped."
+        )
+    return None
+
+
+def quota_entry(vo: VOSettings, usage: Usage | None, name: str = "") -> dict[str, Any]:
+    """A VO's limits: used/limit for active labs, the maxima of one lab (None: no limit),
+    and ``full``: the sentence a new lab is refused with now (None: one fits)."""
     q = vo.quota
     return {
         "labs": {"used": usage.labs if usage else 0, "limit": q.labs},
         "labs_per_user": {"used": usage.user_labs if usage else 0, "limit": q.labs_per_user},
+        "full": quota_full(vo.display_name or name, vo, usage),
         "per_lab": {
             "nodes": q.nodes,
             "gpus": q.gpus,
@@ -71,7 +89,7 @@ def vo_entry(name: str, vo: VOSettings, active: bool, usage: Usage | None) -> di
         "display_name": vo.display_name or name,
         "description": vo.description,
         "active": active,
-        "quota": quota_entry(vo, usage),
+        "quota": quota_entry(vo, usage, name),
     }
 
 

@@ -214,6 +214,14 @@ def embedded_site(
                 del systems[name]
         if doc.get("default_system") not in systems and systems:
             doc["default_system"] = next(iter(systems))
+        # the demo's hint (any name, the shared password) is not how OIDC logs in
+        (doc.get("branding") or {}).pop("login_hint", None)
+    for name, vo in list((doc.get("vos") or {}).items()):
+        # a VO only for systems left out has nothing to offer
+        if vo.get("systems") is not None:
+            vo["systems"] = [s for s in vo["systems"] if s in systems]
+            if not vo["systems"]:
+                del doc["vos"][name]
     return doc
 
 

@@ -70,10 +70,68 @@ class TokenSettings(Strict):
     )
 
 
+class Branding(Strict):
+    """The site's face: its name, logo, login hint and support link, on the hub's login
+    page and in the header of every page."""
+
+    name: str = Field(
+        default="",
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="the name in the header and on the login page; unset: site_name",
+    )
+    logo: str = Field(
+        default="",
+        max_length=2000,
+        description="the logo's address: an https:// URL, or a path on the hub's own site "
+        "(starting with '/', e.g. a file in a static directory the hub serves); unset: none",
+    )
+    login_hint: str = Field(
+        default="",
+        max_length=500,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="one or two sentences on the login page that say how to log in (text, "
+        "not HTML)",
+    )
+    login_hint_url: str = Field(
+        default="",
+        max_length=2000,
+        description="an https:// address linked after the login hint (e.g. how to get an "
+        "account); unset: none",
+    )
+    support_url: str = Field(
+        default="",
+        max_length=2000,
+        description="where people get help (https:// or mailto:), linked in the header and "
+        "on the login page; unset: no link",
+    )
+
+    @field_validator("logo", "login_hint_url", "support_url")
+    @classmethod
+    def _address(cls, url: str, info: ValidationInfo) -> str:
+        if not url:
+            return url
+        mail = ("mailto:",) if info.field_name == "support_url" else ()
+        schemes = ("https://", "http://", *mail)
+        local = info.field_name == "logo" and url.startswith("/") and not url.startswith("//")
+        if not (local or url.startswith(schemes)) or any(c in url for c in '"<> \t\n'):
+            allowed = (
+                "an http(s):// URL"
+                + (" or a path on the hub starting with '/'" if info.field_name == "logo" else "")
+                + (" or mailto:" if info.field_name == "support_url" else "")
+            )
+            raise ValueError(f"{url[:100]!r} is not {allowed} (without spaces, quotes or <>)")
+        return url
+
+
 class Settings(Strict):
     """The site file: what the backend offers and how it is reached."""
 
     site_name: str = Field(default="Lablink", description="the site's name, shown to people")
+    branding: Branding = Field(
+        default_factory=Branding,
+        description="the site's face on the hub's pages: name, logo, login hint, support link",
+    )
     state_dir: Path = Field(
         default=Path(".lablink"),
         description="where the SQLite database and lab directories live (`--state-dir` "

@@ -87,6 +87,15 @@ class Event:
 
 
 @dataclass(frozen=True)
+class LabTimes:
+    """What the list of a person's labs shows beside each lab: when it began to run
+    (None: not yet), and, for a failed lab, its final event's detail (its last output)."""
+
+    started: datetime | None
+    failure_detail: str = ""
+
+
+@dataclass(frozen=True)
 class UserRecord:
     """What the hub last told of a person, and the VO they chose."""
 
@@ -372,6 +381,31 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_lab(r) for r in rows]
+
+    async def lab_times(self, lab_ids: Collection[str]) -> dict[str, LabTimes]:
+        """When each lab first ran, and the detail of a failed lab's final event (its
+        last output), by lab id; two queries for any number of labs."""
+        if not lab_ids:
+            return {}
+        ids = list(lab_ids)
+        started = (
+            select(events.c.lab_id, func.min(events.c.time))
+            .where(events.c.lab_id.in_(ids), events.c.state == LabState.RUNNING.value)
+            .group_by(events.c.lab_id)
+        )
+        final = (
+            select(events.c.lab_id, events.c.detail)
+            .join(labs, labs.c.id == events.c.lab_id)
+            .where(
+                labs.c.id.in_(ids),
+                labs.c.state == LabState.FAILED.value,
+                events.c.seq == labs.c.last_seq,
+            )
+        )
+        async with self.engine.connect() as conn:
+            first = {r[0]: as_utc(r[1]) for r in (await conn.execute(started)).all()}
+            output = {r[0]: r[1] for r in (await conn.execute(final)).all()}
+        return {i: LabTimes(first.get(i), output.get(i, "")) for i in ids}
 
     async def events(self, lab_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         query = (

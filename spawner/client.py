@@ -83,6 +83,21 @@ class BackendClient:
         resp = await self._request("PUT", f"/users/{user}", user, json=identity)
         return resp.json()  # type: ignore[no-any-return]
 
+    async def get_user(self, user: str) -> dict[str, Any]:
+        """The person's VOs with quota used/limit, and the active one."""
+        resp = await self._request("GET", f"/users/{user}", user)
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def labs(self, user: str) -> list[dict[str, Any]]:
+        """The person's labs (their own only: the request acts for them), oldest first."""
+        resp = await self._request("GET", "/labs", user, params={"user": user})
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def site(self) -> dict[str, Any]:
+        """The site's name, logo, login hint and support link (no user needed)."""
+        resp = await self._request("GET", "/site", None)
+        return resp.json()  # type: ignore[no-any-return]
+
     async def put_user_vo(self, user: str, vo: str) -> dict[str, Any]:
         resp = await self._request("PUT", f"/users/{user}/vo", user, json={"vo": vo})
         return resp.json()  # type: ignore[no-any-return]

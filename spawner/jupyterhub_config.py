@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from backend.files import private_dir
+from spawner.branding import SiteFace
+from spawner.home import named_server_limit
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
@@ -28,8 +30,12 @@ c.ConfigurableHTTPProxy.command = [
 c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "jupyterhub-proxy.pid")
 
 c.JupyterHub.authenticator_class = "lablink-demo"
-# the VO switcher in the header, and the VO page
+# the VO switcher in the header, the VO page, the home page of labs, the login page
 c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
+# the site's name, logo, login hint and support link, from the backend (started first)
+site_face = SiteFace.from_environment()
+site_face.load_now()
+c.JupyterHub.template_vars = {"lablink_site": site_face}
 
 # OpenID Connect login (instead of the demo login) when an issuer is given
 if os.environ.get("LABLINK_OIDC_ISSUER"):
@@ -49,7 +55,8 @@ if os.environ.get("LABLINK_OIDC_ISSUER"):
         oidc.auth_refresh_age = int(os.environ["LABLINK_OIDC_AUTH_REFRESH_AGE"])
 c.JupyterHub.spawner_class = "lablink"
 c.JupyterHub.allow_named_servers = True
-c.JupyterHub.named_server_limit_per_user = 5
+# named servers follow the active VO's labs_per_user (stopped ones do not count)
+c.JupyterHub.named_server_limit_per_user = named_server_limit
 c.JupyterHub.cleanup_servers = True
 
 # labs on HPC systems wait in queues; the backend bounds each wait itself

@@ -9,7 +9,8 @@
   login cannot be refreshed before a spawn is sent to log in again instead of
   getting an error page.
 
-Both are added to the hub by the authenticators (``VOPages.get_handlers``).
+They, and the home page of :mod:`spawner.home`, are added to the hub by the
+authenticators (``VOPages.get_handlers``).
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ class VOPages:
     """Mixin for authenticators: adds the VO page and the spawn page above."""
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        from .home import LablinkHomeHandler  # it imports this module
+
         own: list[tuple[str, Any]] = [
+            (r"/home", LablinkHomeHandler),
             (r"/lablink/vo", VOHandler),
             (r"/spawn", LablinkSpawnHandler),
             (r"/spawn/([^/]+)", LablinkSpawnHandler),

@@ -220,33 +220,15 @@ async def test_axe_names_the_rule_the_element_and_the_fix(page: Page) -> None:
     await assert_accessible(page, "a page")
 
 
-# JupyterHub's orange (#f37524) behind white text has a contrast of 2.84:1 where 4.5:1
-# is needed: the login page's header (h1) and button (#login_submit), the spawn form's
-# Start button (.btn-jupyter); and its login error (#ff4500 on white) 3.44:1. The fix
-# belongs in spawner/templates/page.html's stylesheet block (every page extends it),
-# which the work on Home and branding owns: drop this mark (and known=CONTRAST) with
-# that fix. Any other rule broken on these pages fails them all the same.
-CONTRAST = ("color-contrast",)
-LOW_CONTRAST = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="axe color-contrast (serious): JupyterHub's orange #f37524 under white text "
-    "(h1 and #login_submit on the login page, .btn-jupyter on the spawn form) and "
-    ".login_error #ff4500; fix in spawner/templates/page.html",
-)
-
-
-@LOW_CONTRAST
 async def test_the_login_page_is_accessible(
     stack: Stack, page: Page, screenshots: Screenshots
 ) -> None:
     await page.goto(f"{stack.url}/hub/login")
     await settle(page)
     await screenshots.take(page, "login")
-    await assert_accessible(page, "the login page", known=CONTRAST)
+    await assert_accessible(page, "the login page")
 
 
-@LOW_CONTRAST
 async def test_the_login_page_after_a_wrong_password_is_accessible(
     stack: Stack, page: Page
 ) -> None:
@@ -256,7 +238,7 @@ async def test_the_login_page_after_a_wrong_password_is_accessible(
     await page.click("#login_submit")
     await page.locator(".login_error").wait_for()
     await settle(page)
-    await assert_accessible(page, "the login page after a wrong password", known=CONTRAST)
+    await assert_accessible(page, "the login page after a wrong password")
 
 
 async def test_home_is_accessible(stack: Stack, page: Page) -> None:
@@ -283,13 +265,12 @@ async def test_home_with_a_running_lab_is_accessible(stack: Stack, page: Page) -
 
 
 @pytest.mark.parametrize("system", ["local", "hpc", "cloud"])
-@LOW_CONTRAST
 async def test_the_spawn_form_is_accessible(stack: Stack, page: Page, system: str) -> None:
     await log_in(page, stack.url, "ada", PASSWORD)
     await page.goto(f"{stack.url}/hub/spawn")
     await settle(page)
     await choose(page, "system", system)
-    await assert_accessible(page, f"the spawn form with system {system!r} chosen", known=CONTRAST)
+    await assert_accessible(page, f"the spawn form with system {system!r} chosen")
 
 
 async def test_the_progress_page_is_accessible(
@@ -341,7 +322,6 @@ async def test_the_vo_page_is_accessible_and_switches_the_vo_by_a_click(
     assert systems == ["hpc"], systems
 
 
-@LOW_CONTRAST
 async def test_a_refused_start_shows_the_form_accessibly(stack: Stack, page: Page) -> None:
     """A start the backend refuses (a run time above the partition's most, sent by a
     form the browser did not check) comes back as the form with the reason."""
@@ -355,4 +335,4 @@ async def test_a_refused_start_shows_the_form_accessibly(stack: Stack, page: Pag
     await settle(page)
     assert "/hub/spawn" in page.url and "spawn-pending" not in page.url, page.url
     await page.get_by_text(re.compile("9999|run time|runtime", re.IGNORECASE)).first.wait_for()
-    await assert_accessible(page, "the spawn form after a refused start", known=CONTRAST)
+    await assert_accessible(page, "the spawn form after a refused start")

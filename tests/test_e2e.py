@@ -30,6 +30,7 @@ def write_site(path: Path) -> Path:
     doc = yaml.safe_load((Path("backend/data/embedded.yaml")).read_text())
     for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
         del doc["systems"][hpc]
+    del doc["vos"]["hpc-course"]  # the VO for the HPC system only
     doc["systems"]["broken"] = {
         "kind": "local",
         "display_name": "A broken system",

@@ -49,6 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, kube: KubeApi) -> Iterator[S
     doc = yaml.safe_load(Path("backend/data/embedded.yaml").read_text())
     for hpc in ("hpc", "cluster"):  # HPC labs have their own end-to-end tests
         del doc["systems"][hpc]
+    del doc["vos"]["hpc-course"]  # the VO for the HPC system only
     doc["systems"]["cloud"] = site.kubernetes_system(
         image_patterns=["quay.io/jupyter/*"], start_timeout=60, retry_for=5
     )

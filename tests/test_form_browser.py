@@ -282,9 +282,8 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(stack: Stack, page: 
 
     # another lab beside it, on the HPC system: its form, without starting it
     await page.goto(f"{stack.url}/hub/home")
-    await page.fill("input[placeholder='name-your-server']", "big")
-    await page.get_by_role("button", name="Add New Server").click()
-    await page.locator("#start-big").click()  # the page reloaded with the new server's row
+    await page.fill("#lablink-new-name", "big")
+    await page.get_by_role("button", name="New lab").click()
     await page.wait_for_url(f"**/hub/spawn/{USER}/big")
     await page.select_option("#lablink-system", "hpc")
     assert await offered(page, "hpc.partition") == ["batch", "devel", "login"]
@@ -296,6 +295,7 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(stack: Stack, page: 
     await page.go_back()
 
     await page.wait_for_url("**/hub/home")
-    await page.get_by_role("button", name="Stop My Server").click()
-    await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
+    default = page.locator("tr.lablink-lab[data-server='']")
+    await default.get_by_role("button", name="Stop").click()
+    await default.get_by_role("link", name="Start").wait_for(timeout=30_000)
     await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")

@@ -21,6 +21,7 @@ from backend.settings import (
     parse_settings,
     token_secrets,
 )
+from backend.systems.base import QUIET_LAB_ARGS
 from backend.systems.local.config import LocalSystem
 
 EMBEDDED = Path(backend.__file__).parent / "data" / "embedded.yaml"
@@ -114,7 +115,7 @@ def test_valid_site_and_defaults() -> None:
     assert local.stop_grace == 5
     assert local.output_lines == 20
     assert local.allow_root is False and local.run_as == ""  # never root by itself
-    assert local.args == []
+    assert local.args == list(QUIET_LAB_ARGS)  # JupyterLab fetches no news, checks no update
     assert settings.state_dir == Path(".lablink")
 
 

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.systems.base import QUIET_LAB_ARGS
+
 MANAGED_BY = "lablink-userlab-manager"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -185,7 +187,7 @@ def pod_manifest(lab: LabPod) -> dict[str, Any]:
                     "image": lab.image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["jupyterhub-singleuser"],
-                    "args": ["--ip=0.0.0.0", f"--port={lab.port}"],
+                    "args": ["--ip=0.0.0.0", f"--port={lab.port}", *QUIET_LAB_ARGS],
                     "ports": [{"name": "http", "containerPort": lab.port, "protocol": "TCP"}],
                     "env": environment(lab),
                     "resources": resources(lab),

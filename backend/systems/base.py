@@ -42,6 +42,18 @@ class SecretMissing(Exception):
         self.message = message
 
 
+# JupyterLab's arguments that keep a lab quiet: no news feed fetched, no check for a
+# newer JupyterLab (a lab on a compute node has no internet and its people cannot
+# upgrade it); every kind's default lab arguments. The question "official Jupyter
+# news?" depends on a setting only: Lablink's settings override (installed with it,
+# share/jupyter/lab/settings/overrides.d/lablink.json) answers it in the lab's
+# environment.
+QUIET_LAB_ARGS = (
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+)
+
+
 class SystemSettings(Strict):
     """The part of ``systems.<name>`` every kind has."""
 
@@ -63,6 +75,16 @@ class SystemSettings(Strict):
         """What a VO may restrict on this system, per key of the VO's settings
         (``partitions``, ``flavors``): the names it may choose from."""
         return {}
+
+    def choice_name(self, options: Mapping[str, Any]) -> str | None:
+        """The display name of the partition or flavor a lab's (validated) ``options``
+        chose, for the list of a person's labs; None: the kind has no such choice."""
+        return None
+
+    def runtime(self, options: Mapping[str, Any]) -> int | None:
+        """The lab's wall time in minutes from its (validated) ``options``; None: it
+        runs until it is stopped."""
+        return None
 
     def start_limit(self) -> float:
         """Seconds a start of a lab may take at most, from the request to a lab that

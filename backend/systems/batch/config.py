@@ -8,13 +8,14 @@ the batch system is reached (its URL, its login)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Generic, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from ...config_base import SITE_NAME_PATTERN, Strict
 from ...sshconfig import SshTunnel
-from ..base import Range, SystemSettings
+from ..base import QUIET_LAB_ARGS, Range, SystemSettings
 
 ACCOUNT = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 # a minute more than the backend's own limits: its sentence reaches the person first
@@ -113,7 +114,10 @@ class BatchSystem(SystemSettings, Generic[P]):
         min_length=1,
         description="the lab's command on the compute node",
     )
-    lab_args: list[str] = Field(default_factory=list, description="extra arguments for it")
+    lab_args: list[str] = Field(
+        default_factory=lambda: list(QUIET_LAB_ARGS),
+        description="extra arguments for it; unset: JupyterLab's news and update check off",
+    )
     partitions: dict[Annotated[str, Field(pattern=SITE_NAME_PATTERN)], P] = Field(
         min_length=1, description="partitions offered, by the site's partition name"
     )
@@ -184,6 +188,15 @@ class BatchSystem(SystemSettings, Generic[P]):
 
     def vo_choices(self) -> dict[str, list[str]]:
         return {"partitions": list(self.partitions)}
+
+    def choice_name(self, options: Mapping[str, Any]) -> str | None:
+        name = str(options.get("partition", ""))
+        part = self.partitions.get(name)
+        return (part.display_name or name) if part is not None else (name or None)
+
+    def runtime(self, options: Mapping[str, Any]) -> int | None:
+        value = options.get("runtime")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def start_limit(self) -> float:
         return self.queue_timeout + self.start_timeout + 2 * self.retry_for + HUB_MARGIN

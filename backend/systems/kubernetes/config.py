@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -139,6 +140,11 @@ class KubernetesSystem(SystemSettings):
 
     def vo_choices(self) -> dict[str, list[str]]:
         return {"flavors": list(self.flavors)}
+
+    def choice_name(self, options: Mapping[str, Any]) -> str | None:
+        name = str(options.get("flavor", ""))
+        flavor = self.flavors.get(name)
+        return (flavor.display_name or name) if flavor is not None else (name or None)
 
     def start_limit(self) -> float:
         return self.start_timeout + 2 * self.retry_for + HUB_MARGIN

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..base import SystemSettings
+from ..base import QUIET_LAB_ARGS, SystemSettings
 
 
 class LocalSystem(SystemSettings):
@@ -21,7 +21,11 @@ class LocalSystem(SystemSettings):
         description="the lab's command; a bare name is looked up beside the backend's Python "
         "first, then on PATH",
     )
-    args: list[str] = Field(default_factory=list, description="extra arguments for the command")
+    args: list[str] = Field(
+        default_factory=lambda: list(QUIET_LAB_ARGS),
+        description="extra arguments for the command; unset: JupyterLab's news and update "
+        "check off",
+    )
     run_as: str = Field(
         default="",
         pattern=r"^(|person|[a-z_][a-z0-9_-]{0,31})$",
