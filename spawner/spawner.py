@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
+from sqlalchemy.orm import object_session
 from traitlets import Float, List, TraitError, Unicode, default, validate
 
 from backend.config_base import https_url
@@ -374,7 +375,7 @@ class LablinkSpawner(Spawner):
         if orm is None or orm.user_options != self.user_options:
             return
         orm.user_options = None
-        db = getattr(self, "db", None)
+        db = object_session(orm)  # the hub's session (Spawner.db is deprecated)
         if db is not None:
             db.commit()
 

@@ -213,12 +213,19 @@ async def test_failed_start_shows_the_lab_output_on_the_spawn_page(stack: Stack)
 async def test_bad_options_are_refused_with_a_sentence(
     stack: Stack, options: dict[str, str], sentence: str
 ) -> None:
+    hub_log = stack.state_dir / "logs" / "hub.log"
+    logged = len(hub_log.read_text(errors="replace"))
     async with HubUser(stack.url, "bob", PASSWORD) as bob:
         await bob.login()
         response = await bob.start("bad", options)
         assert response.status_code == 422, response.text
         message = response.json()["message"]
         assert message.startswith(sentence), message
+        # one line in the hub's log, the spawner's, without a traceback
+        added = hub_log.read_text(errors="replace")[logged:]
+        assert "Traceback" not in added, added
+        about = [line for line in added.splitlines() if sentence in line]
+        assert len(about) == 1 and "start refused" in about[0], added
         assert "Traceback" not in response.text
         assert stack.lab_pids("bob") == []
         model = await bob.model()

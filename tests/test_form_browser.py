@@ -463,3 +463,68 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(stack: Stack, page: 
     await page.get_by_role("button", name="Stop My Server").click()
     await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
     await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")
+
+
+async def log_in(stack: Stack, page: Page) -> None:
+    await page.goto(f"{stack.url}/hub/login")
+    await page.fill("#username_input", USER)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+    await page.wait_for_url("**/hub/spawn")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_a_refused_start_shows_the_form_again_and_the_next_start_works(
+    stack: Stack, page: Page
+) -> None:
+    hub_log = stack.state_dir / "logs" / "hub.log"
+    await log_in(stack, page)
+    await page.select_option("#lablink-system", "hpc")
+    await page.select_option("[name='hpc.partition']", "devel")
+    # a value the browser would not send: as from a form of before the site changed
+    await page.eval_on_selector("[name='hpc.runtime']", "el => el.removeAttribute('max')")
+    await page.fill("[name='hpc.runtime']", "9999")
+    logged = len(hub_log.read_text(errors="replace"))
+    await page.get_by_role("button", name="Start", exact=True).click()
+
+    error = page.locator(".spawn-error-msg")
+    await error.wait_for(timeout=30_000)
+    sentence = (
+        "Run time: 9999 minutes is more than partition Development allows in VO Demo; "
+        "choose 10 to 60 minutes."
+    )
+    assert sentence in await error.inner_text()
+    assert "options." not in await error.inner_text()
+    # the person's choices, with the refused field marked
+    assert await page.input_value("#lablink-system") == "hpc"
+    assert await page.input_value("[name='hpc.partition']") == "devel"
+    runtime = page.locator("[name='hpc.runtime']")
+    assert await runtime.input_value() == "9999"
+    assert await runtime.get_attribute("aria-invalid") == "true"
+
+    # one line in the hub's log, no traceback
+    await wait_until(lambda: sentence in hub_log.read_text(errors="replace")[logged:], 10, "log")
+    added = hub_log.read_text(errors="replace")[logged:]
+    assert "Traceback" not in added, added
+    assert [line for line in added.splitlines() if "Run time: 9999" in line] == [
+        line for line in added.splitlines() if "start refused" in line
+    ], added
+    assert len([line for line in added.splitlines() if "Run time: 9999" in line]) == 1, added
+
+    # no stale "Spawn failed": the lab's address and Home lead to the form
+    await page.goto(f"{stack.url}/user/{USER}/lab")
+    assert "Spawn failed" not in await page.content()
+    await page.goto(f"{stack.url}/hub/spawn")
+    assert await page.locator("#lablink-system").count() == 1
+    assert not await page.locator(".spawn-error-msg").count()
+
+    # the next start works
+    await page.select_option("#lablink-system", "local")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await page.wait_for_url(re.compile(rf"/user/{USER}/lab"), timeout=60_000)
+    await page.locator("#jp-main-dock-panel").wait_for(timeout=30_000)
+    await page.goto(f"{stack.url}/hub/home")
+    await page.get_by_role("button", name="Stop My Server").click()
+    await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
+    await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")

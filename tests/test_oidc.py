@@ -239,7 +239,7 @@ async def test_the_form_offers_what_the_claims_give(stack: Stack, provider: OIDC
         assert "bob7" not in html and "p2" not in html
         assert "VO Workshop 2026" in html
         assert 'name="vo" value="workshop"' in html
-        assert "yours 0 of 1" in html and "per lab up to 30 minutes" in html
+        assert "yours 0 of 1" in html and "to 30 minutes</small>" in html  # the VO's most
     async with await log_in(stack, provider, "bob") as bob:
         html = (await bob.http.get("/hub/spawn")).text
         assert '<option value="bob7">' in html and "alice1" not in html
