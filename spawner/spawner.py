@@ -154,7 +154,7 @@ class LablinkSpawner(Spawner):
     _clients: dict[tuple[str, str, str], BackendClient] = {}
 
     refused: LabRefused | None = None
-    """The last start the backend refused, until the form has shown it again."""
+    """The last start the backend refused, until the spawn page has shown it again."""
 
     @default("env_keep")
     def _default_env_keep(self) -> list[str]:
@@ -494,14 +494,14 @@ async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]
 
 async def _render_form(spawner: LablinkSpawner) -> str:
     """The form; after a refused start, with the person's choices and the refused field
-    marked (once), else with the last start's choices of this server."""
+    marked, else with the last start's choices of this server."""
     try:
         await spawner.backend.put_user(spawner.user.name, await identity(spawner.user))
         catalog = await spawner.backend.catalog(spawner.user.name)
     except BackendError as exc:
         spawner.log.warning("cannot load the catalog: %s", exc.detail)
         catalog = None
-    refused, spawner.refused = spawner.refused, None
+    refused = spawner.refused  # the spawn page shows it once, then forgets it
     chosen = refused.options if refused else dict(spawner.user_options or {})
     return options_form_html(
         catalog,

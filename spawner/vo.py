@@ -100,9 +100,19 @@ class LablinkSpawnHandler(SpawnHandler):
         # JupyterHub renders the default server's form after a failed start; the form of
         # the server that was refused has the person's choices
         spawner = for_user.spawners.get(self.server_name or "")
-        if message and spawner is not None and getattr(spawner, "refused", None) is not None:
-            spawner_options_form = await spawner.get_options_form()
+        refused = getattr(spawner, "refused", None)
+        if refused is not None:
+            if not message:  # refused after the spawn page took over: say it here again
+                message = refused.jupyterhub_message
+                html_message = refused.jupyterhub_html_message
+            if spawner is not for_user.spawner:  # JupyterHub rendered the default's form
+                spawner_options_form = await spawner.get_options_form()
+            spawner.refused = None  # shown once
         return await super()._render_form(for_user, spawner_options_form, message, html_message)
+
+    def get(self, user_name: str | None = None, server_name: str = "") -> Any:
+        self.server_name = server_name or ""
+        return super().get(user_name, server_name)
 
     async def post(self, user_name: str | None = None, server_name: str = "") -> Any:
         self.server_name = server_name or ""

@@ -519,7 +519,26 @@ async def test_a_refused_start_shows_the_form_again_and_the_next_start_works(
     assert await page.locator("#lablink-system").count() == 1
     assert not await page.locator(".spawn-error-msg").count()
 
+    # a start refused while the person was not on the form (the spawn page had taken
+    # over, or a program started it): the form of that server says so, once
+    xsrf = next(c["value"] for c in await page.context.cookies() if c["name"] == "_xsrf")
+    refused = await page.request.post(
+        f"{stack.url}/hub/api/users/{USER}/servers/other",
+        data={"system": "hpc", "partition": "devel", "nodes": 3},
+        headers={"X-XSRFToken": xsrf},
+    )
+    assert refused.status == 422, await refused.text()
+    await page.goto(f"{stack.url}/hub/spawn/{USER}/other")
+    assert (
+        "Nodes: 3 is more than partition Development"
+        in await page.locator(".spawn-error-msg").inner_text()
+    )
+    assert await page.input_value("[name='hpc.partition']") == "devel"
+    await page.reload()
+    assert not await page.locator(".spawn-error-msg").count()
+
     # the next start works
+    await page.goto(f"{stack.url}/hub/spawn")
     await page.select_option("#lablink-system", "local")
     await page.get_by_role("button", name="Start", exact=True).click()
     await page.wait_for_url(re.compile(rf"/user/{USER}/lab"), timeout=60_000)
