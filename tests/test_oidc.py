@@ -235,7 +235,9 @@ async def test_the_form_offers_what_the_claims_give(stack: Stack, provider: OIDC
         form = await alice.http.get("/hub/spawn")
         assert form.status_code == 200
         html = form.text
-        assert '<option value="alice1">' in html and '<option value="training2026">' in html
+        assert (
+            '<option value="alice1">' in html and '<option value="training2026" data-when=' in html
+        )
         assert "bob7" not in html and "p2" not in html
         assert "VO Workshop 2026" in html
         assert 'name="vo" value="workshop"' in html
@@ -315,7 +317,7 @@ async def test_a_spawn_refreshes_the_token_that_unicore_needs(
         assert resp.status_code in (201, 202), resp.text
         assert events[-1].get("ready"), events
         messages = " ".join(str(e.get("message", "")) for e in events)
-        assert "VO 'workshop': 1 of 20 labs in use; yours: 1 of 1." in messages
+        assert "VO Workshop 2026: 1 of 20 labs in use; yours: 1 of 1." in messages
         assert (await carol.stop()).status_code in (202, 204)
         await carol.wait_stopped()
     hub_log = (stack.state_dir / "logs" / "hub.log").read_text(errors="replace")
