@@ -129,10 +129,10 @@ class LabManager:
             )
         if requested:
             if requested not in mine:
-                raise NotInVO(
-                    f"vo: you are not a member of VO {requested[:64]!r}; your VOs: "
-                    f"{', '.join(mine)}."
-                )
+                known = vos.get(requested)
+                named = (known.display_name or requested) if known else repr(requested[:64])
+                yours = ", ".join(vos[v].display_name or v for v in mine)
+                raise NotInVO(f"You are not a member of VO {named}; your VOs: {yours}.")
             return requested
         record = await self.store.get_user(identity.user)
         if record is not None and record.vo in mine:

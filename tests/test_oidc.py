@@ -292,7 +292,7 @@ async def test_a_vo_the_person_is_not_in_cannot_be_forged_into_a_start(
     async with await log_in(stack, provider, "bob") as bob:
         resp = await bob.start(options={"vo": "research", "system": "hpc"})
         assert resp.status_code == 403, resp.text
-        assert "not a member of VO 'research'" in resp.json()["message"]
+        assert "not a member of VO Research" in resp.json()["message"]
         resp = await bob.start(options={"system": "hpc", "runtime": "45"})
         assert resp.status_code == 422 and "Run time: 45 minutes" in resp.json()["message"]
 

@@ -162,7 +162,7 @@ async def test_a_vo_the_person_is_not_in_is_refused_and_nothing_stored(
     body = start_body("bob")
     body["vo"] = "research"
     assert_error(
-        await post_lab(backend, body), 403, "not a member of VO 'research'", "your VOs: workshop"
+        await post_lab(backend, body), 403, "not a member of VO research", "your VOs: Workshop 2026"
     )
     body["vo"] = "Research; rm -rf /"
     assert (await post_lab(backend, body)).status_code == 422
