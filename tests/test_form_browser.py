@@ -465,21 +465,14 @@ async def test_log_in_start_a_lab_from_the_form_and_stop_it(stack: Stack, page: 
     await wait_until(lambda: not stack.lab_pids(USER), 15, "the lab process to end")
 
 
-async def log_in(stack: Stack, page: Page) -> None:
-    await page.goto(f"{stack.url}/hub/login")
-    await page.fill("#username_input", USER)
-    await page.fill("#password_input", PASSWORD)
-    await page.click("#login_submit")
-    await page.wait_for_url("**/hub/spawn")
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 async def test_a_refused_start_shows_the_form_again_and_the_next_start_works(
     stack: Stack, page: Page
 ) -> None:
     hub_log = stack.state_dir / "logs" / "hub.log"
-    await log_in(stack, page)
+    await log_in(page, stack.url, USER, PASSWORD)
+    await page.wait_for_url("**/hub/spawn")
     await page.select_option("#lablink-system", "hpc")
     await page.select_option("[name='hpc.partition']", "devel")
     # a value the browser would not send: as from a form of before the site changed
@@ -541,8 +534,7 @@ async def test_a_refused_start_shows_the_form_again_and_the_next_start_works(
     await page.goto(f"{stack.url}/hub/spawn")
     await page.select_option("#lablink-system", "local")
     await page.get_by_role("button", name="Start", exact=True).click()
-    await page.wait_for_url(re.compile(rf"/user/{USER}/lab"), timeout=60_000)
-    await page.locator("#jp-main-dock-panel").wait_for(timeout=30_000)
+    await wait_for_jupyterlab(page, f"/user/{USER}/lab")
     await page.goto(f"{stack.url}/hub/home")
     await page.get_by_role("button", name="Stop My Server").click()
     await page.get_by_role("button", name="Start My Server").wait_for(timeout=30_000)
