@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
@@ -397,7 +397,9 @@ async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) ->
 
 
 @router.post("/labs", status_code=202, response_model=LabOut)
-async def create_lab(request: Request, body: LabRequest, who: Auth, response: Response) -> LabOut:
+async def create_lab(
+    request: Request, body: LabRequest, who: Auth, response: Response
+) -> LabOut | JSONResponse:
     """Accept a lab: validate its options, store it, and start it in the background."""
     if who.user is not None and who.user != body.user.name and not who.admin:
         raise HTTPException(
@@ -418,10 +420,12 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
         )
     except NotInVO as exc:
         raise HTTPException(403, str(exc)) from None
-    except OptionError as exc:
-        raise HTTPException(422, str(exc)) from None
+    except OptionError as exc:  # the sentence for people, the option's key for programs
+        return JSONResponse({"detail": exc.sentence, "field": exc.field}, status_code=422)
     except QuotaExceeded as exc:
-        raise HTTPException(429, quota_refusal(exc), headers={"Retry-After": "60"}) from None
+        shown = manager_of(request).settings.vos.get(exc.admission.vo)
+        vo = (shown.display_name if shown else "") or exc.admission.vo
+        raise HTTPException(429, quota_refusal(exc, vo), headers={"Retry-After": "60"}) from None
     except ServerNameBusy as exc:
         existing = f" (lab {exc.existing.id})" if exc.existing else ""
         name = repr(body.server_name) if body.server_name else "the default server"
@@ -434,15 +438,16 @@ async def create_lab(request: Request, body: LabRequest, who: Auth, response: Re
     return lab_out(lab, who.admin)
 
 
-def quota_refusal(exc: QuotaExceeded) -> str:
-    vo, used = exc.admission.vo, exc.usage
+def quota_refusal(exc: QuotaExceeded, vo: str) -> str:
+    """The sentence for a full VO; ``vo`` its display name."""
+    used = exc.usage
     if exc.limit == "labs":
         return (
-            f"VO {vo!r} has reached its limit of {exc.admission.labs} active labs "
+            f"VO {vo} has reached its limit of {exc.admission.labs} active labs "
             f"({used.labs} in use); try again when one has stopped."
         )
     return (
-        f"You have {used.user_labs} active labs in VO {vo!r}, its limit per person "
+        f"You have {used.user_labs} active labs in VO {vo}, its limit per person "
         f"({exc.admission.labs_per_user}); stop one of them first."
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .settings import Settings
 from .store import Usage
-from .systems.base import OptionError, Viewer
+from .systems.base import OptionError, Viewer, listed, shown
 from .systems.registry import kind_of
 from .vos import Identity, VOSettings, entitlement_grants
 
@@ -145,19 +145,22 @@ def validate_options(
             system_name = next((s for s in settings.systems if who.allows_system(s)), "")
     offered = [s for s in settings.systems if who.allows_system(s)]
     if not isinstance(system_name, str) or system_name not in offered:
-        known = isinstance(system_name, str) and system_name in settings.systems
-        where = f"offered{who.in_vo}" if known else "a system of this site"
-        raise OptionError(
-            f"options.system: {str(system_name)[:64]!r} is not {where}; "
-            f"allowed: {', '.join(sorted(offered)) or 'none'}."
-        )
+        names = listed([settings.systems[s].display_name or s for s in offered])
+        if isinstance(system_name, str) and system_name in settings.systems:
+            chosen = settings.systems[system_name].display_name or system_name
+            refusal = f"System: {chosen} is not offered{who.in_vo}"
+        else:
+            refusal = f"System: {shown(system_name)} is not a system of this site"
+        choose_from = f"choose {names}" if names else "there is none for you here"
+        raise OptionError("system", f"{refusal}; {choose_from}.")
     system = settings.systems[system_name]
     kind = kind_of(system)
     keys = kind.option_keys
     for key in options:
         if key not in keys:
             raise OptionError(
-                f"options.{str(key)[:64]}: not an option of system {system_name!r}; "
-                f"allowed: {', '.join(keys)}."
+                str(key)[:64],
+                f"{shown(key)} is not an option of system {system.display_name or system_name}; "
+                f"its options are {listed(list(keys), 'and')}.",
             )
     return system_name, kind.check(system_name, system, options, who)

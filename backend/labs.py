@@ -38,12 +38,13 @@ class NotInVO(Exception):
 
 
 def quota_sentence(vo: str, limits: Admission, usage: Usage) -> str:
-    """How full the VO is with this lab counted, for the spawn page."""
+    """How full the VO is with this lab counted, for the spawn page (``vo``: its
+    display name)."""
     labs = f"{usage.labs} of {limits.labs}" if limits.labs is not None else f"{usage.labs}"
     mine = f"{usage.user_labs} of {limits.labs_per_user}"
     if limits.labs_per_user is None:
         mine = f"{usage.user_labs}"
-    return f"VO {vo!r}: {labs} labs in use; yours: {mine}."
+    return f"VO {vo}: {labs} labs in use; yours: {mine}."
 
 
 INTERNAL_ERROR = (
@@ -128,10 +129,10 @@ class LabManager:
             )
         if requested:
             if requested not in mine:
-                raise NotInVO(
-                    f"vo: you are not a member of VO {requested[:64]!r}; your VOs: "
-                    f"{', '.join(mine)}."
-                )
+                known = vos.get(requested)
+                named = (known.display_name or requested) if known else repr(requested[:64])
+                yours = ", ".join(vos[v].display_name or v for v in mine)
+                raise NotInVO(f"You are not a member of VO {named}; your VOs: {yours}.")
             return requested
         record = await self.store.get_user(identity.user)
         if record is not None and record.vo in mine:
@@ -178,7 +179,8 @@ class LabManager:
             entitlements=identity.entitlements,
             vo=vo if self.settings.vos else None,
         )
-        accepted = f"Lab accepted for system {system_name}."
+        system = self.settings.systems[system_name]
+        accepted = f"Lab accepted for system {system.display_name or system_name}."
         admission = None
         if vo is not None and vo in self.settings.vos:
             quota = self.settings.vos[vo].quota
@@ -187,7 +189,8 @@ class LabManager:
         def message(usage: Usage | None) -> str:
             if admission is None or usage is None:
                 return accepted
-            return f"{accepted} {quota_sentence(admission.vo, admission, usage)}"
+            shown = self.settings.vos[admission.vo].display_name or admission.vo
+            return f"{accepted} {quota_sentence(shown, admission, usage)}"
 
         lab = await self.store.create_lab(
             user_name=user_name,

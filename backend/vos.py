@@ -186,10 +186,12 @@ class Identity:
 
 @dataclass(frozen=True)
 class Grants:
-    """Accounts and projects from entitlements, per system."""
+    """Accounts and projects from entitlements, per system; ``pairs``: per system, the
+    projects each account is granted with (an entitlement grants one pair)."""
 
     accounts: dict[str, list[str]] = field(default_factory=dict)
     projects: dict[str, list[str]] = field(default_factory=dict)
+    pairs: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def entitlement_grants(pattern: str | None, entitlements: frozenset[str]) -> Grants:
@@ -200,6 +202,7 @@ def entitlement_grants(pattern: str | None, entitlements: frozenset[str]) -> Gra
     regex = re.compile(pattern)
     accounts: dict[str, set[str]] = {}
     projects: dict[str, set[str]] = {}
+    pairs: dict[str, dict[str, set[str]]] = {}
     for ent in entitlements:
         match = regex.fullmatch(ent)
         if not match:
@@ -208,11 +211,14 @@ def entitlement_grants(pattern: str | None, entitlements: frozenset[str]) -> Gra
         account, project = match.group("account"), match.group("project")
         if ACCOUNT.fullmatch(account):  # anything else cannot be a login name: skipped
             accounts.setdefault(system, set()).add(account)
+            granted = pairs.setdefault(system, {}).setdefault(account, set())
             if PROJECT.fullmatch(project):
                 projects.setdefault(system, set()).add(project)
+                granted.add(project)
     return Grants(
         accounts={s: sorted(a) for s, a in accounts.items()},
         projects={s: sorted(p) for s, p in projects.items()},
+        pairs={s: {a: sorted(p) for a, p in sorted(g.items())} for s, g in pairs.items()},
     )
 
 

@@ -19,10 +19,11 @@ FINAL = ("stopped", "failed")
 class BackendError(Exception):
     """The backend refused a request (4xx) or could not be reached / failed (5xx)."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, field: str = ""):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.field = field  # the refused option's key (a 422 of a start), or ""
 
 
 def token_header(access_token: str | None) -> dict[str, str]:
@@ -66,11 +67,14 @@ class BackendClient:
         except httpx.TransportError as exc:
             raise BackendError(503, f"The Lablink backend cannot be reached ({exc!r}).") from None
         if resp.status_code >= 400:
+            field = ""
             try:
-                detail = str(resp.json().get("detail", resp.reason_phrase))
-            except ValueError:
+                body = resp.json()
+                detail = str(body.get("detail", resp.reason_phrase))
+                field = str(body.get("field") or "")
+            except (ValueError, AttributeError):
                 detail = resp.reason_phrase
-            raise BackendError(resp.status_code, detail)
+            raise BackendError(resp.status_code, detail, field)
         return resp
 
     async def catalog(self, user: str, groups: list[str] | None = None) -> dict[str, Any]:

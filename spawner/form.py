@@ -27,14 +27,6 @@ UNAVAILABLE = (
     "Start uses the site's default system; if that fails, try again in a minute.</p>"
 )
 
-PER_LAB = (
-    ("nodes", "{} nodes"),
-    ("gpus", "{} GPUs"),
-    ("runtime", "{} minutes"),
-    ("cpu", "{:g} CPU cores"),
-    ("memory", "{:g} GiB memory"),
-)
-
 
 def environment(paths: Sequence[str] = ()) -> jinja2.Environment:
     """Templates from ``paths`` first (a site's own), then Lablink's."""
@@ -42,22 +34,93 @@ def environment(paths: Sequence[str] = ()) -> jinja2.Environment:
     return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.ChainableUndefined)
 
 
-def options_form_html(catalog: dict[str, Any] | None, template_paths: Sequence[str] = ()) -> str:
-    """The form for this catalog (the person's systems in their active VO)."""
+def full_sentence(vo: dict[str, Any] | None) -> str:
+    """Why nothing can be started in the VO now, or "" when a lab may start."""
+    if vo is None:
+        return ""
+    quota, name = vo["quota"], vo["display_name"]
+    labs, mine = quota["labs"], quota["labs_per_user"]
+    if mine["limit"] is not None and mine["used"] >= mine["limit"]:
+        return (
+            f"You have {mine['used']} active labs in VO {name}, its limit per person; "
+            "stop one of them on Home to start another."
+        )
+    if labs["limit"] is not None and labs["used"] >= labs["limit"]:
+        return (
+            f"All {labs['limit']} labs of VO {name} are in use; you can start one "
+            "when another has stopped."
+        )
+    return ""
+
+
+def span(low: Any, high: Any, unit: str = "") -> str:
+    """'10 to 240 minutes', '1 node'-style text of a number field's range."""
+    values = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    return f"{values} {unit}".strip()
+
+
+def prepared(system: dict[str, Any], chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system's fields as the template shows them: the value chosen (the person's
+    choice when the form is shown again, else the catalog's), whether the field is
+    fixed (one value: shown as text), a typed value for ``other``."""
+    out = []
+    for f in system.get("fields") or []:
+        f = dict(f)
+        value = chosen.get(f["key"])
+        f["other_value"] = ""
+        if f["type"] == "select":
+            values = [c["value"] for c in f["choices"]]
+            if value not in (None, "") and str(value) not in values and f.get("other"):
+                f["other_value"], value = str(value), None
+            f["value"] = str(value) if value not in (None, "") else ""
+            f["fixed"] = (
+                f.get("required", True)
+                and len(values) == 1
+                and not f.get("other")
+                and not any(c.get("when") for c in f["choices"])
+            )
+        else:
+            f["value"] = value if value not in (None, "") else f.get("default")
+            f["fixed"] = f["min"] == f["max"]
+            f["range"] = span(f["min"], f["max"], f.get("unit", ""))
+        out.append(f)
+    return out
+
+
+def options_form_html(
+    catalog: dict[str, Any] | None,
+    template_paths: Sequence[str] = (),
+    *,
+    chosen: dict[str, Any] | None = None,
+    error_field: str = "",
+    user: str = "",
+) -> str:
+    """The form for this catalog (the person's systems in their active VO); ``chosen``
+    the options to show chosen (a refused start's, or the last start's), with
+    ``error_field`` the one a refusal was about; ``user`` the hub user, whose last
+    choices per system the browser remembers."""
     if not catalog:
         return UNAVAILABLE
+    chosen = dict(chosen or {})
     vo = next((v for v in catalog.get("vos") or [] if v.get("active")), None)
-    per_lab = []
-    if vo is not None:
-        most = vo["quota"]["per_lab"]
-        per_lab = [fmt.format(most[k]) for k, fmt in PER_LAB if most.get(k) is not None]
     systems = catalog.get("systems") or []
     names = [s["name"] for s in systems]
-    default = catalog.get("default_system")
+    default = chosen.get("system") if chosen.get("system") in names else None
+    default = default or catalog.get("default_system")
     if default not in names and names:
         default = names[0]
+    fields = {s["name"]: prepared(s, chosen if s["name"] == default else {}) for s in systems}
     template = environment(template_paths).get_template(FORM_TEMPLATE)
-    return template.render(vo=vo, per_lab=per_lab, systems=systems, default=default)
+    return template.render(
+        vo=vo,
+        full=full_sentence(vo),
+        systems=systems,
+        fields=fields,
+        default=default,
+        restored=default if chosen.get("system") else "",
+        error_field=error_field,
+        user=user,
+    )
 
 
 def options_from_form(formdata: dict[str, list[str]]) -> dict[str, Any]:

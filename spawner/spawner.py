@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
+from sqlalchemy.orm import object_session
 from traitlets import Float, List, TraitError, Unicode, default, validate
 
 from backend.config_base import https_url
@@ -39,6 +40,7 @@ from backend.config_base import https_url
 from .client import FINAL, BackendClient, BackendError
 from .follow import SharedFollow
 from .form import options_form_html, options_from_form
+from .logs import REFUSED, Refusal, quiet_refusals
 from .refresh import Attempt, check_interval, lost_login_sentence, refresh_margin, renew_login
 from .vo import identity
 
@@ -53,6 +55,17 @@ class LabSpawnError(SpawnException):
         super().__init__(message, reason=reason, status_code=status_code, message_html=message_html)
         self.jupyterhub_message = message
         self.jupyterhub_html_message = message_html
+
+
+class LabRefused(LabSpawnError, Refusal):
+    """A start the backend refused (4xx): the person can change their choices.
+    ``options`` are what they chose, ``field`` the option the sentence is about."""
+
+    def __init__(self, message: str, *, status_code: int, options: dict[str, Any], field: str):
+        super().__init__(message, reason="refused", status_code=status_code)
+        self.options = options
+        self.field = field
+        REFUSED.add(self)
 
 
 class LablinkSpawner(Spawner):
@@ -140,6 +153,9 @@ class LablinkSpawner(Spawner):
 
     _clients: dict[tuple[str, str, str], BackendClient] = {}
 
+    refused: LabRefused | None = None
+    """The last start the backend refused, until the spawn page has shown it again."""
+
     @default("env_keep")
     def _default_env_keep(self) -> list[str]:
         # the lab runs elsewhere: the hub's own PATH and friends mean nothing there
@@ -225,11 +241,21 @@ class LablinkSpawner(Spawner):
                 await self._stop_existing(user)
                 lab = await self.backend.create(body, user)
         except BackendError as exc:
-            self.log.warning("%s: start refused by the backend: %s", self._log_name, exc.detail)
-            status = exc.status if exc.status < 500 else 503
-            if status < 500:
-                self._forget_refused_options()
-            raise LabSpawnError(exc.detail, reason="backend", status_code=status) from None
+            if exc.status >= 500:
+                self.log.warning("%s: the backend cannot start it: %s", self._log_name, exc.detail)
+                raise LabSpawnError(exc.detail, reason="backend", status_code=503) from None
+            quiet_refusals(self.log)
+            self.log.warning("%s: start refused: %s", self._log_name, exc.detail)
+            refusal = LabRefused(
+                exc.detail,
+                status_code=exc.status,
+                options=dict(self.user_options or {}),
+                field=exc.field,
+            )
+            self._forget_refused_options()
+            self._forget_failure()
+            self.refused = refusal  # the form shows it once, with these choices
+            raise refusal from None
         self.lab_id = lab["id"]
         self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
         keeper = None
@@ -326,6 +352,22 @@ class LablinkSpawner(Spawner):
             failure.told.discard(self.lab_id)  # told at the next check
             self.log.warning("%s: cannot tell lab %s: %s", self._log_name, self.lab_id, exc.detail)
 
+    def _forget_failure(self) -> None:
+        """JupyterHub keeps a failed start so that /user/<name> shows "Spawn failed"
+        instead of starting again; a refused start began nothing, so once it is over
+        the server is simply not running: Home, /hub/spawn and /user/<name>/… lead
+        to the form (the progress stream of a spawn page still open keeps the
+        sentence)."""
+        future = getattr(self, "_spawn_future", None)
+        if future is None:
+            return
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            if getattr(self, "_spawn_future", None) is done:
+                setattr(self, "_spawn_future", None)  # noqa: B010  (JupyterHub's own)
+
+        future.add_done_callback(forget)
+
     def _forget_refused_options(self) -> None:
         """JupyterHub keeps a start's options for the next start that names none; options
         the backend refused are not kept, so an empty start gets the site's defaults."""
@@ -333,7 +375,7 @@ class LablinkSpawner(Spawner):
         if orm is None or orm.user_options != self.user_options:
             return
         orm.user_options = None
-        db = getattr(self, "db", None)
+        db = object_session(orm)  # the hub's session (Spawner.db is deprecated)
         if db is not None:
             db.commit()
 
@@ -451,10 +493,20 @@ async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]
 
 
 async def _render_form(spawner: LablinkSpawner) -> str:
+    """The form; after a refused start, with the person's choices and the refused field
+    marked, else with the last start's choices of this server."""
     try:
         await spawner.backend.put_user(spawner.user.name, await identity(spawner.user))
         catalog = await spawner.backend.catalog(spawner.user.name)
     except BackendError as exc:
         spawner.log.warning("cannot load the catalog: %s", exc.detail)
         catalog = None
-    return options_form_html(catalog, spawner.form_template_paths)
+    refused = spawner.refused  # the spawn page shows it once, then forgets it
+    chosen = refused.options if refused else dict(spawner.user_options or {})
+    return options_form_html(
+        catalog,
+        spawner.form_template_paths,
+        chosen=chosen,
+        error_field=refused.field if refused else "",
+        user=str(spawner.user.name),
+    )

@@ -90,9 +90,33 @@ class VOHandler(BaseHandler):
 
 
 class LablinkSpawnHandler(SpawnHandler):
-    """The spawn page; a login that cannot be refreshed sends the person to log in."""
+    """The spawn page; a login that cannot be refreshed sends the person to log in, and
+    a refused start shows the form again with the person's choices and the sentence."""
+
+    server_name = ""
+
+    async def _render_form(
+        self, for_user: Any, spawner_options_form: str, message: str = "", html_message: str = ""
+    ) -> Any:
+        # JupyterHub renders the default server's form after a failed start; the form of
+        # the server that was refused has the person's choices
+        spawner = for_user.spawners.get(self.server_name or "")
+        refused = getattr(spawner, "refused", None)
+        if refused is not None:
+            if not message:  # refused after the spawn page took over: say it here again
+                message = refused.jupyterhub_message
+                html_message = refused.jupyterhub_html_message
+            if spawner is not for_user.spawner:  # JupyterHub rendered the default's form
+                spawner_options_form = await spawner.get_options_form()
+            spawner.refused = None  # shown once
+        return await super()._render_form(for_user, spawner_options_form, message, html_message)
+
+    def get(self, user_name: str | None = None, server_name: str = "") -> Any:
+        self.server_name = server_name or ""
+        return super().get(user_name, server_name)
 
     async def post(self, user_name: str | None = None, server_name: str = "") -> Any:
+        self.server_name = server_name or ""
         user = self.current_user
         if user is not None and self.authenticator.refresh_pre_spawn:
             if user_name in (None, user.name) and await self.refresh_auth(user, force=True) is None:

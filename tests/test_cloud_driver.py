@@ -138,12 +138,13 @@ async def test_bad_cloud_options_are_refused_and_nothing_is_made(
     backend, _ = cloud
     async with backend.client("alice") as alice:
         for options, words in (
-            ({"flavor": "huge"}, "options.flavor"),
-            ({"cpu": "3"}, "options.cpu"),
-            ({"image": "docker.io/evil/miner:latest"}, "options.image"),
-            ({"image": "quay.io/jupyter/scipy-notebook:bad tag"}, "options.image"),
+            ({"flavor": "huge"}, "Flavor: 'huge' is not offered"),
+            ({"cpu": "3"}, "CPU cores: 3 cores is more than flavor "),
+            ({"image": "docker.io/evil/miner:latest"}, "Image: 'docker.io/evil/miner:latest'"),
+            ({"image": "quay.io/jupyter/scipy-notebook:bad tag"}, "is not an image reference"),
         ):
             body = lab_request("alice", options={"system": "cloud", **options})
-            assert_error(await alice.post("/labs", json=body), 422, words)
+            field = next(iter(options))
+            assert_error(await alice.post("/labs", json=body), 422, words, field=field)
         assert (await alice.get("/labs", params={"user": "alice"})).json() == []
     assert kube.pods(NAMESPACE) == []

@@ -266,22 +266,23 @@ def test_defaults_are_the_first_flavor_and_image_at_their_limits(tmp_path: Path)
     ("options", "words"),
     [
         ({"flavor": "huge"},
-         "options.flavor: 'huge' is not offered on system 'cloud'; allowed: small, gpu."),
+         "Flavor: 'huge' is not offered on system HDF Cloud; choose small or gpu."),
         ({"cpu": 2},
-         "options.cpu: 2 cores is more than flavor 'small' allows; allowed: above 0 up to 1."),
-        ({"memory": "64"}, "options.memory: 64 GiB is more than flavor 'small' allows"),
-        ({"memory": 0}, "options.memory: 0 GiB is more than"),
-        ({"cpu": "1e3"}, "options.cpu: '1e3' is not a number of cores."),
-        ({"cpu": float("nan")}, "options.cpu: nan is not a number of cores."),
+         "CPU cores: 2 cores is more than flavor small allows; choose more than 0 and up to "
+         "1 cores."),
+        ({"memory": "64"}, "Memory: 64 GiB is more than flavor small allows"),
+        ({"memory": 0}, "Memory: 0 GiB is not more than 0; choose more than 0 and up to 2 GiB."),
+        ({"cpu": "1e3"}, "CPU cores: '1e3' is not a number of cores."),
+        ({"cpu": float("nan")}, "CPU cores: nan is not a number of cores."),
         ({"image": "docker.io/evil/miner:latest"},
-         "options.image: 'docker.io/evil/miner:latest' is not allowed on system 'cloud'"),
+         "Image: 'docker.io/evil/miner:latest' is not allowed on system HDF Cloud; choose SciPy"),
         ({"image": "quay.io/jupyter/x; rm -rf /"},
-         "options.image: 'quay.io/jupyter/x; rm -rf /' is not an image reference"),
+         "Image: 'quay.io/jupyter/x; rm -rf /' is not an image reference"),
         ({"image": "Quay.io/Jupyter/UPPER"}, "is not an image reference"),
-        ({"image": ["a"]}, "options.image: ['a'] is not an image reference"),
+        ({"image": ["a"]}, "Image: ['a'] is not an image reference"),
         ({"gpus": 1},
-         "options.gpus: not an option of system 'cloud'; allowed: system, flavor, image, cpu, "
-         "memory."),
+         "'gpus' is not an option of system HDF Cloud; its options are system, flavor, image, "
+         "cpu and memory."),
     ],
 )  # fmt: skip
 def test_options_beyond_what_is_offered_are_refused_by_name(
@@ -291,6 +292,7 @@ def test_options_beyond_what_is_offered_are_refused_by_name(
         validate_options(cloud_settings(tmp_path), {"system": "cloud", **options}, "alice")
     assert words in str(err.value), str(err.value)
     assert str(err.value).endswith(".")
+    assert err.value.field == next(iter(options))
 
 
 @pytest.mark.parametrize(

@@ -74,8 +74,9 @@ def form_for(user: str = "alice") -> str:
 
 def test_form_lists_systems_and_selects_the_default() -> None:
     html = form_for()
-    assert '<option value="local">This machine — a process here</option>' in html
-    assert '<option value="cloud" selected>HDF Cloud</option>' in html
+    # the short name in the option, its description beneath the select
+    assert '<option value="local" data-description="a process here">This machine</option>' in html
+    assert '<option value="cloud" selected' in html and ">HDF Cloud</option>" in html
     assert 'name="system"' in html
 
 
@@ -102,10 +103,11 @@ def test_form_offers_an_hpc_systems_accounts_partitions_and_ranges() -> None:
     assert 'name="hpc.account"' in html and '<option value="alice2">alice2</option>' in html
     assert 'name="hpc.project"' in html
     assert 'name="hpc.partition"' in html and "Batch &lt;fast&gt;" in html
-    assert 'title="up to two hours"' in html
+    assert 'data-description="up to two hours"' in html
     assert ">Quick (login node)</option>" in html
-    assert 'name="hpc.nodes"' in html and 'min="1" max="4" step="1" value="1"' in html
-    assert 'name="hpc.runtime"' in html and 'min="10" max="120" step="1" value="10"' in html
+    assert 'name="hpc.nodes"' in html and 'min="1" max="4" step="1"' in html
+    assert 'name="hpc.runtime"' in html and 'min="10" max="120" step="1"' in html
+    assert 'id="lablink-hpc-runtime-range">10 to 120 minutes</small>' in html
     assert """data-sets='{"gpus": {"default": 1, "max": 2, "min": 1}""" in html
     assert """<option value="workshop" data-when='{"partition": ["batch"]}'>workshop""" in html
     assert '<option value="">none</option>' in html

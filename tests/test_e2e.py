@@ -205,21 +205,28 @@ async def test_failed_start_shows_the_lab_output_on_the_spawn_page(stack: Stack)
 
 
 @pytest.mark.parametrize(
-    ("options", "field"),
+    ("options", "sentence"),
     [
-        ({"system": "nope"}, "options.system"),
-        ({"system": "local", "partition": "batch"}, "options.partition"),
+        ({"system": "nope"}, "System: 'nope' is not a system of this site; choose "),
+        ({"system": "local", "partition": "batch"}, "'partition' is not an option of system "),
     ],
 )
 async def test_bad_options_are_refused_with_a_sentence(
-    stack: Stack, options: dict[str, str], field: str
+    stack: Stack, options: dict[str, str], sentence: str
 ) -> None:
+    hub_log = stack.state_dir / "logs" / "hub.log"
+    logged = len(hub_log.read_text(errors="replace"))
     async with HubUser(stack.url, "bob", PASSWORD) as bob:
         await bob.login()
         response = await bob.start("bad", options)
         assert response.status_code == 422, response.text
         message = response.json()["message"]
-        assert message.startswith(field), message
+        assert message.startswith(sentence), message
+        # one line in the hub's log, the spawner's, without a traceback
+        added = hub_log.read_text(errors="replace")[logged:]
+        assert "Traceback" not in added, added
+        about = [line for line in added.splitlines() if sentence in line]
+        assert len(about) == 1 and "start refused" in about[0], added
         assert "Traceback" not in response.text
         assert stack.lab_pids("bob") == []
         model = await bob.model()

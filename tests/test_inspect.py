@@ -48,7 +48,7 @@ async def test_admins_see_a_labs_handle_and_inspect_prints_it(
     assert f"lab      {lab['id']}" in text and "person   alice:s1" in text
     assert "system   local (local)" in text and "state    running (100%)" in text
     assert f"pid={handle['pid']}" in text and f"port={handle['port']}" in text
-    assert "accepted   Lab accepted for system local." in text
+    assert "accepted   Lab accepted for system Test machine." in text
 
     assert (
         await asyncio.to_thread(lablink, ["inspect", "--site", str(path), "--json", lab["id"]]) == 0

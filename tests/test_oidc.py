@@ -235,11 +235,13 @@ async def test_the_form_offers_what_the_claims_give(stack: Stack, provider: OIDC
         form = await alice.http.get("/hub/spawn")
         assert form.status_code == 200
         html = form.text
-        assert '<option value="alice1">' in html and '<option value="training2026">' in html
+        assert (
+            '<option value="alice1">' in html and '<option value="training2026" data-when=' in html
+        )
         assert "bob7" not in html and "p2" not in html
         assert "VO Workshop 2026" in html
         assert 'name="vo" value="workshop"' in html
-        assert "yours 0 of 1" in html and "per lab up to 30 minutes" in html
+        assert "yours 0 of 1" in html and "to 30 minutes</small>" in html  # the VO's most
     async with await log_in(stack, provider, "bob") as bob:
         html = (await bob.http.get("/hub/spawn")).text
         assert '<option value="bob7">' in html and "alice1" not in html
@@ -290,9 +292,9 @@ async def test_a_vo_the_person_is_not_in_cannot_be_forged_into_a_start(
     async with await log_in(stack, provider, "bob") as bob:
         resp = await bob.start(options={"vo": "research", "system": "hpc"})
         assert resp.status_code == 403, resp.text
-        assert "not a member of VO 'research'" in resp.json()["message"]
+        assert "not a member of VO Research" in resp.json()["message"]
         resp = await bob.start(options={"system": "hpc", "runtime": "45"})
-        assert resp.status_code == 422 and "options.runtime" in resp.json()["message"]
+        assert resp.status_code == 422 and "Run time: 45 minutes" in resp.json()["message"]
 
 
 async def test_a_spawn_refreshes_the_token_that_unicore_needs(
@@ -315,7 +317,7 @@ async def test_a_spawn_refreshes_the_token_that_unicore_needs(
         assert resp.status_code in (201, 202), resp.text
         assert events[-1].get("ready"), events
         messages = " ".join(str(e.get("message", "")) for e in events)
-        assert "VO 'workshop': 1 of 20 labs in use; yours: 1 of 1." in messages
+        assert "VO Workshop 2026: 1 of 20 labs in use; yours: 1 of 1." in messages
         assert (await carol.stop()).status_code in (202, 204)
         await carol.wait_stopped()
     hub_log = (stack.state_dir / "logs" / "hub.log").read_text(errors="replace")

@@ -387,13 +387,14 @@ async def test_options_are_checked_against_the_partitions(slurm_backend: SlurmBa
     _, backend = await slurm_backend()
     async with backend.client("alice") as alice:
         for options, words in (
-            ({"partition": "huge"}, "options.partition: 'huge' is not offered"),
-            ({"gpus": 3}, "options.gpus: 3 is out of range for partition 'batch'"),
-            ({"account": "lablink-bob"}, "options.account: 'lablink-bob' is not offered"),
-            ({"image": "x"}, "options.image: not an option of system 'cluster'"),
+            ({"partition": "huge"}, "Partition: 'huge' is not offered"),
+            ({"gpus": 3}, "GPUs per node: 3 is more than partition "),
+            ({"account": "lablink-bob"}, "Account: 'lablink-bob' is not offered"),
+            ({"image": "x"}, "'image' is not an option of system "),
         ):
             resp = await alice.post("/labs", json=cluster_request(**options))
             assert resp.status_code == 422 and words in resp.json()["detail"], resp.text
+            assert resp.json()["field"] == next(iter(options)), resp.text
         catalog = (await alice.get("/catalog")).json()
     [cluster] = catalog["systems"]
     assert cluster["kind"] == "slurm" and cluster["accounts"] == ["lablink-alice"]

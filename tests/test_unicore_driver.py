@@ -198,10 +198,10 @@ async def test_other_users_cannot_see_or_stop_an_hpc_lab(hpc_backend: HpcBackend
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ({"partition": "huge"}, ["options.partition", "allowed: batch, devel"]),
-        ({"account": "bob"}, ["options.account", "allowed: alice"]),
-        ({"runtime": 61}, ["options.runtime", "allowed: 1 to 60"]),
-        ({"nodes": 2}, ["options.nodes", "allowed: 1 to 1"]),
+        ({"partition": "huge"}, ["Partition: 'huge'", "choose batch or devel"]),
+        ({"account": "bob"}, ["Account: 'bob'", "choose alice"]),
+        ({"runtime": 61}, ["Run time: 61 minutes", "choose 1 to 60 minutes"]),
+        ({"nodes": 2}, ["Nodes: 2 is more than partition batch allows; choose 1."]),
     ],
 )
 async def test_options_not_offered_change_nothing(

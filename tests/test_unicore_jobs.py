@@ -99,39 +99,93 @@ def test_defaults_fill_what_the_request_leaves_out(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "user", "words"),
+    ("options", "user", "field", "words"),
     [
-        ({"account": "root"}, "alice", ["options.account", "'root'", "allowed: alice, alice2"]),
-        ({"project": "other"}, "alice", ["options.project", "allowed: p1, p2"]),
-        ({"partition": "huge"}, "alice", ["options.partition", "allowed: batch, gpus, login"]),
-        ({"nodes": 9}, "alice", ["options.nodes", "9 is out of range", "allowed: 1 to 4"]),
-        ({"nodes": "two"}, "alice", ["options.nodes", "not a whole number"]),
-        ({"nodes": True}, "alice", ["options.nodes", "not a whole number"]),
-        ({"nodes": -1}, "alice", ["options.nodes", "allowed: 1 to 4"]),
-        ({"runtime": 5}, "alice", ["options.runtime", "allowed: 10 to 120"]),
-        ({"gpus": 1}, "alice", ["options.gpus", "for partition 'batch'", "allowed: 0 to 0"]),
-        ({"partition": "gpus", "gpus": 5}, "alice", ["options.gpus", "allowed: 1 to 4"]),
+        ({"account": "root"}, "alice", "account", ["Account: 'root'", "choose alice or alice2"]),
+        ({"project": "other"}, "alice", "project", ["Project: 'other'", "choose p1 or p2"]),
+        (
+            {"partition": "huge"},
+            "alice",
+            "partition",
+            ["Partition: 'huge' is not offered on system Test HPC", "choose batch, gpus or"],
+        ),
+        ({"nodes": 9}, "alice", "nodes", ["Nodes: 9 is more than partition batch allows"]),
+        ({"nodes": "two"}, "alice", "nodes", ["Nodes: 'two' is not a whole number", "1 to 4"]),
+        ({"nodes": True}, "alice", "nodes", ["not a whole number"]),
+        ({"nodes": -1}, "alice", "nodes", ["Nodes: -1 is less than", "choose 1 to 4."]),
+        (
+            {"runtime": 5},
+            "alice",
+            "runtime",
+            ["Run time: 5 minutes is less than partition batch allows; choose 10 to 120 minutes."],
+        ),
+        ({"gpus": 1}, "alice", "gpus", ["GPUs per node: 1 is more than partition batch", "0."]),
+        ({"partition": "gpus", "gpus": 5}, "alice", "gpus", ["choose 1 to 4."]),
         (
             {"partition": "gpus", "reservation": "workshop"},
             "alice",
-            ["options.reservation", "for partition 'gpus'", "allowed: none"],
+            "reservation",
+            ["Reservation: 'workshop' is not offered for partition gpus; leave it empty."],
         ),
-        ({"reservation": "other"}, "alice", ["options.reservation", "allowed: workshop"]),
-        ({"queue": "batch"}, "alice", ["options.queue", "not an option", "allowed: system"]),
-        ({}, "mallory", ["options.system", "no account on system 'hpc'"]),
-        ({"account": "alice"}, "bob", ["options.account", "allowed: bob"]),
+        ({"reservation": "other"}, "alice", "reservation", ["choose workshop."]),
+        ({"queue": "batch"}, "alice", "queue", ["'queue' is not an option of system Test HPC"]),
+        ({}, "mallory", "system", ["You have no account on system Test HPC"]),
+        ({"account": "alice"}, "bob", "account", ["choose bob."]),
+        (
+            {"account": "bob", "project": "p1"},
+            "bob",
+            "project",
+            ["Project: 'p1' is not offered with account bob on system Test HPC; choose training."],
+        ),
     ],
 )
 def test_options_not_offered_are_refused_by_name(
-    settings: Settings, options: dict[str, Any], user: str, words: list[str]
+    settings: Settings, options: dict[str, Any], user: str, field: str, words: list[str]
 ) -> None:
     with pytest.raises(OptionError) as err:
         groups = frozenset({"trainees"}) if user == "bob" else frozenset()
         validate_options(settings, {"system": "hpc", **options}, user, groups)
+    assert err.value.field == field
     message = str(err.value)
     for word in words:
         assert word in message
     assert message.endswith(".") and "\n" not in message
+    assert "options." not in message and "'hpc'" not in message  # no field paths, no ids
+
+
+def test_an_account_and_a_project_go_together_as_granted(tmp_path: Path) -> None:
+    """Each access entry grants its projects with its own accounts only: a UNICORE
+    site refuses a job of one person's account charged to another grant's project."""
+    settings = hpc_settings(
+        tmp_path,
+        access=[
+            {"users": ["carol"], "accounts": ["carol"], "projects": ["chem"]},
+            {"users": ["carol"], "accounts": ["carol-ext"], "projects": ["ext", "shared"]},
+            {"users": ["carol"], "accounts": ["carol"], "projects": ["shared"]},
+        ],
+    )
+    entry = catalog(settings, "carol")["systems"][0]
+    assert entry["pairs"] == {"carol": ["chem", "shared"], "carol-ext": ["ext", "shared"]}
+    project = next(f for f in entry["fields"] if f["key"] == "project")
+    when = {c["value"]: c["when"] for c in project["choices"]}
+    assert when == {
+        "chem": {"account": ["carol"]},
+        "shared": {"account": ["carol", "carol-ext"]},
+        "ext": {"account": ["carol-ext"]},
+    }
+    _, opts = validate_options(settings, {"system": "hpc", "account": "carol-ext"}, "carol")
+    assert opts["project"] == "ext"  # the first granted with the account
+    _, opts = validate_options(
+        settings, {"system": "hpc", "account": "carol", "project": "shared"}, "carol"
+    )
+    assert (opts["account"], opts["project"]) == ("carol", "shared")
+    with pytest.raises(OptionError) as err:
+        validate_options(settings, {"system": "hpc", "account": "carol", "project": "ext"}, "carol")
+    assert err.value.field == "project"
+    assert str(err.value) == (
+        "Project: 'ext' is not granted together with account carol on system Test HPC; "
+        "with carol choose chem or shared."
+    )
 
 
 # -- job descriptions -----------------------------------------------------------------
@@ -340,13 +394,13 @@ def test_plain_http_is_only_for_this_machine(tmp_path: Path) -> None:
 def test_a_user_name_that_is_no_account_gives_no_account(tmp_path: Path) -> None:
     settings = hpc_settings(tmp_path)
     assert catalog(settings, "Alice@idp", frozenset({"trainees"}))["systems"] == []
-    with pytest.raises(OptionError, match="no account on system 'hpc'"):
+    with pytest.raises(OptionError, match="no account on system Test HPC"):
         validate_options(settings, {"system": "hpc"}, "Alice@idp", frozenset({"trainees"}))
 
 
 @pytest.mark.parametrize("value", ["\u00b2", "\u0661", "9" * 5000, "1e3", " 2 x"])
 def test_odd_numbers_are_refused_as_options(settings: Settings, value: str) -> None:
-    with pytest.raises(OptionError, match=r"options\.nodes"):
+    with pytest.raises(OptionError, match=r"^Nodes: "):
         validate_options(settings, {"system": "hpc", "nodes": value}, "alice")
 
 

@@ -144,8 +144,10 @@ class Viewer:
 
     @property
     def in_vo(self) -> str:
-        """ " in VO 'x'" for sentences, or nothing."""
-        return f" in VO {self.vo_name!r}" if self.vo_name else ""
+        """ " in VO <display name>" for sentences, or nothing."""
+        if not self.vo_name:
+            return ""
+        return f" in VO {(self.vo.display_name if self.vo else '') or self.vo_name}"
 
     @property
     def quota(self) -> Quota | None:
@@ -161,8 +163,13 @@ class Viewer:
 
 
 class OptionError(ValueError):
-    """A start option is not acceptable; the message is one sentence for the person,
-    starting with ``options.<key>:``."""
+    """A start option is not acceptable: ``sentence`` for the person (the field's
+    label, display names, what is allowed), ``field`` the option's key for programs."""
+
+    def __init__(self, field: str, sentence: str):
+        super().__init__(sentence)
+        self.field = field
+        self.sentence = sentence
 
 
 # -- the kind ---------------------------------------------------------------------------
@@ -205,22 +212,51 @@ def shown(value: Any) -> str:
     return repr(value)[:64] if isinstance(value, str) else str(value)[:64]
 
 
-def choose(key: str, value: Any, allowed: list[str], where: str) -> str:
-    """One of ``allowed``; the first when the request leaves it out."""
+def listed(names: list[str], last: str = "or") -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    if len(names) < 2:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} {last} {names[-1]}"
+
+
+def span(low: float, high: float, unit: str = "") -> str:
+    """'10 to 240 minutes', or '1' when there is one value."""
+    values = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    return f"{values} {unit}" if unit else values
+
+
+def choose(
+    key: str,
+    label: str,
+    value: Any,
+    allowed: dict[str, str],
+    where: str,
+) -> str:
+    """One of ``allowed`` (value: display name); the first when the request leaves it
+    out. ``where`` says whose choices they are ("on system HPC in VO Demo")."""
     if value in (None, ""):
         if not allowed:
-            raise OptionError(f"options.{key}: {where} offers you none.")
-        return allowed[0]
+            raise OptionError(key, f"{label}: there is none for you {where}.")
+        return next(iter(allowed))
     if not isinstance(value, str) or value not in allowed:
-        listed = ", ".join(allowed) if allowed else "none"
+        if not allowed:
+            raise OptionError(
+                key, f"{label}: {shown(value)} is not offered {where}; leave it empty."
+            )
         raise OptionError(
-            f"options.{key}: {shown(value)} is not offered {where}; allowed: {listed}."
+            key,
+            f"{label}: {shown(value)} is not offered {where}; "
+            f"choose {listed(list(allowed.values()))}.",
         )
     return value
 
 
-def whole_number(key: str, value: Any, r: Range, where: str) -> int:
-    """A whole number within ``r``; its default when the request leaves it out."""
+def whole_number(
+    key: str, label: str, value: Any, r: Range, unit: str, where: str, scope: str = ""
+) -> int:
+    """A whole number within ``r``; its default when the request leaves it out.
+    ``where`` names what sets the range ("partition Batch"), ``scope`` whose limits
+    cut it (" in VO Demo")."""
     if value in (None, ""):
         return r.initial
     number: int | None = None
@@ -230,16 +266,20 @@ def whole_number(key: str, value: Any, r: Range, where: str) -> int:
         number = int(value.strip()) if len(value.strip()) < 10 else 10**9
     if number is None:
         raise OptionError(
-            f"options.{key}: {shown(value)} is not a whole number; allowed: {r.min} to {r.max}."
+            key,
+            f"{label}: {shown(value)} is not a whole number; choose {span(r.min, r.max, unit)}.",
         )
     if not r.min <= number <= r.max:
+        which = "more" if number > r.max else "less"
         raise OptionError(
-            f"options.{key}: {number} is out of range {where}; allowed: {r.min} to {r.max}."
+            key,
+            f"{label}: {span(number, number, unit)} is {which} than {where} allows{scope}; "
+            f"choose {span(r.min, r.max, unit)}.",
         )
     return number
 
 
-def amount(key: str, value: Any, most: float, unit: str, where: str) -> float:
+def amount(key: str, label: str, value: Any, most: float, unit: str, where: str) -> float:
     """A positive amount up to ``most``; ``most`` when the request leaves it out."""
     if value in (None, ""):
         return most
@@ -249,11 +289,12 @@ def amount(key: str, value: Any, most: float, unit: str, where: str) -> float:
     elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,3})?", value.strip()):
         number = float(value.strip())
     if number is None or number != number or number in (float("inf"), float("-inf")):
-        raise OptionError(f"options.{key}: {shown(value)} is not a number of {unit}.")
+        raise OptionError(key, f"{label}: {shown(value)} is not a number of {unit}.")
     if not 0 < number <= most:
+        which = f"is more than {where} allows" if number > most else "is not more than 0"
         raise OptionError(
-            f"options.{key}: {number:g} {unit} is more than {where} allows; allowed: above 0 "
-            f"up to {most:g}."
+            key,
+            f"{label}: {number:g} {unit} {which}; choose more than 0 and up to {most:g} {unit}.",
         )
     return number
 

@@ -71,12 +71,18 @@ def fakelab_processes() -> list[int]:
     return found
 
 
-def assert_error(resp: httpx.Response, status: int, *words: str) -> str:
-    """An error answer: the status, ``{"detail": "<one sentence>"}``, naming ``words``."""
+def assert_error(resp: httpx.Response, status: int, *words: str, field: str | None = None) -> str:
+    """An error answer: the status, ``{"detail": "<one sentence>"}``, naming ``words``;
+    a refused option (422) has its key in ``field`` apart from the sentence."""
     assert resp.status_code == status, (resp.status_code, resp.text)
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
-    assert list(body) == ["detail"], body
+    if field is not None or "field" in body:
+        assert list(body) == ["detail", "field"] and status == 422, body
+        assert field is None or body["field"] == field, body
+        assert "options." not in body["detail"], body
+    else:
+        assert list(body) == ["detail"], body
     detail = body["detail"]
     assert isinstance(detail, str)
     assert detail.endswith("."), detail

@@ -44,7 +44,9 @@ class ToyKind(SystemKind[ToySystem]):
     def check(
         self, name: str, system: ToySystem, options: dict[str, Any], who: Viewer
     ) -> dict[str, Any]:
-        colour = choose("colour", options.get("colour"), system.colours, f"on system {name!r}")
+        colours = {c: c.title() for c in system.colours}
+        where = f"on system {system.display_name or name}"
+        colour = choose("colour", "Colour", options.get("colour"), colours, where)
         return {"system": name, "colour": colour}
 
 

@@ -16,8 +16,10 @@ from ..base import (
     Viewer,
     choice,
     choose,
+    listed,
     number_field,
     select_field,
+    shown,
     whole_number,
 )
 from .config import BatchSystem, Partition
@@ -31,16 +33,23 @@ NUMBERS = (
 )
 
 
+def pairs_of(name: str, system: BatchSystem[Any], who: Viewer) -> dict[str, list[str]]:
+    """The accounts on ``system``, each with the projects granted together with it:
+    the site's grants, then the entitlements'."""
+    pairs = system.grants_for(who.identity.user, who.identity.groups)
+    for acc, projects in who.grants.pairs.get(name, {}).items():
+        mine = pairs.setdefault(acc, [])
+        mine.extend(p for p in projects if p not in mine)
+    return pairs
+
+
 def accounts_of(name: str, system: BatchSystem[Any], who: Viewer) -> tuple[list[str], list[str]]:
-    """Accounts and projects on ``system``: the site's grants, then the entitlements'."""
-    accounts, projects = system.grants_for(who.identity.user, who.identity.groups)
-    for acc in who.grants.accounts.get(name, []):
-        if acc not in accounts:
-            accounts.append(acc)
-    for proj in who.grants.projects.get(name, []):
-        if proj not in projects:
-            projects.append(proj)
-    return accounts, projects
+    """Accounts and projects on ``system`` (each project with some of the accounts)."""
+    pairs = pairs_of(name, system, who)
+    projects: list[str] = []
+    for granted in pairs.values():
+        projects.extend(p for p in granted if p not in projects)
+    return list(pairs), projects
 
 
 def partitions_of(name: str, system: B, who: Viewer) -> dict[str, Any]:
@@ -87,6 +96,7 @@ class BatchKind(SystemKind[B]):
         return {}
 
     def entry(self, name: str, system: B, who: Viewer) -> dict[str, Any] | None:
+        pairs = pairs_of(name, system, who)
         accounts, projects = accounts_of(name, system, who)
         partitions = partitions_of(name, system, who)
         if not accounts or not partitions:
@@ -108,14 +118,15 @@ class BatchKind(SystemKind[B]):
         return {
             "accounts": accounts,
             "projects": projects,
+            "pairs": pairs,
             "partitions": listed,
-            "fields": self.fields(system, accounts, projects, partitions),
+            "fields": self.fields(system, pairs, projects, partitions),
         }
 
     def fields(
         self,
         system: B,
-        accounts: list[str],
+        pairs: dict[str, list[str]],
         projects: list[str],
         partitions: dict[str, Any],
     ) -> list[dict[str, Any]]:
@@ -123,14 +134,22 @@ class BatchKind(SystemKind[B]):
             select_field(
                 "account",
                 "Account",
-                [choice(a) for a in accounts],
+                [choice(a) for a in pairs],
                 help="the login the job runs as",
             )
         ]
         if projects:
             fields.append(
                 select_field(
-                    "project", "Project", [choice(p) for p in projects], help="the budget charged"
+                    "project",
+                    "Project",
+                    [
+                        choice(p, when={"account": [a for a, ps in pairs.items() if p in ps]})
+                        for p in projects
+                    ],
+                    required=all(pairs.values()),
+                    empty_label="none",
+                    help="the budget charged",
                 )
             )
         fields.append(
@@ -164,39 +183,63 @@ class BatchKind(SystemKind[B]):
         return fields
 
     def check(self, name: str, system: B, options: dict[str, Any], who: Viewer) -> dict[str, Any]:
-        accounts, projects = accounts_of(name, system, who)
-        if not accounts:
+        shown_name = system.display_name or name
+        pairs = pairs_of(name, system, who)
+        if not pairs:
             raise OptionError(
-                f"options.system: you have no account on system {name!r}; ask the site's "
-                "admins for access or choose another system."
+                "system",
+                f"You have no account on system {shown_name}; ask the site's admins for "
+                "access or choose another system.",
             )
-        on = f"to you on system {name!r}"
+        on = f"to you on system {shown_name}"
         clean: dict[str, Any] = {"system": name}
-        clean["account"] = choose("account", options.get("account"), accounts, on)
-        if projects or options.get("project") not in (None, ""):
-            clean["project"] = choose("project", options.get("project"), projects, on)
+        account = choose("account", "Account", options.get("account"), {a: a for a in pairs}, on)
+        clean["account"] = account
+        granted = pairs[account]
+        project = options.get("project")
+        if granted or project not in (None, ""):
+            if project not in (None, "") and project not in granted:
+                _, projects = accounts_of(name, system, who)
+                if project in projects:  # granted, but with other accounts
+                    choices = listed(granted) if granted else "no project"
+                    raise OptionError(
+                        "project",
+                        f"Project: {shown(project)} is not granted together with account "
+                        f"{account} on system {shown_name}; with {account} choose "
+                        f"{choices}.",
+                    )
+            where = f"with account {account} on system {shown_name}"
+            clean["project"] = choose("project", "Project", project, {p: p for p in granted}, where)
         partitions = partitions_of(name, system, who)
         partition = choose(
             "partition",
+            "Partition",
             options.get("partition"),
-            list(partitions),
-            f"on system {name!r}{who.in_vo}",
+            {p: part.display_name or p for p, part in partitions.items()},
+            f"on system {shown_name}{who.in_vo}",
         )
         part = partitions[partition]
         clean["partition"] = partition
-        where = f"for partition {partition!r}{who.in_vo}"
-        for key, _, _ in NUMBERS:
-            clean[key] = whole_number(key, options.get(key), getattr(part, key), where)
+        where = f"partition {part.display_name or partition}"
+        for key, label, unit in NUMBERS:
+            r = getattr(part, key)
+            clean[key] = whole_number(key, label, options.get(key), r, unit, where, who.in_vo)
         most = who.quota.gpus if who.quota else None
         total = clean["nodes"] * clean["gpus"]
         if most is not None and total > most:
             raise OptionError(
-                f"options.gpus: {clean['nodes']} nodes with {clean['gpus']} GPUs each are "
+                "gpus",
+                f"GPUs per node: {clean['nodes']} nodes with {clean['gpus']} GPUs each are "
                 f"{total} GPUs, more than the {most} a lab may have{who.in_vo}; "
-                "choose fewer nodes or fewer GPUs per node."
+                "choose fewer nodes or fewer GPUs per node.",
             )
         reservation = options.get("reservation")
         if reservation not in (None, ""):
-            offered = reservations_for(system, partition)
-            clean["reservation"] = choose("reservation", reservation, offered, where)
+            offered = {
+                r: system.reservations[r].display_name or r
+                for r in reservations_for(system, partition)
+            }
+            clean["reservation"] = choose(
+                "reservation", "Reservation", reservation, offered, f"for {where}{who.in_vo}"
+            )
         return clean

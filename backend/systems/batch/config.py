@@ -65,7 +65,9 @@ class AccessGrant(Strict):
         "person's own user name",
     )
     projects: list[Annotated[str, Field(pattern=SITE_NAME_PATTERN)]] = Field(
-        default_factory=list, description="projects (budgets) jobs may be charged to"
+        default_factory=list,
+        description="projects (budgets) jobs may be charged to, each with any of this "
+        "entry's accounts (only with them: list other pairs in another entry)",
     )
 
     @model_validator(mode="after")
@@ -201,15 +203,14 @@ class BatchSystem(SystemSettings, Generic[P]):
     def start_limit(self) -> float:
         return self.queue_timeout + self.start_timeout + 2 * self.retry_for + HUB_MARGIN
 
-    def grants_for(self, user: str, groups: frozenset[str]) -> tuple[list[str], list[str]]:
-        """The accounts and projects this person may use here, in the file's order."""
-        accounts: dict[str, None] = {}
-        projects: dict[str, None] = {}
+    def grants_for(self, user: str, groups: frozenset[str]) -> dict[str, list[str]]:
+        """The accounts this person may use here, each with the projects granted with it
+        (by the same ``access`` entry), in the file's order."""
+        pairs: dict[str, dict[str, None]] = {}
         for grant in self.access:
             if grant.applies_to(user, groups):
                 for acc in grant.accounts:
                     name = user if acc == "{user}" else acc
                     if ACCOUNT.fullmatch(name):  # a user name that is no account is skipped
-                        accounts[name] = None
-                projects.update(dict.fromkeys(grant.projects))
-        return list(accounts), list(projects)
+                        pairs.setdefault(name, {}).update(dict.fromkeys(grant.projects))
+        return {acc: list(projects) for acc, projects in pairs.items()}

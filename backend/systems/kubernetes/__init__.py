@@ -12,6 +12,7 @@ from ..base import (
     amount,
     choice,
     choose,
+    listed,
     number_field,
     select_field,
     shown,
@@ -131,9 +132,14 @@ class KubernetesKind(SystemKind[KubernetesSystem]):
         self, name: str, system: KubernetesSystem, options: dict[str, Any], who: Viewer
     ) -> dict[str, Any]:
         clean: dict[str, Any] = {"system": name}
+        shown_name = system.display_name or name
         flavors = flavors_of(name, system, who)
         flavor_name = choose(
-            "flavor", options.get("flavor"), list(flavors), f"on system {name!r}{who.in_vo}"
+            "flavor",
+            "Flavor",
+            options.get("flavor"),
+            {f: flavor.display_name or f for f, flavor in flavors.items()},
+            f"on system {shown_name}{who.in_vo}",
         )
         flavor = flavors[flavor_name]
         clean["flavor"] = flavor_name
@@ -142,19 +148,24 @@ class KubernetesKind(SystemKind[KubernetesSystem]):
             image = system.images[0].image
         if not isinstance(image, str) or not is_image_reference(image):
             raise OptionError(
-                f"options.image: {shown(image)} is not an image reference; allowed: "
-                f"registry/path:tag in lower case, at most {MAX_IMAGE} characters."
+                "image",
+                f"Image: {shown(image)} is not an image reference; type registry/path:tag "
+                f"in lower case, at most {MAX_IMAGE} characters.",
             )
         if not system.image_allowed(image):
-            offered = ", ".join([i.image for i in system.images] + system.image_patterns)
+            offered = [i.display_name or i.image for i in system.images]
+            offered += [f"an image matching {p}" for p in system.image_patterns]
             raise OptionError(
-                f"options.image: {shown(image)} is not allowed on system {name!r}; allowed: "
-                f"{offered}."
+                "image",
+                f"Image: {shown(image)} is not allowed on system {shown_name}; "
+                f"choose {listed(offered)}.",
             )
         clean["image"] = image
-        where = f"flavor {flavor_name!r}"
-        clean["cpu"] = amount("cpu", options.get("cpu"), flavor.cpu, "cores", where)
-        clean["memory"] = amount("memory", options.get("memory"), flavor.memory, "GiB", where)
+        where = f"flavor {flavor.display_name or flavor_name}"
+        clean["cpu"] = amount("cpu", "CPU cores", options.get("cpu"), flavor.cpu, "cores", where)
+        clean["memory"] = amount(
+            "memory", "Memory", options.get("memory"), flavor.memory, "GiB", where
+        )
         return clean
 
 
