@@ -30,6 +30,7 @@ import html
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from jupyterhub.spawner import Spawner, SpawnException
 from sqlalchemy.orm import object_session
@@ -61,10 +62,26 @@ class LabRefused(LabSpawnError, Refusal):
     """A start the backend refused (4xx): the person can change their choices.
     ``options`` are what they chose, ``field`` the option the sentence is about."""
 
-    def __init__(self, message: str, *, status_code: int, options: dict[str, Any], field: str):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        options: dict[str, Any],
+        field: str,
+        form_url: str = "",
+    ):
         super().__init__(message, reason="refused", status_code=status_code)
         self.options = options
         self.field = field
+        self.form_html = self.jupyterhub_html_message  # the form shows the choices itself
+        if form_url:
+            # where the refusal reaches the person away from the form (the progress page
+            # of a start that took longer than the hub's slow_spawn_timeout), a way back
+            self.jupyterhub_html_message += (
+                f' <a class="lablink-back-to-form" href="{html.escape(form_url)}">'
+                "Change your choices</a>"
+            )
         REFUSED.add(self)
 
 
@@ -251,6 +268,7 @@ class LablinkSpawner(Spawner):
                 status_code=exc.status,
                 options=dict(self.user_options or {}),
                 field=exc.field,
+                form_url=self._form_url(),
             )
             self._forget_refused_options()
             self._forget_failure()
@@ -270,6 +288,14 @@ class LablinkSpawner(Spawner):
             if keeper is not None:
                 keeper.cancel()
                 await asyncio.wait([keeper])
+
+    def _form_url(self) -> str:
+        """The address of this server's form on the hub ('' when the hub is unknown)."""
+        hub = getattr(self, "hub", None)
+        base = str(getattr(hub, "base_url", "") or "")
+        if not base:
+            return ""
+        return f"{base}spawn/{self.user.escaped_name}/{quote(self.name or '', safe='')}".rstrip("/")
 
     async def _follow_start(self, user: str) -> str:
         assert self.lab_id is not None

@@ -103,9 +103,10 @@ class LablinkSpawnHandler(SpawnHandler):
         spawner = for_user.spawners.get(self.server_name or "")
         refused = getattr(spawner, "refused", None)
         if refused is not None:
-            if not message:  # refused after the spawn page took over: say it here again
-                message = refused.jupyterhub_message
-                html_message = refused.jupyterhub_html_message
+            # also when refused after the progress page took over: say it here again
+            # (without the progress page's link back to this form)
+            message = refused.jupyterhub_message
+            html_message = refused.form_html
             if spawner is not for_user.spawner:  # JupyterHub rendered the default's form
                 spawner_options_form = await spawner.get_options_form()
             spawner.refused = None  # shown once

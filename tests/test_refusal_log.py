@@ -54,3 +54,23 @@ def test_other_failures_are_logged_with_their_traceback() -> None:
     log.error(f"Error starting server alice: {failed}")
     text = out.getvalue()
     assert "Traceback" in text and "Error starting server alice: 502" in text
+
+
+def test_a_refusal_away_from_the_form_links_back_to_it_and_the_form_does_not() -> None:
+    """The progress page (a start refused after the hub's slow_spawn_timeout) shows the
+    sentence with a way back to the server's form; the form itself shows it plainly."""
+    refusal = LabRefused(
+        SENTENCE,
+        status_code=422,
+        options={"runtime": 9999},
+        field="runtime",
+        form_url='/hub/spawn/alice/my"lab',
+    )
+    assert refusal.jupyterhub_html_message == (
+        f'{SENTENCE} <a class="lablink-back-to-form" href="/hub/spawn/alice/my&quot;lab">'
+        "Change your choices</a>"
+    )
+    assert refusal.form_html == SENTENCE
+    assert LabRefused(SENTENCE, status_code=422, options={}, field="").jupyterhub_html_message == (
+        SENTENCE
+    )
