@@ -21,8 +21,7 @@ from backend.store import Lab, LabTimes, Usage
 from backend.vos import VOSettings
 from spawner.home import lab_rows, minutes_left
 from tests.helpers import site
-from tests.helpers.api import RunningBackend, lab_request, wait_state
-from tests.plugins.backend import BackendFactory
+from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 
 HPC = {
     "kind": "unicore",
