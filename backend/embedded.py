@@ -636,6 +636,27 @@ class Embedded:
         bearer = {"Authorization": f"Bearer {svc.env[token_env]}"}
         return await self._wait_http(svc, f"http://127.0.0.1:{port}/api/v1/health", bearer, 60)
 
+    async def _start_all(self, stop: asyncio.Event) -> bool:
+        """Start the services in order, each once the one before answers; False when one
+        does not come up, or as soon as ``stop`` is set (Ctrl-C while they start)."""
+
+        async def in_order() -> bool:
+            for name in self.services:
+                if not await self._start(name):
+                    return False
+            return True
+
+        starting = asyncio.create_task(in_order(), name="lablink-up-start")
+        stopping = asyncio.create_task(stop.wait(), name="lablink-up-stop-while-starting")
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            self.say("stopping while starting")
+            starting.cancel()
+            await asyncio.wait({starting})
+            return False
+        return starting.result()
+
     async def _start(self, name: str) -> bool:
         svc = self.services[name]
         await svc.start()
@@ -785,10 +806,10 @@ class Embedded:
                     f"{self.login_node.port} (sshd, logs in {self.logs / 'sshd.out'} and "
                     f"{self.login_node.log}) and the tunnel service on port {self.tunnels.port}"
                 )
-            started = True
-            for name in self.services:
-                started = started and await self._start(name)
-            if started:
+            started = await self._start_all(stop)
+            if stop.is_set():
+                code = 0  # Ctrl-C while starting: stop what has started, as at any time
+            elif started:
                 self.say(f"JupyterHub is at {self.hub_url}")
                 if self.generated_password:
                     self.say(f"log in as 'demo' with the password {self.password}")

@@ -253,3 +253,18 @@ async def test_wrong_password_is_refused(stack: Stack) -> None:
     async with HubUser(stack.url, "demo", "not-the-password") as intruder:
         with pytest.raises(AssertionError, match="login of demo failed"):
             await intruder.login()
+
+
+@pytest.mark.slow
+async def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C before the hub is up (a person who started the wrong thing, or a port that
+    keeps the hub from coming up) stops what has started instead of being ignored."""
+    quick = Stack(tmp_path / "state", password=PASSWORD, users=["demo"])
+    quick.launch()
+    await wait_until(lambda: "state in" in quick.log.read_text(errors="replace"), 30, "up")
+    code = quick.stop(signal.SIGINT, timeout=60)
+    said = quick.log.read_text(errors="replace")
+    assert code == 0, said[-3000:]
+    assert "stopping while starting" in said, said[-3000:]
+    assert "JupyterHub is at" not in said, said[-3000:]
+    assert not quick.processes(), said[-3000:]

@@ -91,6 +91,20 @@ class Stack:
         )
 
     def start(self, timeout: float = 90) -> None:
+        """`lablink up`, until it says where JupyterHub is."""
+        self.launch()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lablink up exited early:\n{self.log.read_text()[-4000:]}")
+            if "JupyterHub is at" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"lablink up did not come up:\n{self.log.read_text()[-4000:]}")
+
+    def launch(self) -> None:
+        """Run `lablink up` without waiting for it (its output goes to ``log``)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "backend.cli", "up",
@@ -115,14 +129,6 @@ class Stack:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"lablink up exited early:\n{self.log.read_text()[-4000:]}")
-            if "JupyterHub is at" in self.log.read_text(errors="replace"):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"lablink up did not come up:\n{self.log.read_text()[-4000:]}")
 
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 90) -> int:
         return end_process(self.proc, sig, timeout)
