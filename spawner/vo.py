@@ -95,6 +95,12 @@ class LablinkSpawnHandler(SpawnHandler):
 
     server_name = ""
 
+    @property
+    def template_namespace(self) -> dict[str, Any]:
+        namespace = dict(super().template_namespace)
+        namespace["lablink_server_name"] = self.server_name  # the heading of spawn.html
+        return namespace
+
     async def _render_form(
         self, for_user: Any, spawner_options_form: str, message: str = "", html_message: str = ""
     ) -> Any:

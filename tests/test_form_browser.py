@@ -473,6 +473,7 @@ async def test_a_refused_start_shows_the_form_again_and_the_next_start_works(
     hub_log = stack.state_dir / "logs" / "hub.log"
     await log_in(page, stack.url, USER, PASSWORD)
     await page.wait_for_url("**/hub/spawn")
+    assert await page.locator("h1").inner_text() == "Start a lab"
     await page.select_option("#lablink-system", "hpc")
     await page.select_option("[name='hpc.partition']", "devel")
     # a value the browser would not send: as from a form of before the site changed

@@ -163,6 +163,7 @@ async def test_home_shows_labs_and_their_failures(stack: Stack, page: Page) -> N
     await page.fill("#lablink-new-name", "first")
     await page.click("#lablink-new-submit")
     await page.wait_for_url("**/hub/spawn/alice/first")
+    assert await page.locator("h1").inner_text() == "Start the lab “first”"
     await page.select_option("#lablink-system", "local")
     await page.get_by_role("button", name="Start", exact=True).click()
     await page.wait_for_url(re.compile(r"/user/alice/first/lab"), timeout=60_000)
