@@ -167,7 +167,7 @@ def test_the_embedded_default_has_two_vos_for_everybody(monkeypatch: pytest.Monk
     course = settings.vos["hpc-course"]
     assert course.systems == ["hpc"] and course.members.users == ["*"]
     assert (course.quota.labs_per_user or 0) < (settings.vos["demo"].quota.labs_per_user or 0)
-    assert "password `lablink up` printed" in settings.branding.login_hint
+    assert "password that lablink up printed" in settings.branding.login_hint
     # with OpenID Connect the demo's hint is not how people log in
     monkeypatch.setenv("LABLINK_OIDC_ISSUER", "https://login.example.org")
     assert "login_hint" not in embedded_site(Path(str(EMBEDDED_SITE)), 8040).get("branding", {})
