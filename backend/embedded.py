@@ -36,7 +36,7 @@ from . import loginnode, procs
 from .certs import HubForwardFiles, hub_forward_tls
 from .files import private_dir
 from .loginnode import LoginNodeFiles
-from .settings import SettingsError, load_settings
+from .settings import IdleCuller, SettingsError, load_settings
 from .systems.registry import kinds
 from .systems.slurm.tokens import mint
 from .systems.unicore.client import Credentials
@@ -287,6 +287,16 @@ def uses_devsite(site: str) -> bool:
     return any(logs_in_to_devsite(s) for s in (doc.get("systems") or {}).values())
 
 
+def site_idle_culler(site: str) -> IdleCuller:
+    """The site file's ``idle_culler`` (its defaults when the file does not say; the
+    backend checks the whole file and refuses a bad one with its own sentence)."""
+    try:
+        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
+        return IdleCuller.model_validate(doc.get("idle_culler") or {})
+    except (OSError, yaml.YAMLError, ValueError, AttributeError):
+        return IdleCuller()
+
+
 @dataclass(frozen=True)
 class SiteTunnels:
     """What a site file needs of `lablink up` for its SSH tunnels."""
@@ -510,6 +520,10 @@ class Embedded:
             "LABLINK_PROXY_API_PORT": str(self.args.proxy_api_port),
             "LABLINK_DEMO_PASSWORD": password,
         }
+        # the idle culler, as the site file says unless the environment says otherwise
+        culler = site_idle_culler(self.site)
+        hub_env.setdefault("LABLINK_IDLE_TIMEOUT", str(culler.timeout))
+        hub_env.setdefault("LABLINK_IDLE_CULL_EVERY", str(culler.every))
         if os.environ.get("LABLINK_OIDC_ISSUER"):
             # OpenID Connect login: the hub alone gets the client secret, and the key
             # that encrypts auth_state (kept in the state directory unless given)

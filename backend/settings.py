@@ -70,6 +70,24 @@ class TokenSettings(Strict):
     )
 
 
+class IdleCuller(Strict):
+    """How long a running lab may go without use before the hub stops it."""
+
+    timeout: int = Field(
+        default=3600,
+        ge=0,
+        le=30 * 86400,
+        description="seconds a running lab may be idle (no browser, kernel or terminal "
+        "activity) before the hub stops it (jupyterhub-idle-culler, a hub service); 0: never",
+    )
+    every: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="seconds between the culler's looks at the labs",
+    )
+
+
 class Branding(Strict):
     """The site's face: its name, logo, login hint and support link, on the hub's login
     page and in the header of every page."""
@@ -131,6 +149,11 @@ class Settings(Strict):
     branding: Branding = Field(
         default_factory=Branding,
         description="the site's face on the hub's pages: name, logo, login hint, support link",
+    )
+    idle_culler: IdleCuller = Field(
+        default_factory=IdleCuller,
+        description="idle labs stopped by the hub (`lablink up` runs jupyterhub-idle-culler "
+        "with these; LABLINK_IDLE_TIMEOUT and LABLINK_IDLE_CULL_EVERY override them)",
     )
     state_dir: Path = Field(
         default=Path(".lablink"),

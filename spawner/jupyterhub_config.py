@@ -4,6 +4,7 @@
 # container) can set it without editing this file; a site with its own
 # jupyterhub_config.py sets the same traits directly.
 import os
+import sys
 from pathlib import Path
 
 from backend.files import private_dir
@@ -65,3 +66,29 @@ c.Spawner.http_timeout = 60
 c.Spawner.default_url = "/lab"
 # how often the hub asks the backend whether each lab still runs (seconds)
 c.Spawner.poll_interval = int(os.environ.get("LABLINK_POLL_INTERVAL", "30"))
+
+# idle labs are stopped by jupyterhub-idle-culler, a hub service (`lablink up` sets
+# these from the site file's idle_culler; 0 seconds: never)
+idle_timeout = int(os.environ.get("LABLINK_IDLE_TIMEOUT", "0") or 0)
+if idle_timeout > 0:
+    every = int(os.environ.get("LABLINK_IDLE_CULL_EVERY", "300") or 300)
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            "command": [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={idle_timeout}",
+                f"--cull-every={every}",
+            ],
+        },
+    ]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "idle-culler",
+            "description": "stop labs nobody has used for a while",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        },
+    ]

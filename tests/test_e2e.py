@@ -268,3 +268,29 @@ async def test_ctrl_c_while_starting_stops_at_once_and_leaves_nothing(tmp_path: 
     assert "stopping while starting" in said, said[-3000:]
     assert "JupyterHub is at" not in said, said[-3000:]
     assert not quick.processes(), said[-3000:]
+
+
+@pytest.mark.slow
+async def test_an_idle_lab_is_stopped_by_the_hubs_culler(tmp_path: Path) -> None:
+    """jupyterhub-idle-culler runs as a hub service with the site's idle_culler (here
+    from the environment, which overrides it): a lab nobody uses is stopped."""
+    idle = Stack(
+        tmp_path / "state",
+        password=PASSWORD,
+        users=["demo"],
+        extra_env={"LABLINK_IDLE_TIMEOUT": "4", "LABLINK_IDLE_CULL_EVERY": "1"},
+    )
+    idle.start()
+    try:
+        async with HubUser(idle.url, "demo", PASSWORD) as demo:
+            await demo.login()
+            response = await demo.start(options={"system": "local"})
+            assert response.status_code in (201, 202), response.text
+            await demo.wait_lab()
+            [pid] = idle.lab_pids("demo")
+            await demo.wait_stopped(timeout=60)  # nobody asked it anything since
+            await wait_until(lambda: not alive(pid), 15, "the idle lab's process to end")
+        culler_log = (idle.state_dir / "logs" / "hub.log").read_text(errors="replace")
+        assert "idle-culler" in culler_log, culler_log[-2000:]
+    finally:
+        idle.stop_cleanly()
