@@ -18,6 +18,8 @@ from typing import Any
 
 import jinja2
 
+from backend.systems.base import span
+
 TEMPLATES = Path(__file__).with_name("templates")
 FORM_TEMPLATE = "lablink_form.html"
 FIELD_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -51,12 +53,6 @@ def full_sentence(vo: dict[str, Any] | None) -> str:
             "when another has stopped."
         )
     return ""
-
-
-def span(low: Any, high: Any, unit: str = "") -> str:
-    """'10 to 240 minutes', '1 node'-style text of a number field's range."""
-    values = f"{low:g}" if low == high else f"{low:g} to {high:g}"
-    return f"{values} {unit}".strip()
 
 
 def prepared(system: dict[str, Any], chosen: dict[str, Any]) -> list[dict[str, Any]]:
