@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -65,7 +66,10 @@ def refused(exc: Refused) -> JSONResponse:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("give a time zone, e.g. 2026-12-04T09:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("give a time between the years 1 and 9999") from None
 
 
 Person = Annotated[str, Field(pattern=PERSON, max_length=255)]
@@ -157,6 +161,10 @@ async def may_create(request: Request, who: Principal) -> bool:
     if who.user is None:
         return False
     return is_instructor(site(request), await identity(request, who.user))
+
+
+def same_code(given: str, code: str) -> bool:
+    return hmac.compare_digest(given.encode(), code.encode())
 
 
 def organizes(who: Principal, ws: Workshop) -> bool:
@@ -411,7 +419,7 @@ async def get_workshop(
             return await view(request, ws, "organizer", member)
         if member:
             return await view(request, ws, "participant", True)
-        if code is None or code != ws.code:
+        if code is None or not same_code(code, ws.code):
             raise Refused(404, NOT_FOUND.format(id=workshop_id[:64]))
         if ws.state(utcnow()) == "ended":
             raise Refused(410, ENDED.format(title=ws.title))
@@ -472,7 +480,7 @@ async def join_workshop(request: Request, workshop_id: str, body: CodeIn, who: A
     try:
         user = acting(who)
         ws = await found(request, workshop_id)
-        if body.code != ws.code:
+        if not same_code(body.code, ws.code):
             raise Refused(404, NOT_FOUND.format(id=workshop_id[:64]), "code")
         if ws.state(utcnow()) == "ended":
             raise Refused(410, ENDED.format(title=ws.title))
