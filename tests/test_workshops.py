@@ -572,3 +572,25 @@ async def test_the_migration_adds_workshops_to_a_database_with_labs(tmp_path: Pa
         kept = (await conn.execute(select(labs.c.message))).scalars().all()
     await engine.dispose()
     assert {"workshops", "workshop_members", "labs"} <= tables and kept == ["old"]
+
+
+async def test_a_hub_admin_creates_sees_and_changes_every_workshop(
+    start_backend: BackendFactory, tmp_path: Path
+) -> None:
+    tokens = [{**site.TOKENS[0], "admin_header": True}, site.TOKENS[1]]
+    backend = await start_backend(
+        ws_site(tmp_path, f"sqlite:///{tmp_path}/db.sqlite", tokens=tokens)
+    )
+    ws = await create(backend)
+    async with backend.client("root") as root:
+        root.headers["X-Lablink-Admin"] = "true"
+        listed = (await root.get("/workshops")).json()["workshops"]
+        assert [w["id"] for w in listed] == [ws["id"]] and listed[0]["code"] == ws["code"]
+        own = await root.post("/workshops", json=new_workshop("admins-own"))
+        assert own.status_code == 201 and own.json()["owner"] == "root"
+        bigger = await root.patch(f"/workshops/{ws['id']}", json={"max_participants": 101})
+        assert_error(bigger, 422, "at most 100 participants", field="max_participants")
+        renamed = await root.patch(f"/workshops/{ws['id']}", json={"title": "Pandas 102"})
+        assert renamed.json()["title"] == "Pandas 102"
+    async with backend.client("root") as not_admin:
+        assert_error(await not_admin.post("/workshops", json=new_workshop("x-1")), 403)
