@@ -339,9 +339,9 @@ async def test_a_hundred_joins_at_once_fill_exactly_thirty_places(
 
 
 async def test_a_start_with_the_workshop_uses_its_presets_and_counts_against_its_quota(
-    start_backend: BackendFactory, tmp_path: Path
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
 ) -> None:
-    settings = ws_site(tmp_path, f"sqlite:///{tmp_path}/db.sqlite", {"labs": 1})
+    settings = ws_site(tmp_path, database_url, {"labs": 1})
     backend = await start_backend(settings)
     ws = await create(backend)
     for person in ("alice", "bob"):
@@ -503,9 +503,9 @@ async def test_the_end_stops_the_labs_and_keeps_the_roster(
 
 
 async def test_a_backend_restarted_after_the_end_ends_the_workshop_on_start(
-    start_backend: BackendFactory, tmp_path: Path
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
 ) -> None:
-    settings = ws_site(tmp_path, f"sqlite:///{tmp_path}/db.sqlite")
+    settings = ws_site(tmp_path, database_url)
     backend = await start_backend(settings)
     end = datetime.now(UTC) + timedelta(seconds=4)
     ws = await create(backend, end=iso(end))
