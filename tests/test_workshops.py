@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -485,8 +486,9 @@ async def wait_for(check: Any, timeout: float, what: str) -> None:
 
 
 async def test_the_end_stops_the_labs_and_keeps_the_roster(
-    start_backend: BackendFactory, tmp_path: Path
+    start_backend: BackendFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="lablink.backend.workshops")
     backend = await start_backend(ws_site(tmp_path, f"sqlite:///{tmp_path}/db.sqlite"))
     ws = await create(backend, end=iso(datetime.now(UTC) + timedelta(seconds=4)))
     assert (await join(backend, "alice", ws)).status_code == 200
@@ -500,6 +502,9 @@ async def test_the_end_stops_the_labs_and_keeps_the_roster(
     assert after["state"] == "ended" and after["ended"] is not None
     assert roster["participants"][0]["lab"]["state"] == "stopped"
     assert_error(await start_in(backend, "alice", ws["id"]), 403)
+    ended = [r.getMessage() for r in caplog.records if "ended:" in r.getMessage()]
+    assert ended == ["workshop pandas-101 ended: stopping 1 labs"]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 async def test_a_backend_restarted_after_the_end_ends_the_workshop_on_start(
