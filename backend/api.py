@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .auth import USER_NAME, USER_NAME_HELP, Principal, authenticate
 from .catalog import OptionError, catalog, vo_entry
+from .db import utcnow
 from .labs import LabManager, NotInVO
 from .states import FINAL, PROGRESS, InvalidTransition, LabState, exit_status
 from .store import Event, Lab, LabTimes, QuotaExceeded, ServerNameBusy, Store, UserRecord
 from .systems.driver import lab_log_name
-from .vos import MAX_ENTITLEMENT, Identity, memberships
+from .vos import MAX_ENTITLEMENT, Identity, VOSettings, memberships
+from .workshops import PersonView, window_refusal
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
@@ -79,6 +81,13 @@ class LabRequest(BaseModel):
     )
     options: dict[str, Any] = Field(default_factory=dict, max_length=64)
     env: dict[str, str] = Field(default_factory=dict, max_length=200)
+    workshop: str | None = Field(
+        default=None,
+        max_length=40,
+        pattern=r"^[a-z][a-z0-9-]{1,39}$",
+        description="a workshop the person joined or organizes: the lab is one of it, with "
+        "its presets as options (send no options)",
+    )
 
     @field_validator("env")
     @classmethod
@@ -218,12 +227,21 @@ def lab_out(lab: Lab, admin: bool = False) -> LabOut:
     )
 
 
-def lab_view(settings: Any, lab: Lab, times: LabTimes | None, admin: bool = False) -> LabOut:
+def lab_view(
+    settings: Any,
+    lab: Lab,
+    times: LabTimes | None,
+    admin: bool = False,
+    titles: dict[str, str] | None = None,
+) -> LabOut:
     """A lab as a person's list of labs shows it: with display names, when it began to
-    run and when its wall time ends, and a failed lab's last output."""
+    run and when its wall time ends, and a failed lab's last output. ``titles``: the
+    titles of workshops, the display names of their VOs."""
     out = lab_out(lab, admin)
     system = settings.systems.get(lab.system)
     vo = settings.vos.get(lab.vo) if lab.vo else None
+    if vo is None and lab.vo and titles and lab.vo in titles:
+        vo = VOSettings(display_name=titles[lab.vo])
     runtime = system.runtime(lab.options) if system is not None else None
     started = times.started if times else None
     return out.model_copy(
@@ -310,16 +328,31 @@ async def identity_of(request: Request, name: str, groups: list[str] | None = No
     return Identity(name, chosen, record.entitlements)
 
 
+def windows(view: PersonView, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A workshop's VO outside its window is full, with the sentence a start gets."""
+    now = utcnow()
+    for entry in entries:
+        ws = view.workshops.get(entry["name"])
+        refusal = window_refusal(ws, now) if ws is not None else None
+        if refusal:
+            entry["quota"]["full"] = refusal
+    return entries
+
+
 async def user_out(request: Request, identity: Identity) -> UserOut:
     manager = manager_of(request)
-    vos = request.app.state.settings.vos
-    active = await manager.active_vo(identity) if memberships(vos, identity) else None
-    usage = await manager.usage(identity)
+    view = await manager.view(identity)
+    vos = view.settings.vos
+    active = await manager.active_vo(identity, None, view) if memberships(vos, identity) else None
+    usage = await manager.usage(identity, view)
     return UserOut(
         name=identity.user,
         groups=sorted(identity.groups),
         vo=active,
-        vos=[vo_entry(v, vos[v], v == active, usage.get(v)) for v in memberships(vos, identity)],
+        vos=windows(
+            view,
+            [vo_entry(v, vos[v], v == active, usage.get(v)) for v in memberships(vos, identity)],
+        ),
     )
 
 
@@ -346,24 +379,27 @@ async def get_catalog(
     user = acting_user(who) if who.user is not None or not who.admin else ""
     identity = await identity_of(request, user, group)
     manager = manager_of(request)
-    settings = request.app.state.settings
+    view = await manager.view(identity)
+    settings = view.settings
     mine = memberships(settings.vos, identity)
     try:
-        active = await manager.active_vo(identity, vo) if mine or vo else None
+        active = await manager.active_vo(identity, vo, view) if mine or vo else None
     except NotInVO as exc:
         raise HTTPException(403, str(exc)) from None
-    if settings.vos and active is None:
+    if manager.settings.vos and active is None:
         # in no VO: nothing to offer; the hub says why
         return {**catalog(settings, user, identity.groups, vo=None), "systems": []}
-    return catalog(
+    found = catalog(
         settings,
         user,
         identity.groups,
         entitlements=identity.entitlements,
         vo=active,
         vos=mine,
-        usage=await manager.usage(identity),
+        usage=await manager.usage(identity, view),
     )
+    found["vos"] = windows(view, found["vos"])
+    return found
 
 
 @router.put("/users/{name}", response_model=UserOut)
@@ -387,9 +423,11 @@ async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) ->
     acting_for(who, name)
     identity = await identity_of(request, name)
     try:
-        if not request.app.state.settings.vos:
+        manager = manager_of(request)
+        view = await manager.view(identity)
+        if not view.settings.vos:
             raise NotInVO("vo: this site has no VOs.")
-        vo = await manager_of(request).active_vo(identity, body.vo)
+        vo = await manager.active_vo(identity, body.vo, view)
     except NotInVO as exc:
         raise HTTPException(403, str(exc)) from None
     await store_of(request).set_active_vo(name, vo)
@@ -417,6 +455,7 @@ async def create_lab(
             access_token=(
                 body.user.access_token.get_secret_value() if body.user.access_token else None
             ),
+            workshop=body.workshop,
         )
     except NotInVO as exc:
         raise HTTPException(403, str(exc)) from None
@@ -425,6 +464,9 @@ async def create_lab(
     except QuotaExceeded as exc:
         shown = manager_of(request).settings.vos.get(exc.admission.vo)
         vo = (shown.display_name if shown else "") or exc.admission.vo
+        if shown is None:
+            titles = await manager_of(request).workshops.titles([exc.admission.vo])
+            vo = titles.get(exc.admission.vo, vo)
         raise HTTPException(429, quota_refusal(exc, vo), headers={"Retry-After": "60"}) from None
     except ServerNameBusy as exc:
         existing = f" (lab {exc.existing.id})" if exc.existing else ""
@@ -468,7 +510,15 @@ async def list_labs(
     labs = await store.list_labs(user_name=user, active_only=active)
     times = await store.lab_times([lab.id for lab in labs])
     settings = request.app.state.settings
-    return [lab_view(settings, lab, times.get(lab.id), who.admin) for lab in labs]
+    titles = await workshop_titles(request, labs)
+    return [lab_view(settings, lab, times.get(lab.id), who.admin, titles) for lab in labs]
+
+
+async def workshop_titles(request: Request, labs: list[Lab]) -> dict[str, str]:
+    """The titles of the workshops these labs belong to (their VOs' display names)."""
+    site = request.app.state.settings.vos
+    ids = sorted({lab.vo for lab in labs if lab.vo and lab.vo not in site})
+    return await manager_of(request).workshops.titles(ids)
 
 
 AccessToken = Annotated[
@@ -493,7 +543,8 @@ async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken =
     lab = await visible_lab(request, who, lab_id)
     take_token(request, who, lab, token)
     times = await store_of(request).lab_times([lab.id])
-    return lab_view(request.app.state.settings, lab, times.get(lab.id), who.admin)
+    titles = await workshop_titles(request, [lab])
+    return lab_view(request.app.state.settings, lab, times.get(lab.id), who.admin, titles)
 
 
 @router.delete("/labs/{lab_id}", status_code=202, response_model=LabOut)

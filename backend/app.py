@@ -28,6 +28,8 @@ from .store import Store
 from .systems.driver import Peers
 from .systems.kubernetes.client import UserlabClient
 from .tunnels import TunnelClient
+from .workshops import WorkshopEnder
+from .workshops_api import router as workshops_router
 
 log = logging.getLogger("lablink.backend")
 
@@ -73,9 +75,15 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         app.state.store = store
         app.state.manager = manager
         await manager.recover_all()
+        grace = settings.workshops.grace if settings.workshops is not None else 15
+        ender = WorkshopEnder(manager.workshops, grace, manager.stop_workshop_labs)
+        app.state.ender = ender
+        await ender.end_due()  # workshops that ended while the backend was down
+        ender.start()
         try:
             yield
         finally:
+            await ender.close()
             await manager.close()
             for client in (http, *own):
                 await client.aclose()
@@ -90,4 +98,5 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.state.settings = settings
     app.state.streams = {}  # open event streams by person
     app.include_router(router)
+    app.include_router(workshops_router)
     return app

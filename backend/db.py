@@ -87,6 +87,40 @@ events = Table(
     UniqueConstraint("lab_id", "seq", name="uq_events_lab_seq"),
 )
 
+# workshops (issue 15): a workshop is a VO whose members join with a code
+workshops = Table(
+    "workshops",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("owner", String(255), nullable=False, index=True),
+    Column("tutors", JSON, nullable=False),
+    Column("start", DateTime(timezone=True), nullable=False),
+    Column("end", DateTime(timezone=True), nullable=False),
+    Column("system", String(64), nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("max_participants", Integer, nullable=False),
+    Column("allow", JSON, nullable=True),
+    Column("code", String(64), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("ended", DateTime(timezone=True), nullable=True),
+)
+
+workshop_members = Table(
+    "workshop_members",
+    metadata,
+    Column(
+        "workshop_id",
+        String(40),
+        ForeignKey("workshops.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_name", String(255), primary_key=True, index=True),
+    Column("joined", DateTime(timezone=True), nullable=False),
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -22,13 +22,15 @@ from typing import Any
 
 import httpx
 
-from .catalog import validate_options
+from .catalog import OptionError, validate_options
+from .db import utcnow
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Admission, Lab, Store, Usage, clean_text
 from .systems.driver import Driver, LabContext, LabEnded, LabFailed, Peers, lab_log_name
 from .systems.registry import kinds
 from .vos import Identity, memberships
+from .workshops import PersonView, WorkshopStore, person_settings, window_refusal
 
 log = logging.getLogger("lablink.backend.labs")
 
@@ -80,6 +82,7 @@ class LabManager:
         # waits between tries of a stop the system did not confirm, in seconds
         self.stop_retry_first = 5.0
         self.stop_retry_most = 300.0
+        self.workshops = WorkshopStore(store.engine)
 
     # -- contexts -----------------------------------------------------------
 
@@ -115,10 +118,18 @@ class LabManager:
 
     # -- VOs --------------------------------------------------------------------
 
-    async def active_vo(self, identity: Identity, requested: str | None = None) -> str | None:
+    async def view(self, identity: Identity) -> PersonView:
+        """The site as this person sees it: the site's VOs and their workshops as VOs."""
+        return await person_settings(self.settings, self.workshops, identity)
+
+    async def active_vo(
+        self, identity: Identity, requested: str | None = None, view: PersonView | None = None
+    ) -> str | None:
         """The VO a lab of this person belongs to: ``requested``, else the one they chose,
-        else their first. None on a site without VOs. Raises NotInVO."""
-        vos = self.settings.vos
+        else their first. None on a site without VOs (unless they chose a workshop).
+        Raises NotInVO."""
+        view = view or await self.view(identity)
+        vos = view.settings.vos
         if not vos:
             return requested
         mine = memberships(vos, identity)
@@ -137,14 +148,25 @@ class LabManager:
         record = await self.store.get_user(identity.user)
         if record is not None and record.vo in mine:
             return record.vo
+        if not self.settings.vos:  # a site without VOs: a workshop only when chosen
+            return None
         return mine[0]
 
-    async def usage(self, identity: Identity) -> dict[str, Usage]:
+    async def usage(self, identity: Identity, view: PersonView | None = None) -> dict[str, Usage]:
         """Active labs of each of the person's VOs, and theirs in it."""
+        view = view or await self.view(identity)
         return {
             vo: await self.store.usage(vo, identity.user)
-            for vo in memberships(self.settings.vos, identity)
+            for vo in memberships(view.settings.vos, identity)
         }
+
+    async def stop_workshop_labs(self, workshop_id: str, user: str | None = None) -> int:
+        """Begin stopping the active labs of a workshop (of one person in it); how many."""
+        labs = await self.store.list_labs(user_name=user, active_only=True)
+        mine = [lab for lab in labs if lab.vo == workshop_id]
+        for lab in mine:
+            await self.stop(lab)
+        return len(mine)
 
     # -- public operations ---------------------------------------------------
 
@@ -159,37 +181,58 @@ class LabManager:
         groups: list[str] | None = None,
         entitlements: list[str] | None = None,
         access_token: str | None = None,
+        workshop: str | None = None,
     ) -> Lab:
         """Validate, admit against the VO's quota, store (state ``accepted``) and start a
         lab in the background.
 
         Raises NotInVO, OptionError for bad options, QuotaExceeded when the VO is
         full and ServerNameBusy if the user has an active lab with this server
-        name; nothing is stored then.
+        name; nothing is stored then. With ``workshop``, the lab is one of that
+        workshop (the person's or one they organize) with its presets as options.
         """
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
-        if self.settings.vos:  # the hub's newest word on the person, for the catalog too
+        if self.settings.vos or self.settings.workshops is not None:
+            # the hub's newest word on the person, for the catalog too
             await self.store.put_identity(user_name, identity.groups, identity.entitlements)
-        vo = await self.active_vo(identity, vo)
+        view = await self.view(identity)
+        if workshop is not None:
+            ws = view.workshops.get(workshop)
+            if ws is None:
+                raise NotInVO(
+                    f"You have not joined a workshop {workshop!r}; open its invitation link "
+                    "and join it first."
+                )
+            if options:
+                raise OptionError(
+                    "options", "A lab of a workshop takes the workshop's presets; send no options."
+                )
+            vo, options = workshop, {**ws.options, "system": ws.system}
+        vo = await self.active_vo(identity, vo, view)
+        if vo is not None and vo in view.workshops:
+            refusal = window_refusal(view.workshops[vo], utcnow())
+            if refusal:
+                raise NotInVO(refusal)
+        settings = view.settings
         system_name, clean = validate_options(
-            self.settings,
+            settings,
             options,
             user_name,
             identity.groups,
             entitlements=identity.entitlements,
-            vo=vo if self.settings.vos else None,
+            vo=vo if settings.vos else None,
         )
         system = self.settings.systems[system_name]
         accepted = f"Lab accepted for system {system.display_name or system_name}."
         admission = None
-        if vo is not None and vo in self.settings.vos:
-            quota = self.settings.vos[vo].quota
+        if vo is not None and vo in settings.vos:
+            quota = settings.vos[vo].quota
             admission = Admission(vo, quota.labs, quota.labs_per_user)
 
         def message(usage: Usage | None) -> str:
             if admission is None or usage is None:
                 return accepted
-            shown = self.settings.vos[admission.vo].display_name or admission.vo
+            shown = settings.vos[admission.vo].display_name or admission.vo
             return f"{accepted} {quota_sentence(shown, admission, usage)}"
 
         lab = await self.store.create_lab(

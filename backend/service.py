@@ -53,7 +53,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, detail = validation_sentence(list(exc.errors()))
+        errors = list(exc.errors())
+        status, detail = validation_sentence(errors)
+        loc = [str(p) for p in errors[0].get("loc", ())] if errors else []
+        if status == 422 and len(loc) > 1 and loc[0] == "body":
+            # a field of the body: its key for programs (the hub marks it on the form)
+            return JSONResponse({"detail": detail, "field": ".".join(loc[1:])}, status_code=422)
         return JSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)

@@ -36,6 +36,7 @@ from .systems import registry
 from .systems.base import SecretMissing, SystemSettings
 from .systems.kubernetes.config import UserlabManager
 from .vos import IdentitySettings, VOSettings
+from .workshops import WorkshopSettings
 
 
 class SettingsError(Exception):
@@ -209,6 +210,11 @@ class Settings(Strict):
         description="virtual organizations, by name, in the order people see them; none: "
         "labs belong to no VO and have no quota",
     )
+    workshops: WorkshopSettings | None = Field(
+        default=None,
+        description="who may organize workshops and what one may hand out; unset: only hub "
+        "admins may create workshops",
+    )
 
     @field_validator("systems", "vos")
     @classmethod
@@ -236,6 +242,7 @@ class Settings(Strict):
             raise ValueError("tokens: every token needs its own name")
         self._check_shared_login_nodes()
         self._check_vo_references()
+        self._check_workshop_references()
         self._check_people_apart()
         return self
 
@@ -271,6 +278,35 @@ class Settings(Strict):
                                 f"({', '.join(known)})"
                             )
                             raise _error_at(("vos", name, key, system, i), item, reason)
+
+    def _check_workshop_references(self) -> None:
+        """The systems, partitions, flavors and images of ``workshops.limits`` are the
+        site's."""
+        if self.workshops is None:
+            return
+        limits = self.workshops.limits
+        where = ("workshops", "limits")
+        for i, system in enumerate(limits.systems or []):
+            if system not in self.systems:
+                reason = f"{system!r} is not one of the systems ({', '.join(self.systems)})"
+                raise _error_at((*where, "systems", i), system, reason)
+        for key in (*VO_CHOICES, "images"):
+            for system, chosen in getattr(limits, key).items():
+                target = self.systems.get(system)
+                has = "flavors" if key == "images" else key
+                known = target.vo_choices().get(has) if target is not None else None
+                if known is None:
+                    reason = f"{system!r} is not a system of this site that has {has}"
+                    raise _error_at((*where, key, system), system, reason)
+                if key == "images":
+                    continue
+                for i, item in enumerate(chosen):
+                    if item not in known:
+                        reason = (
+                            f"{item!r} is not one of the {key} of system {system!r} "
+                            f"({', '.join(known)})"
+                        )
+                        raise _error_at((*where, key, system, i), item, reason)
 
     def _check_shared_login_nodes(self) -> None:
         """Systems that share a login node share its one SSH connection, so they must
