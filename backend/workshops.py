@@ -32,14 +32,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .config_base import Strict
-from .db import IMMEDIATE, as_utc, labs, utcnow, workshop_members, workshops
+from .db import as_utc, labs, utcnow, workshop_members, workshops
 from .vos import Identity, Members, Quota, SiteName, SystemName, VOSettings
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .store import Store
 
 log = logging.getLogger("lablink.backend.workshops")
 
@@ -246,15 +247,17 @@ class RosterEntry:
 class WorkshopStore:
     """Workshops and their members in the database."""
 
-    def __init__(self, engine: AsyncEngine):
-        self.engine = engine
-        self.dialect = engine.dialect.name
+    def __init__(self, store: Store):
+        self.engine = store.engine
+        self.dialect = store.dialect
+        # writes take turns with the labs' (on SQLite, in the process: see Store.writing)
+        self.writing = store.writing
 
     async def create(self, values: dict[str, Any]) -> Workshop:
         now = utcnow()
         row = {**values, "created": now, "updated": now, "ended": None}
         try:
-            async with self.engine.begin() as conn:
+            async with self.writing() as conn:
                 await conn.execute(insert(workshops).values(**row))
         except IntegrityError:
             raise WorkshopTaken(values["id"]) from None
@@ -296,7 +299,7 @@ class WorkshopStore:
         ]
 
     async def patch(self, workshop_id: str, values: dict[str, Any]) -> Workshop:
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             await conn.execute(
                 update(workshops)
                 .where(workshops.c.id == workshop_id)
@@ -315,32 +318,29 @@ class WorkshopStore:
 
     async def join(self, workshop_id: str, user: str, max_participants: int) -> str:
         """Add ``user`` under the workshop's lock: "joined", "already" or "full"."""
-        async with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn = await conn.execution_options(**{IMMEDIATE: True})
-            async with conn.begin():
-                if self.dialect == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"),
-                        {"key": _lock_key(workshop_id)},
-                    )
-                there = (
-                    await conn.execute(
-                        select(workshop_members.c.user_name).where(
-                            workshop_members.c.workshop_id == workshop_id,
-                            workshop_members.c.user_name == user,
-                        )
-                    )
-                ).first()
-                if there is not None:
-                    return "already"
-                if await self.count(workshop_id, conn) >= max_participants:
-                    return "full"
+        async with self.writing(immediate=True) as conn:
+            if self.dialect == "postgresql":
                 await conn.execute(
-                    insert(workshop_members).values(
-                        workshop_id=workshop_id, user_name=user, joined=utcnow()
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": _lock_key(workshop_id)},
+                )
+            there = (
+                await conn.execute(
+                    select(workshop_members.c.user_name).where(
+                        workshop_members.c.workshop_id == workshop_id,
+                        workshop_members.c.user_name == user,
                     )
                 )
+            ).first()
+            if there is not None:
+                return "already"
+            if await self.count(workshop_id, conn) >= max_participants:
+                return "full"
+            await conn.execute(
+                insert(workshop_members).values(
+                    workshop_id=workshop_id, user_name=user, joined=utcnow()
+                )
+            )
         return "joined"
 
     async def is_member(self, workshop_id: str, user: str) -> bool:
@@ -351,7 +351,7 @@ class WorkshopStore:
             return (await conn.execute(query)).first() is not None
 
     async def remove(self, workshop_id: str, user: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             gone = await conn.execute(
                 delete(workshop_members).where(
                     workshop_members.c.workshop_id == workshop_id,
@@ -382,7 +382,7 @@ class WorkshopStore:
         return [RosterEntry(r[0], as_utc(r[1]), newest.get(r[0])) for r in people]
 
     async def mark_ended(self, workshop_id: str, at: datetime) -> None:
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             await conn.execute(
                 update(workshops)
                 .where(workshops.c.id == workshop_id, workshops.c.ended.is_(None))
