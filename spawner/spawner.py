@@ -231,7 +231,7 @@ class LablinkSpawner(Spawner):
     async def _request_body(self) -> dict[str, Any]:
         options = dict(self.user_options or {})
         vo = options.pop("vo", None)  # the VO the form was shown for; unset: the active one
-        return {
+        body: dict[str, Any] = {
             "user": {
                 "name": self.user.name,
                 **await identity(self.user),
@@ -243,6 +243,13 @@ class LablinkSpawner(Spawner):
             "options": options,
             "env": {k: str(v) for k, v in self.get_env().items()},
         }
+        workshop = options.pop("workshop", None)
+        if workshop is not None:
+            # a workshop's lab: the backend takes the workshop's presets; any other
+            # option sent along is refused by the backend with its sentence
+            body["workshop"] = workshop
+            body["vo"] = None
+        return body
 
     async def start(self) -> str:
         user = self._who
@@ -507,6 +514,14 @@ async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]
         spawner.log.warning("%s: cannot load the catalog: %s", spawner._log_name, exc.detail)
         return
     chosen = (user_options or {}).get("system") or catalog.get("default_system")
+    workshop = (user_options or {}).get("workshop")
+    if isinstance(workshop, str) and workshop:
+        # a workshop's lab runs on the workshop's system (the backend checks the rest)
+        try:
+            found = await spawner.backend.workshop(workshop, spawner.user.name)
+            chosen = found.get("system") or chosen
+        except BackendError as exc:  # the start itself gets the backend's sentence
+            spawner.log.debug("%s: workshop %s: %s", spawner._log_name, workshop, exc.detail)
     for system in catalog.get("systems") or []:
         if system.get("name") == chosen and isinstance(system.get("start_limit"), int | float):
             spawner.start_timeout = int(system["start_limit"] + spawner.start_timeout_margin)
