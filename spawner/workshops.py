@@ -304,7 +304,7 @@ class WorkshopPage(WorkshopBase):
             workshop = await self.backend.workshop(workshop_id, name, admin, code)
             if workshop.get("role") == "organizer":
                 roster = await self.backend.workshop_participants(workshop_id, name, admin)
-            else:
+            if workshop.get("role") == "organizer" or workshop.get("member"):
                 labs = await self.backend.labs(name)
                 mine = [each for each in labs if each.get("server_name") == workshop_id]
                 lab = mine[-1] if mine else None
@@ -433,6 +433,7 @@ class WorkshopPage(WorkshopBase):
         await asyncio.wait([started], timeout=1)
         failure = started.exception() if started.done() else None
         if failure is not None:
+            spawner.refused = None  # said here; the spawn page need not say it again
             if isinstance(failure, SpawnException):
                 status = int(getattr(failure, "status_code", 0) or 500)
                 message = str(getattr(failure, "jupyterhub_message", "") or failure)
