@@ -279,7 +279,8 @@ async def test_someone_not_organizing_gets_403_and_no_names(stack: Stack, demo: 
         assert invited.status_code == 200 and 'id="lablink-join"' in invited.text
         mine = await bob.http.get("/hub/workshops/private")
         for page in (invited.text, mine.text):
-            assert 'id="lablink-roster"' not in page and workshop["code"] not in page
+            assert 'id="lablink-roster"' not in page and 'id="lablink-invite-url"' not in page
+        assert workshop["code"] not in mine.text  # (the invited page keeps the one they came with)
         assert "bob" not in invited.text
         listed = (await erin.api("GET", "/lablink/workshops")).json()["workshops"]
         assert all(w["id"] != "private" for w in listed)
@@ -339,3 +340,46 @@ async def test_a_non_instructor_cannot_create(stack: Stack) -> None:
         assert resp.json()["detail"].startswith("Only the site's workshop instructors")
         page = await erin.http.get("/hub/workshops")
         assert page.status_code == 200 and 'id="lablink-create-workshop"' not in page.text
+
+
+async def test_the_organizers_buttons_renew_the_code_and_remove_a_participant(
+    stack: Stack, demo: HubUser
+) -> None:
+    workshop = await create(demo, "buttons")
+    async with await person(stack, "grace") as grace:
+        await join_api(grace, workshop)
+        resp = await post_form(demo, "/hub/workshops/buttons", action="renew")
+        assert resp.status_code == 200, resp.text
+        assert 'id="lablink-workshop-notice"' in resp.text
+        renewed = (await demo.api("GET", "/lablink/workshops/buttons")).json()
+        assert renewed["code"] != workshop["code"]
+        assert renewed["invite_url"].replace("&", "&amp;") in resp.text
+        old = await grace.http.get(workshop["invite_url"].removeprefix(stack.url))
+        assert old.status_code == 200  # grace has joined: the page needs no code
+        resp = await post_form(demo, "/hub/workshops/buttons", action="remove", name="grace")
+        assert resp.status_code == 200, resp.text
+        assert 'data-name="grace"' not in resp.text
+        assert 'id="lablink-roster-empty"' in resp.text
+        gone = await grace.http.get(workshop["invite_url"].removeprefix(stack.url))
+        assert gone.status_code == 404  # no longer a member, and the old code is void
+
+
+async def test_before_the_start_a_participant_reads_when_it_opens(
+    stack: Stack, demo: HubUser
+) -> None:
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    workshop = await create(demo, "not-yet", start=iso(soon), end=iso(soon + timedelta(hours=2)))
+    async with await person(stack, "frank") as frank:
+        await join_api(frank, workshop)  # joining is allowed before the start
+        page = await frank.http.get("/hub/workshops/not-yet")
+        assert 'id="lablink-opens-at"' in page.text
+        assert re.search(r'id="lablink-start"\s+disabled', page.text), page.text
+        # a start anyway (a page left open, or the API) gets the backend's sentence
+        resp = await frank.http.post(
+            "/hub/workshops/not-yet", data={"_xsrf": form_xsrf(page.text), "action": "start"}
+        )
+        assert resp.status_code == 403, resp.text
+        assert "opens at" in resp.text and 'id="lablink-workshop-error"' in resp.text
+        resp = await frank.start("not-yet", {"workshop": "not-yet"})
+        assert resp.status_code == 403, resp.text
+        assert "opens at" in resp.json()["message"]
