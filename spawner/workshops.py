@@ -479,6 +479,14 @@ class WorkshopAPIBase(APIHandler, WorkshopBase):
             raise web.HTTPError(403, "This API needs a logged-in person or their API token.")
         if getattr(user, "kind", "user") != "user":
             raise web.HTTPError(403, "Workshops are for people; a service has none.")
+        # workshops start and stop servers: a token without the scope to manage the
+        # person's servers (a lab's own token, say) may not act on them
+        if not self.has_scope(f"servers!user={user.name}"):
+            raise web.HTTPError(
+                403,
+                "This token may not manage your servers, so it may not act on workshops; "
+                "use a token with the 'servers' scope.",
+            )
         return user
 
     def answer(self, data: Any, status: int = 200) -> None:

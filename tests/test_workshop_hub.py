@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from spawner.workshops import csv_cell, roster_csv
@@ -383,3 +384,32 @@ async def test_before_the_start_a_participant_reads_when_it_opens(
         resp = await frank.start("not-yet", {"workshop": "not-yet"})
         assert resp.status_code == 403, resp.text
         assert "opens at" in resp.json()["message"]
+
+
+async def test_the_api_takes_a_users_token_with_the_servers_scope(
+    stack: Stack, demo: HubUser
+) -> None:
+    workshop = await create(demo, "tokens")
+    async with await person(stack, "alice") as alice:
+        made = await alice.api("POST", "/users/alice/tokens", json={"note": "workshops"})
+        assert made.status_code == 201, made.text
+        narrow = await alice.api(
+            "POST", "/users/alice/tokens", json={"scopes": ["read:users:activity!user=alice"]}
+        )
+        assert narrow.status_code == 201, narrow.text
+    url = f"{stack.url}/hub/api/lablink/workshops/tokens/join"
+    async with httpx.AsyncClient(trust_env=False) as http:
+        resp = await http.post(
+            url,
+            json={"code": workshop["code"]},
+            headers={"Authorization": f"token {narrow.json()['token']}"},
+        )
+        assert resp.status_code == 403, resp.text
+        assert "servers" in resp.json()["detail"]
+        resp = await http.post(
+            url,
+            json={"code": workshop["code"]},
+            headers={"Authorization": f"token {made.json()['token']}"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["member"] is True
