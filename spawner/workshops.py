@@ -107,6 +107,38 @@ def datetime_local(value: Any) -> str:
     return f"{moment:%Y-%m-%dT%H:%M}"
 
 
+def form_choices(limits: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The create form's choices from ``GET /workshops/limits``: (value, label) of each
+    system with its partition or flavor (``<system>|<key>|<choice>``, or ``<system>``
+    for a kind with neither), and of each image of a cloud system (``<system>|<image>``;
+    the ones ``limits.images`` allows where it names some)."""
+    presets: list[tuple[str, str]] = []
+    images: list[tuple[str, str]] = []
+    for system in limits.get("systems") or []:
+        name = str(system.get("name", ""))
+        shown = str(system.get("display_name") or name)
+        fields = {f.get("key"): f for f in system.get("fields") or [] if isinstance(f, dict)}
+        picked = next((fields[k] for k in ("partition", "flavor") if k in fields), None)
+        if picked is not None and picked.get("choices"):
+            for c in picked["choices"]:
+                value = f"{name}|{picked['key']}|{c.get('value')}"
+                presets.append((value, f"{shown}: {c.get('label') or c.get('value')}"))
+        elif system.get("partitions"):  # a batch system's entry without fields
+            for part in system["partitions"]:
+                value = f"{name}|partition|{part.get('name')}"
+                presets.append((value, f"{shown}: {part.get('display_name') or part.get('name')}"))
+        else:
+            presets.append((name, shown))
+        allowed = system.get("images")
+        if isinstance(allowed, list):
+            images += [(f"{name}|{i}", f"{shown}: {i}") for i in allowed]
+        elif "image" in fields:
+            for c in fields["image"].get("choices") or []:
+                value = f"{name}|{c.get('value')}"
+                images.append((value, f"{shown}: {c.get('label') or c.get('value')}"))
+    return presets, images
+
+
 def names(text: str) -> list[str]:
     """A list of names typed one per line or separated by commas or spaces."""
     return [n for n in text.replace(",", " ").split() if n]
@@ -217,9 +249,12 @@ class WorkshopsPage(WorkshopBase):
             organized, joined, limits = [], [], {"may_create": False, "why_not": ""}
             problem = "Lablink's backend does not answer just now; reload the page in a minute."
             status = status if status != 200 else 502
+        presets, images = form_choices(limits)
         self.set_status(status)
         html = await self.render_template(
             "workshops.html",
+            presets=presets,
+            images=images,
             organized=[self.with_invite(w) for w in organized],
             joined=joined,
             limits=limits,

@@ -413,3 +413,34 @@ async def test_the_api_takes_a_users_token_with_the_servers_scope(
         )
         assert resp.status_code == 200, resp.text
         assert resp.json()["member"] is True
+
+
+async def test_an_organizer_creates_through_the_pages_form(stack: Stack, demo: HubUser) -> None:
+    page = await demo.http.get("/hub/workshops")
+    assert page.status_code == 200
+    # the form offers the systems the limits allow, with their partitions
+    assert '<option value="hpc|partition|devel"' in page.text, page.text
+    assert '<option value="local"' in page.text
+    now = datetime.now(UTC)
+    fields = {
+        "_xsrf": form_xsrf(page.text),
+        "id": "by-form",
+        "title": "Made in the form",
+        "description": "",
+        "start": (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"),
+        "end": (now - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M"),  # before the start
+        "max_participants": "12",
+        "preset": "hpc|partition|devel",
+        "runtime": "30",
+    }
+    refused = await demo.http.post("/hub/workshops", data=fields)
+    assert refused.status_code == 422, refused.text
+    assert 'id="lablink-workshop-error"' in refused.text
+    assert 'value="Made in the form"' in refused.text  # the person's values stay
+    fields["end"] = (now + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    resp = await demo.http.post("/hub/workshops", data=fields)
+    assert resp.status_code == 303, resp.text
+    assert resp.headers["location"] == "/hub/workshops/by-form"
+    made = (await demo.api("GET", "/lablink/workshops/by-form")).json()
+    assert made["system"] == "hpc" and made["max_participants"] == 12
+    assert made["options"]["partition"] == "devel" and made["options"]["runtime"] == 30

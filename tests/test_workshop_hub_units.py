@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spawner.spawner import LablinkSpawner
-from spawner.workshops import create_body, datetime_local, names, utc_field, when
+from spawner.workshops import create_body, datetime_local, form_choices, names, utc_field, when
 from tests.helpers.fakes import FakeHubUser
 
 pytestmark = pytest.mark.workshop
@@ -71,3 +71,34 @@ async def test_a_workshops_start_request_names_the_workshop_and_no_options(
     assert body["options"] == {} and body["vo"] is None
     spawner.user_options = {"system": "local"}
     assert "workshop" not in await spawner._request_body()
+
+
+def test_the_create_form_offers_each_systems_partitions_flavors_and_images() -> None:
+    limits = {
+        "systems": [
+            {"name": "local", "display_name": "This machine", "fields": []},
+            {
+                "name": "hpc",
+                "display_name": "HPC",
+                "fields": [
+                    {"key": "partition", "choices": [{"value": "devel", "label": "Development"}]}
+                ],
+            },
+            {
+                "name": "cloud",
+                "display_name": "Cloud",
+                "fields": [
+                    {"key": "flavor", "choices": [{"value": "small", "label": "Small (1 CPU)"}]},
+                    {"key": "image", "choices": [{"value": "a:1", "label": "A"}]},
+                ],
+                "images": ["b:2"],  # the limits name some: only these
+            },
+        ]
+    }
+    presets, images = form_choices(limits)
+    assert presets == [
+        ("local", "This machine"),
+        ("hpc|partition|devel", "HPC: Development"),
+        ("cloud|flavor|small", "Cloud: Small (1 CPU)"),
+    ]
+    assert images == [("cloud|b:2", "Cloud: b:2")]
