@@ -444,3 +444,26 @@ async def test_an_organizer_creates_through_the_pages_form(stack: Stack, demo: H
     made = (await demo.api("GET", "/lablink/workshops/by-form")).json()
     assert made["system"] == "hpc" and made["max_participants"] == 12
     assert made["options"]["partition"] == "devel" and made["options"]["runtime"] == 30
+
+
+async def test_the_named_server_limit_follows_the_workshop_of_the_server(
+    stack: Stack, demo: HubUser
+) -> None:
+    first, second = await create(demo, "limit-one"), await create(demo, "limit-two")
+    async with await person(stack, "bob") as bob:
+        await join_api(bob, first)
+        await join_api(bob, second)  # now the active VO: its one lab per person
+        resp = await bob.start("limit-two", {"workshop": "limit-two"})
+        assert resp.status_code in (201, 202), resp.text
+        await bob.wait_lab("limit-two")
+        # the active VO admits no more for bob, but the first workshop's server is
+        # accounted to the first workshop, which does
+        resp = await bob.start("limit-one", {"workshop": "limit-one"})
+        assert resp.status_code in (201, 202), resp.text
+        await bob.wait_lab("limit-one")
+        # a server of no workshop is still held to the active VO
+        resp = await bob.start("other", {"system": "local"})
+        assert resp.status_code == 429, resp.text
+        for name in ("limit-one", "limit-two"):
+            await bob.stop(name)
+            await bob.wait_stopped(name)
