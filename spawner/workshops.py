@@ -139,6 +139,11 @@ def form_choices(limits: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tu
     return presets, images
 
 
+def labs(count: Any) -> str:
+    """'1 lab', '3 labs'."""
+    return f"{count} lab" if count == 1 else f"{count} labs"
+
+
 def names(text: str) -> list[str]:
     """A list of names typed one per line or separated by commas or spaces."""
     return [n for n in text.replace(",", " ").split() if n]
@@ -340,8 +345,8 @@ class WorkshopPage(WorkshopBase):
             if workshop.get("role") == "organizer":
                 roster = await self.backend.workshop_participants(workshop_id, name, admin)
             if workshop.get("role") == "organizer" or workshop.get("member"):
-                labs = await self.backend.labs(name)
-                mine = [each for each in labs if each.get("server_name") == workshop_id]
+                own_labs = await self.backend.labs(name)
+                mine = [each for each in own_labs if each.get("server_name") == workshop_id]
                 lab = mine[-1] if mine else None
         except BackendError as exc:
             if workshop is None:
@@ -409,13 +414,13 @@ class WorkshopPage(WorkshopBase):
                 targets = await self.stop_targets(workshop_id)
                 answer = await backend.stop_workshop(workshop_id, name, admin)
                 await self.stop_hub_servers(targets)
-                notice = f"Stopping {answer.get('stopping', 0)} labs."
+                notice = f"Stopping {labs(answer.get('stopping', 0))}."
             elif action in ("stop", "remove"):
                 person = self.get_body_argument("name", "")
                 targets = await self.stop_targets(workshop_id, only=person)
                 if action == "stop":
                     answer = await backend.stop_participant(workshop_id, person, name, admin)
-                    notice = f"Stopping {answer.get('stopping', 0)} labs of {person}."
+                    notice = f"Stopping {labs(answer.get('stopping', 0))} of {person}."
                 else:
                     await backend.remove_participant(workshop_id, person, name, admin)
                     notice = f"{person} is no longer a participant."

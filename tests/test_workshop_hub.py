@@ -202,8 +202,11 @@ async def test_the_start_button_spawns_and_goes_to_the_progress_page(
         page = await demo.http.get("/hub/workshops/start-button")
         assert re.search(r'data-name="dave" data-state="running"', page.text), page.text
         assert re.search(r"1 of 5 places taken;\s+1 lab running\.", page.text), page.text
-        await dave.stop("start-button")
-        await dave.wait_stopped("start-button")
+        # the organizer's Stop in dave's row stops his lab and his hub server at once
+        resp = await post_form(demo, "/hub/workshops/start-button", action="stop", name="dave")
+        assert resp.status_code == 200, resp.text
+        assert "Stopping 1 lab of dave." in resp.text
+        assert "start-button" not in (await dave.model())["servers"]
 
 
 async def test_stop_all_stops_the_hubs_servers_at_once(stack: Stack, demo: HubUser) -> None:
