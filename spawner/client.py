@@ -8,6 +8,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -146,6 +147,80 @@ class BackendClient:
             if exc.status in (404, 409):
                 return None
             raise
+
+    # -- workshops (docs/reference.md "Workshops"): each acts for ``user``, as a hub
+    # admin when ``admin`` (the backend trusts X-Lablink-Admin from the hub's token)
+
+    async def _workshop_call(
+        self, method: str, path: str, user: str, admin: bool, **kw: Any
+    ) -> dict[str, Any]:
+        headers = {"X-Lablink-Admin": "true"} if admin else {}
+        resp = await self._request(method, "/workshops" + path, user, headers=headers, **kw)
+        if resp.status_code == 204 or not resp.content:
+            return {}
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def workshops(
+        self, user: str, admin: bool = False, joined: bool = False
+    ) -> list[dict[str, Any]]:
+        """The workshops the person organizes (an admin: all), or those they joined."""
+        params = {"joined": "true"} if joined else None
+        data = await self._workshop_call("GET", "", user, admin, params=params)
+        return list(data.get("workshops") or [])
+
+    async def workshop_limits(self, user: str, admin: bool = False) -> dict[str, Any]:
+        """Whether the person may create workshops, and what the create form offers."""
+        return await self._workshop_call("GET", "/limits", user, admin)
+
+    async def create_workshop(
+        self, user: str, body: dict[str, Any], admin: bool = False
+    ) -> dict[str, Any]:
+        return await self._workshop_call("POST", "", user, admin, json=body)
+
+    async def workshop(
+        self, workshop_id: str, user: str, admin: bool = False, code: str = ""
+    ) -> dict[str, Any]:
+        """The organizer's, the participant's or (with the right ``code``) the invited view."""
+        params = {"code": code} if code else None
+        return await self._workshop_call("GET", f"/{workshop_id}", user, admin, params=params)
+
+    async def change_workshop(
+        self, workshop_id: str, user: str, body: dict[str, Any], admin: bool = False
+    ) -> dict[str, Any]:
+        return await self._workshop_call("PATCH", f"/{workshop_id}", user, admin, json=body)
+
+    async def renew_workshop_code(
+        self, workshop_id: str, user: str, admin: bool = False
+    ) -> dict[str, Any]:
+        return await self._workshop_call("POST", f"/{workshop_id}/code", user, admin)
+
+    async def join_workshop(
+        self, workshop_id: str, user: str, code: str, admin: bool = False
+    ) -> dict[str, Any]:
+        body = {"code": code}
+        return await self._workshop_call("POST", f"/{workshop_id}/join", user, admin, json=body)
+
+    async def workshop_participants(
+        self, workshop_id: str, user: str, admin: bool = False
+    ) -> dict[str, Any]:
+        return await self._workshop_call("GET", f"/{workshop_id}/participants", user, admin)
+
+    async def remove_participant(
+        self, workshop_id: str, name: str, user: str, admin: bool = False
+    ) -> dict[str, Any]:
+        path = f"/{workshop_id}/participants/{quote(name, safe='')}"
+        return await self._workshop_call("DELETE", path, user, admin)
+
+    async def stop_participant(
+        self, workshop_id: str, name: str, user: str, admin: bool = False
+    ) -> dict[str, Any]:
+        path = f"/{workshop_id}/participants/{quote(name, safe='')}/stop"
+        return await self._workshop_call("POST", path, user, admin)
+
+    async def stop_workshop(
+        self, workshop_id: str, user: str, admin: bool = False
+    ) -> dict[str, Any]:
+        return await self._workshop_call("POST", f"/{workshop_id}/stop", user, admin)
 
     async def follow(self, lab_id: str, user: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Yield the lab's events as the backend stores them, until a final state.

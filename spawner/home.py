@@ -124,10 +124,16 @@ async def named_server_limit(handler: Any) -> int:
     if user is None or backend is None:
         return 0
     try:
-        vo = _active_vo(await backend.get_user(user.name))
+        data = await backend.get_user(user.name)
     except BackendError as exc:
         handler.log.warning("%s: cannot ask the VO's quota: %s", user.name, exc.detail)
         return 0
+    args = getattr(handler, "path_args", None) or []
+    server = args[-1] if len(args) >= 2 and isinstance(args[-1], str) else ""
+    # a workshop's server is named after the workshop, whose VO accounts its lab
+    # whichever VO is active: its quota decides
+    workshop = next((v for v in data.get("vos") or [] if server and v.get("name") == server), None)
+    vo = workshop or _active_vo(data)
     if vo is None:
         return 0
     quota = vo.get("quota") or {}
@@ -143,8 +149,7 @@ async def named_server_limit(handler: Any) -> int:
         return len(named) + min(free)
     # the VO is full: refuse a new server (the spawn page's and the API's paths end
     # with its name); a page that only shows the limit, or a server that exists, passes
-    args = getattr(handler, "path_args", None) or []
-    creating = len(args) >= 2 and args[-1] and args[-1] not in named
+    creating = bool(server) and server not in named
     if isinstance(handler, HomeHandler | AdminHandler) or not creating:
         return 0
     raise web.HTTPError(429, quota.get("full") or "Your VO admits no more labs now.")

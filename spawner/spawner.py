@@ -234,7 +234,7 @@ class LablinkSpawner(Spawner):
     async def _request_body(self) -> dict[str, Any]:
         options = dict(self.user_options or {})
         vo = options.pop("vo", None)  # the VO the form was shown for; unset: the active one
-        return {
+        body: dict[str, Any] = {
             "user": {
                 "name": self.user.name,
                 **await identity(self.user),
@@ -246,6 +246,13 @@ class LablinkSpawner(Spawner):
             "options": options,
             "env": {k: str(v) for k, v in self.get_env().items()},
         }
+        workshop = options.pop("workshop", None)
+        if workshop is not None:
+            # a workshop's lab: the backend takes the workshop's presets; any other
+            # option sent along is refused by the backend with its sentence
+            body["workshop"] = workshop
+            body["vo"] = None
+        return body
 
     async def start(self) -> str:
         user = self._who
@@ -557,6 +564,13 @@ async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]
     """user_options travel to the backend as they are; it validates them. Only the
     start timeout follows the chosen system: its start_limit from the catalog."""
     asked = (user_options or {}).get("system")
+    workshop = (user_options or {}).get("workshop")
+    if isinstance(workshop, str) and workshop:
+        # a workshop's lab runs on the workshop's system (the backend checks the rest)
+        try:
+            asked = (await spawner.backend.workshop(workshop, spawner.user.name)).get("system")
+        except BackendError as exc:  # the start itself gets the backend's sentence
+            spawner.log.debug("%s: workshop %s: %s", spawner._log_name, workshop, exc.detail)
     try:
         found = await start_limits(spawner, asked if isinstance(asked, str) else None)
     except BackendError as exc:

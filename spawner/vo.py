@@ -9,7 +9,8 @@
   login cannot be refreshed before a spawn is sent to log in again instead of
   getting an error page.
 
-They, and the home page of :mod:`spawner.home`, are added to the hub by the
+They, the home page of :mod:`spawner.home` and the workshop pages and API of
+:mod:`spawner.workshops`, are added to the hub by the
 authenticators (``VOPages.get_handlers``).
 """
 
@@ -53,6 +54,23 @@ def _local_next(handler: BaseHandler, target: str) -> str:
     return url_path_join(handler.hub.base_url, "home")
 
 
+async def _workshops_link(user: Any) -> bool:
+    """Whether the header links the workshops page: for people who may create
+    workshops, organize one, or joined one."""
+    backend = backend_of(user)
+    admin = bool(getattr(user, "admin", False))
+    try:
+        limits = await backend.workshop_limits(user.name, admin)
+        if limits.get("may_create"):
+            return True
+        return bool(
+            await backend.workshops(user.name, admin)
+            or await backend.workshops(user.name, admin, joined=True)
+        )
+    except BackendError:
+        return False
+
+
 class VOHandler(BaseHandler):
     """The person's VOs: list them with quota, and choose the active one."""
 
@@ -70,7 +88,8 @@ class VOHandler(BaseHandler):
         if self.get_argument("format", "") == "json":
             self.set_header("Content-Type", "application/json")
             self.set_header("Cache-Control", "no-store")
-            self.finish({"vo": data["vo"], "vos": data["vos"]})
+            workshops = await _workshops_link(user)
+            self.finish({"vo": data["vo"], "vos": data["vos"], "workshops": workshops})
             return
         html = await self.render_template(
             "lablink_vo.html", vos=data["vos"], active=data["vo"], next_url=""
@@ -139,6 +158,7 @@ class VOPages:
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
         from .home import LablinkHomeHandler  # it imports this module
+        from .workshops import handlers as workshop_handlers
 
         own: list[tuple[str, Any]] = [
             (r"/home", LablinkHomeHandler),
@@ -146,5 +166,6 @@ class VOPages:
             (r"/spawn", LablinkSpawnHandler),
             (r"/spawn/([^/]+)", LablinkSpawnHandler),
             (r"/spawn/([^/]+)/([^/]+)", LablinkSpawnHandler),
+            *workshop_handlers(),
         ]
         return own + list(super().get_handlers(app))  # type: ignore[misc]
