@@ -17,7 +17,7 @@ LINTED := spawner backend tunnel userlab_manager devsite tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel bench-workshop venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -58,6 +58,10 @@ bench-hpc: venv proxy test-deps
 ## bench-tunnel: throughput and new-connection latency to a lab: direct, through OpenSSH `ssh -L`
 bench-tunnel: venv test-deps
 	$(VENV)/bin/python benchmarks/tunnel.py $(ARGS)
+
+## bench-workshop: a workshop's first minute: N people log in and press Start at once (ARGS="--participants 100")
+bench-workshop: venv proxy test-deps
+	$(VENV)/bin/python benchmarks/workshop.py $(ARGS)
 
 venv: $(VENV)/.stamp
 

@@ -9,9 +9,10 @@ woken after the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -202,6 +203,24 @@ class Store:
         self.engine = engine
         self.notifier = notifier or Notifier()
         self.dialect = engine.dialect.name
+        # SQLite has one write lock per database: writers of this process take turns
+        # here instead of in SQLite's busy handler, which sleeps in steps of up to
+        # 100 ms (a burst of 100 starts waited seconds there)
+        self._writer = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def writing(self, immediate: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (committed at the end). ``immediate``: on SQLite it
+        begins with the write lock taken (reads in it see every write before it)."""
+        if self._writer is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._writer, self.engine.connect() as conn:
+            if immediate:
+                conn = await conn.execution_options(**{IMMEDIATE: True})
+            async with conn.begin():
+                yield conn
 
     # -- people ------------------------------------------------------------------
 
@@ -226,7 +245,7 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=[users.c.name], set_={**values, "updated": now}
         )
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             await conn.execute(stmt)
         found = await self.get_user(name)
         assert found is not None
@@ -235,7 +254,15 @@ class Store:
     async def put_identity(
         self, name: str, groups: Collection[str], entitlements: Collection[str]
     ) -> UserRecord:
-        """Store what the hub says of a person now (their chosen VO stays)."""
+        """Store what the hub says of a person now (their chosen VO stays); a write only
+        when it changed (each start tells it again)."""
+        known = await self.get_user(name)
+        if (
+            known is not None
+            and known.groups == frozenset(groups)
+            and known.entitlements == frozenset(entitlements)
+        ):
+            return known
         return await self._upsert_user(
             name, {"groups": sorted(set(groups)), "entitlements": sorted(set(entitlements))}
         )
@@ -294,15 +321,12 @@ class Store:
         """
         lab_id = str(uuid.uuid4())
         try:
-            async with self.engine.connect() as conn:
-                if admission is not None and self.dialect == "sqlite":
-                    conn = await conn.execution_options(**{IMMEDIATE: True})
-                async with conn.begin():
-                    usage = await self._admit(conn, admission, user_name) if admission else None
-                    text_ = message(usage) if callable(message) else message
-                    await self._insert_lab(
-                        conn, lab_id, user_name, server_name, system, vo, options, text_
-                    )
+            async with self.writing(immediate=admission is not None) as conn:
+                usage = await self._admit(conn, admission, user_name) if admission else None
+                text_ = message(usage) if callable(message) else message
+                await self._insert_lab(
+                    conn, lab_id, user_name, server_name, system, vo, options, text_
+                )
         except IntegrityError:
             raise ServerNameBusy(await self.active_lab(user_name, server_name)) from None
         self.notifier.publish(lab_id)
@@ -420,7 +444,7 @@ class Store:
 
     async def save_handle(self, lab_id: str, handle: dict[str, Any]) -> None:
         """Store what a driver needs to find the lab again after a restart."""
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             await conn.execute(
                 update(labs)
                 .where(labs.c.id == lab_id)
@@ -463,17 +487,20 @@ class Store:
             }
             if url is not None:
                 values["url"] = url
-            async with self.engine.begin() as conn:
-                moved = await conn.execute(
-                    update(labs)
-                    .where(
-                        labs.c.id == lab_id,
-                        labs.c.state == lab.state.value,
-                        labs.c.last_seq == lab.last_seq,
+            async with self.writing() as conn:
+                moved = (
+                    await conn.execute(
+                        update(labs)
+                        .where(
+                            labs.c.id == lab_id,
+                            labs.c.state == lab.state.value,
+                            labs.c.last_seq == lab.last_seq,
+                        )
+                        .values(**values)
+                        .returning(*labs.c)
                     )
-                    .values(**values)
-                )
-                if moved.rowcount != 1:
+                ).first()
+                if moved is None:
                     continue  # somebody else moved it first: read again
                 await conn.execute(
                     insert(events).values(
@@ -487,9 +514,7 @@ class Store:
                     )
                 )
             self.notifier.publish(lab_id)
-            updated = await self.get_lab(lab_id)
-            assert updated is not None
-            return updated
+            return _lab(moved)
         raise RuntimeError(f"lab {lab_id}: could not record {state} after repeated conflicts")
 
     async def notice(self, lab_id: str, message: str) -> Lab:

@@ -10,6 +10,7 @@ from pathlib import Path
 from backend.files import private_dir
 from spawner.branding import SiteFace
 from spawner.home import named_server_limit
+from spawner.hubdb import use_wal
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
@@ -19,6 +20,7 @@ hub_dir = private_dir(state / "hub")
 c.JupyterHub.bind_url = os.environ.get("LABLINK_HUB_URL", "http://127.0.0.1:8000")
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ.get('LABLINK_HUB_API_PORT', '8081')}"
 c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
+use_wal(hub_dir / "jupyterhub.sqlite")  # a commit is an append, not a journal's sync
 c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(hub_dir / "jupyterhub.pid")
 
@@ -59,6 +61,13 @@ c.JupyterHub.allow_named_servers = True
 # named servers follow the active VO's labs_per_user (stopped ones do not count)
 c.JupyterHub.named_server_limit_per_user = named_server_limit
 c.JupyterHub.cleanup_servers = True
+# starts pending at once before the hub answers 429 "Too many users trying to log in
+# right now" (JupyterHub's default is 100: a workshop of 100 starting together sits
+# right at it); a spawn costs the hub little, the backend admits each lab against its
+# VO's quota, so the bound is only against overload
+c.JupyterHub.concurrent_spawn_limit = int(
+    os.environ.get("LABLINK_CONCURRENT_SPAWN_LIMIT", "500") or 0
+)
 
 # labs on HPC systems wait in queues; the backend bounds each wait itself
 c.Spawner.start_timeout = 900

@@ -27,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import math
 import os
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -254,6 +257,7 @@ class LablinkSpawner(Spawner):
     async def start(self) -> str:
         user = self._who
         body = await self._request_body()
+        asked = time.monotonic()
         try:
             try:
                 lab = await self.backend.create(body, user)
@@ -282,7 +286,8 @@ class LablinkSpawner(Spawner):
             self.refused = refusal  # the form shows it once, with these choices
             raise refusal from None
         self.lab_id = lab["id"]
-        self.log.info("%s: lab %s accepted", self._log_name, self.lab_id)
+        took = (time.monotonic() - asked) * 1000
+        self.log.info("%s: lab %s accepted in %.0f ms", self._log_name, self.lab_id, took)
         keeper = None
         if refresh_margin(self.authenticator) is not None:
             keeper = asyncio.create_task(
@@ -505,32 +510,84 @@ def _digest(token: str | None) -> bytes | None:
     return hashlib.sha256(token.encode()).digest() if token else None
 
 
+@dataclass
+class StartLimits:
+    """The site's default system and each system's start limit (seconds) as the backend's
+    catalog gave them, and when (time.monotonic())."""
+
+    default_system: str = ""
+    limits: dict[str, float] = field(default_factory=dict)
+    read: float = -math.inf
+
+
+# by backend URL: the limits are the site file's, the same for everybody, so a burst of
+# starts asks the backend's catalog once (a workshop's hundred starts asked it a hundred
+# times, each counting every VO's labs); asked again when older than START_LIMITS_AGE
+_start_limits: dict[str, StartLimits] = {}
+_start_limits_reading: dict[str, asyncio.Task[StartLimits]] = {}
+START_LIMITS_AGE = 300.0
+
+
+async def _read_start_limits(spawner: LablinkSpawner) -> StartLimits:
+    catalog = await spawner.backend.catalog(spawner.user.name)
+    known = _start_limits.get(spawner.backend_url) or StartLimits()
+    limits = dict(known.limits)  # a person's catalog lists only the systems they may use
+    for system in catalog.get("systems") or []:
+        if isinstance(system.get("start_limit"), int | float):
+            limits[str(system.get("name"))] = float(system["start_limit"])
+    fresh = StartLimits(str(catalog.get("default_system") or ""), limits, time.monotonic())
+    _start_limits[spawner.backend_url] = fresh
+    return fresh
+
+
+async def start_limits(spawner: LablinkSpawner, system: str | None) -> StartLimits:
+    """What the catalog says of start limits: kept for START_LIMITS_AGE seconds; read
+    (once for all starts that ask at the same time) when older, or when ``system`` is
+    not among them (another person may see systems the last catalog did not list)."""
+    key = spawner.backend_url
+    known = _start_limits.get(key)
+    if (
+        known is not None
+        and time.monotonic() - known.read < START_LIMITS_AGE
+        and (system or known.default_system) in known.limits
+    ):
+        return known
+    reading = _start_limits_reading.get(key)
+    if reading is None:
+        reading = asyncio.create_task(_read_start_limits(spawner))
+        _start_limits_reading[key] = reading
+        reading.add_done_callback(lambda _task: _start_limits_reading.pop(key, None))
+    return await asyncio.shield(reading)
+
+
 async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]) -> None:
     """user_options travel to the backend as they are; it validates them. Only the
     start timeout follows the chosen system: its start_limit from the catalog."""
-    try:
-        catalog = await spawner.backend.catalog(spawner.user.name)
-    except BackendError as exc:
-        spawner.log.warning("%s: cannot load the catalog: %s", spawner._log_name, exc.detail)
-        return
-    chosen = (user_options or {}).get("system") or catalog.get("default_system")
-    workshop = (user_options or {}).get("workshop")
+    options = user_options or {}
+    asked = options.get("system") if isinstance(options.get("system"), str) else None
+    workshop = options.get("workshop")
     if isinstance(workshop, str) and workshop:
         # a workshop's lab runs on the workshop's system (the backend checks the rest)
         try:
-            found = await spawner.backend.workshop(workshop, spawner.user.name)
-            chosen = found.get("system") or chosen
+            shop = await spawner.backend.workshop(workshop, spawner.user.name)
+            asked = shop.get("system") or asked
         except BackendError as exc:  # the start itself gets the backend's sentence
             spawner.log.debug("%s: workshop %s: %s", spawner._log_name, workshop, exc.detail)
-    for system in catalog.get("systems") or []:
-        if system.get("name") == chosen and isinstance(system.get("start_limit"), int | float):
-            spawner.start_timeout = int(system["start_limit"] + spawner.start_timeout_margin)
-            spawner.log.debug(
-                "%s: start timeout %ss for system %s",
-                spawner._log_name,
-                spawner.start_timeout,
-                chosen,
-            )
+    try:
+        found = await start_limits(spawner, asked)
+    except BackendError as exc:
+        spawner.log.warning("%s: cannot load the catalog: %s", spawner._log_name, exc.detail)
+        return
+    chosen = asked or found.default_system
+    limit = found.limits.get(chosen) if isinstance(chosen, str) else None
+    if limit is not None:
+        spawner.start_timeout = int(limit + spawner.start_timeout_margin)
+        spawner.log.debug(
+            "%s: start timeout %ss for system %s",
+            spawner._log_name,
+            spawner.start_timeout,
+            chosen,
+        )
 
 
 async def _render_form(spawner: LablinkSpawner) -> str:

@@ -108,6 +108,21 @@ class LocalDriver(Driver[LocalSystem]):
     def __init__(self, http: httpx.AsyncClient):
         super().__init__(http)
         self._children: dict[str, asyncio.subprocess.Process] = {}
+        # ports handed to labs of this backend that may not listen yet (by lab id)
+        self._ports: dict[str, int] = {}
+
+    def _free_port(self, lab_id: str) -> int:
+        """A free port no other lab of this backend holds: between choosing a port and
+        the lab binding it the kernel may hand the same free port out again (a burst of
+        starts met that: two labs, one port, one failed start)."""
+        held = set(self._ports.values())
+        port = procs.free_port()
+        for _attempt in range(100):
+            if port not in held:
+                break
+            port = procs.free_port()
+        self._ports[lab_id] = port
+        return port
 
     def _paths(self, ctx: LabContext[LocalSystem]) -> tuple[Path, Path]:
         run_dir = ctx.state_dir / "labs" / ctx.lab_id
@@ -134,7 +149,7 @@ class LocalDriver(Driver[LocalSystem]):
                     f"The home directory of {account.pw_name!r} ({home}) is missing; ask the "
                     "site's admins."
                 )
-        port = procs.free_port()
+        port = self._free_port(ctx.lab_id)
         prefix = service_prefix(ctx)
         argv = lab_command(system, port)
         env = lab_environment(ctx.env, home, port, prefix, account)
@@ -160,6 +175,7 @@ class LocalDriver(Driver[LocalSystem]):
                     **as_account,
                 )
             except OSError as exc:
+                self._ports.pop(ctx.lab_id, None)
                 log.error("%s: cannot run %s: %s", ctx.log_name, argv[0], exc)
                 raise LabFailed(
                     f"The lab command {system.command[0]!r} could not be run on this "
@@ -260,6 +276,7 @@ class LocalDriver(Driver[LocalSystem]):
             # kernels and terminals live in sessions of their own
             procs.kill_exact(family, signal.SIGKILL)
         self._children.pop(ctx.lab_id, None)
+        self._ports.pop(ctx.lab_id, None)
         if child is not None and child.returncode is None:
             await child.wait()
         return self._output(ctx)

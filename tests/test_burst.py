@@ -1,0 +1,106 @@
+"""What a burst of starts (a workshop's first minute) relies on, without timing
+anything: the workshop bench's figures and log parsing (benchmarks/workshop.py),
+the ports the local kind hands to labs that start together, and the spawner's one
+reading of start limits for many starts at once."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import httpx
+import pytest
+
+from backend import procs
+from backend.systems.local.driver import LocalDriver
+from benchmarks.workshop import accepted_ms, hub_requests, percentile
+from spawner import spawner as spawner_module
+from spawner.spawner import LablinkSpawner, _backend_decides
+from tests.helpers.fakes import FakeHubUser
+
+HUB_LOG = """\
+[I 2026-12-04 06:59:44.842 JupyterHub spawner:281] p050: lab 2f71d65b-e8be-4ab6-b89b-1dda6d8452aa accepted in 1061 ms
+[I 2026-12-04 06:59:44.876 JupyterHub spawner:281] p090: lab 2e2befcc-d30e-49a8-83a2-605dbf2b2495 accepted in 13 ms
+[I 2026-12-04 06:59:44.900 JupyterHub spawner:281] p091: lab 2e2befcc-d30e-49a8-83a2-605dbf2b2496 accepted
+[I 2026-12-04 06:59:51.194 JupyterHub log:192] 202 POST /hub/api/users/p050/server (p050@127.0.0.1) 10539.46ms
+[I 2026-12-04 06:59:51.300 JupyterHub log:192] 201 POST /hub/api/users/p051/servers/pandas-101 (p051@127.0.0.1) 812.50ms
+[I 2026-12-04 06:59:52.933 JupyterHub log:192] 200 GET /hub/api/users/p050/server/progress (p050@127.0.0.1) 1250.04ms
+[I 2026-12-04 06:59:57.086 JupyterHub log:192] 204 DELETE /hub/api/users/p050/server (p050@127.0.0.1) 3750.28ms
+"""  # noqa: E501
+
+
+def test_percentiles_interpolate_between_the_closest_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1 .. 100
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 100.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0  # unsorted input
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_the_backends_answer_is_read_from_the_spawners_lines() -> None:
+    found = accepted_ms(HUB_LOG)
+    assert found == {
+        "2f71d65b-e8be-4ab6-b89b-1dda6d8452aa": 1061.0,
+        "2e2befcc-d30e-49a8-83a2-605dbf2b2495": 13.0,
+    }  # a line without its milliseconds (an older spawner) is not a figure
+    only = accepted_ms(HUB_LOG, ["2e2befcc-d30e-49a8-83a2-605dbf2b2495"])
+    assert only == {"2e2befcc-d30e-49a8-83a2-605dbf2b2495": 13.0}
+
+
+def test_the_hubs_start_requests_are_read_from_its_request_log() -> None:
+    assert hub_requests(HUB_LOG, "POST", "/server") == [
+        (202, "/hub/api/users/p050/server", 10539.46)
+    ]
+    assert hub_requests(HUB_LOG, "POST", "/pandas-101") == [
+        (201, "/hub/api/users/p051/servers/pandas-101", 812.5)
+    ]
+    assert [r[0] for r in hub_requests(HUB_LOG, "DELETE", "/server")] == [204]
+
+
+async def test_labs_starting_together_never_get_one_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel may hand the same free port out twice before the first lab binds it;
+    in a burst two labs got one port and one start failed."""
+    handed = iter([40001, 40001, 40001, 40002, 40001, 40003])
+    monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": next(handed))
+    async with httpx.AsyncClient() as http:
+        driver = LocalDriver(http)
+        assert [driver._free_port(lab) for lab in ("a", "b", "c")] == [40001, 40002, 40003]
+        driver._ports.pop("a")  # a's lab stopped: its port may be handed out again
+        monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": 40001)
+        assert driver._free_port("d") == 40001
+
+
+class CountingBackend:
+    """A backend client that counts catalog reads (and answers after a moment)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def catalog(self, user: str, groups: list[str] | None = None) -> dict[str, Any]:
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return {
+            "default_system": "local",
+            "systems": [{"name": "local", "start_limit": 150}, {"name": "hpc"}],
+        }
+
+
+async def test_starts_at_once_read_the_start_limits_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = CountingBackend()
+    monkeypatch.setattr(LablinkSpawner, "backend", property(lambda self: backend))
+    monkeypatch.setattr(spawner_module, "_start_limits", {})
+    spawners = [
+        LablinkSpawner(user=FakeHubUser(f"p{i}"), backend_url="http://127.0.0.1:9")
+        for i in range(50)
+    ]
+    await asyncio.gather(*(_backend_decides(s, {}) for s in spawners))
+    assert backend.reads == 1
+    assert {s.start_timeout for s in spawners} == {int(150 + spawners[0].start_timeout_margin)}
+    # a system the last catalog did not give a limit for is asked about again
+    await _backend_decides(spawners[0], {"system": "hpc"})
+    assert backend.reads == 2
