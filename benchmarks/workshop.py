@@ -467,7 +467,8 @@ def profile(pid: int | None, out: Path) -> subprocess.Popen[bytes] | None:
     if not spy.exists() or pid is None:
         print(f"no py-spy (pip install py-spy) or no process: not writing {out}", file=sys.stderr)
         return None
-    argv = [str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "200", "-o", str(out)]
+    argv = [str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "100", "--nonblocking",
+            "-o", str(out)]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -479,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lone", type=int, default=3, help="lone starts to compare with (3)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per start (300)")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the backend's database (an empty one; default: SQLite in the state directory)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the raw numbers to FILE")
     parser.add_argument(
         "--profile",
@@ -496,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.keep).resolve() if args.keep else Path(tmp.name)
     state = root / "state"
     site_file = site.write(site_document(state, args.participants), root / "site.yaml")
-    stack = Stack(state, password, [ORGANIZER], site=site_file)
+    extra = {"LABLINK_DATABASE_URL": args.database_url} if args.database_url else {}
+    stack = Stack(state, password, [ORGANIZER], site=site_file, extra_env=extra)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = 1
     try:
