@@ -80,13 +80,23 @@ class CountingBackend:
 
     def __init__(self) -> None:
         self.reads = 0
+        self.workshop_reads = 0
+
+    async def workshop(self, workshop_id: str, user: str) -> dict[str, Any]:
+        self.workshop_reads += 1
+        await asyncio.sleep(0.05)
+        return {"id": workshop_id, "system": "hpc"}
 
     async def catalog(self, user: str, groups: list[str] | None = None) -> dict[str, Any]:
         self.reads += 1
         await asyncio.sleep(0.05)
         return {
             "default_system": "local",
-            "systems": [{"name": "local", "start_limit": 150}, {"name": "hpc"}],
+            "systems": [
+                {"name": "local", "start_limit": 150},
+                {"name": "hpc", "start_limit": 900},
+                {"name": "cloud"},
+            ],
         }
 
 
@@ -102,5 +112,23 @@ async def test_starts_at_once_read_the_start_limits_once(monkeypatch: pytest.Mon
     assert backend.reads == 1
     assert {s.start_timeout for s in spawners} == {int(150 + spawners[0].start_timeout_margin)}
     # a system the last catalog did not give a limit for is asked about again
-    await _backend_decides(spawners[0], {"system": "hpc"})
+    await _backend_decides(spawners[0], {"system": "cloud"})
     assert backend.reads == 2
+
+
+async def test_a_workshops_starts_at_once_ask_its_system_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each start of a workshop's lab waits as long as the workshop's system allows; a
+    burst of them asks the backend for the workshop (and the catalog) once."""
+    backend = CountingBackend()
+    monkeypatch.setattr(LablinkSpawner, "backend", property(lambda self: backend))
+    monkeypatch.setattr(spawner_module, "_start_limits", {})
+    monkeypatch.setattr(spawner_module, "_workshop_systems", {})
+    spawners = [
+        LablinkSpawner(user=FakeHubUser(f"p{i}"), backend_url="http://127.0.0.1:9")
+        for i in range(50)
+    ]
+    await asyncio.gather(*(_backend_decides(s, {"workshop": "pandas-101"}) for s in spawners))
+    assert (backend.workshop_reads, backend.reads) == (1, 1)
+    assert {s.start_timeout for s in spawners} == {int(900 + spawners[0].start_timeout_margin)}
