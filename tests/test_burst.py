@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from backend import procs
+from backend.store import WriteTurns
 from backend.systems.local.driver import LocalDriver
-from benchmarks.workshop import accepted_ms, hub_requests, percentile
+from benchmarks.workshop import accepted_ms, backend_own_ms, hub_requests, percentile
 from spawner import spawner as spawner_module
 from spawner.spawner import LablinkSpawner, _backend_decides
 from tests.helpers.fakes import FakeHubUser
@@ -48,6 +49,18 @@ def test_the_backends_answer_is_read_from_the_spawners_lines() -> None:
     }  # a line without its milliseconds (an older spawner) is not a figure
     only = accepted_ms(HUB_LOG, ["2e2befcc-d30e-49a8-83a2-605dbf2b2495"])
     assert only == {"2e2befcc-d30e-49a8-83a2-605dbf2b2495": 13.0}
+
+
+def test_the_backends_own_time_is_read_from_its_log() -> None:
+    log = (
+        "[2026-12-04 07:20:01,100 INFO lablink.backend.labs] p001/burst-bench lab 2f71d65b: "
+        "accepted on system local in 41 ms\n"
+        "[2026-12-04 07:20:01,200 INFO lablink.backend.labs] p002 lab 2e2befcc: "
+        "accepted on system local\n"
+        "[2026-12-04 07:20:01,300 INFO lablink.backend.labs] p003 lab 0e2befcc: "
+        "accepted on system hpc in 7 ms\n"
+    )
+    assert backend_own_ms(log) == [41.0, 7.0]
 
 
 def test_the_hubs_start_requests_are_read_from_its_request_log() -> None:
@@ -132,3 +145,31 @@ async def test_a_workshops_starts_at_once_ask_its_system_once(
     await asyncio.gather(*(_backend_decides(s, {"workshop": "pandas-101"}) for s in spawners))
     assert (backend.workshop_reads, backend.reads) == (1, 1)
     assert {s.start_timeout for s in spawners} == {int(900 + spawners[0].start_timeout_margin)}
+
+
+async def test_a_persons_write_goes_before_the_background_writes_that_wait() -> None:
+    """The backend's SQLite writers take turns; a start's admission (a person waits for
+    its answer) goes before the events of labs already starting, in order among its
+    kind, and a writer cancelled while it waits does not hold up the others."""
+    turns = WriteTurns()
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def write(name: str, urgent: bool = False) -> None:
+        async with turns.turn(urgent):
+            order.append(name)
+            if name == "first":
+                await gate.wait()
+
+    first = asyncio.create_task(write("first"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(write(f"event{i}")) for i in range(3)]
+    gone = asyncio.create_task(write("cancelled", urgent=True))
+    waiting += [asyncio.create_task(write(f"start{i}", urgent=True)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    gate.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["first", "start0", "start1", "event0", "event1", "event2"]
+    async with turns.turn():  # free again
+        pass
