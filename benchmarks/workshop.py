@@ -35,7 +35,7 @@ site VO with room for everybody instead: the burst without workshops.
 
 The last line is machine-readable: ``participants=… failures=… all_running_s=…
 hub_post_p50_ms=… hub_post_p99_ms=… backend_start_p50_ms=… backend_start_p99_ms=…
-ready_p50_s=… lone_ready_s=…``. The exit code is 1 when a start failed.
+backend_own_p99_ms=… ready_p50_s=… lone_ready_s=…``. The exit code is 1 when a start failed.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ VO = "everybody"  # the site VO of --plain
 WORKSHOP = "burst-bench"
 # the spawner's line once the backend has accepted a start (spawner/spawner.py)
 ACCEPTED = re.compile(r": lab ([0-9a-f-]{36}) accepted in (\d+) ms")
+# the backend's line once it has stored a lab (backend/labs.py): its own time for the start
+OWN_TIME = re.compile(r" lab ([0-9a-f]{8}): accepted on system \S+ in (\d+) ms")
 # JupyterHub's request log: "201 POST /hub/api/users/p001/server (p001@127.0.0.1) 812.34ms"
 HUB_REQUEST = re.compile(
     r"\b(\d{3}) (POST|GET|DELETE) (/hub/api/users/[^/\s]+/servers?/?[^\s]*) \([^)]*\) ([\d.]+)ms"
@@ -109,6 +111,11 @@ def accepted_ms(log_text: str, lab_ids: Iterable[str] | None = None) -> dict[str
         if wanted is None or match.group(1) in wanted:
             found[match.group(1)] = float(match.group(2))
     return found
+
+
+def backend_own_ms(log_text: str) -> list[float]:
+    """Milliseconds the backend itself took for each start (backend.log)."""
+    return [float(m.group(2)) for m in OWN_TIME.finditer(log_text)]
 
 
 def hub_requests(log_text: str, method: str, suffix: str) -> list[tuple[int, str, float]]:
@@ -341,6 +348,7 @@ class Result:
     login_s: float
     join_s: list[float]
     backend_ms: dict[str, float]
+    backend_own_ms: list[float]
     lone_backend_ms: dict[str, float]
     hub_post_ms: list[float]
     cpu: dict[str, float]
@@ -360,6 +368,10 @@ async def bounded(coros: Iterable[Any], at_once: int) -> list[Any]:
 
 def hub_log(stack: Stack) -> str:
     return (stack.state_dir / "logs" / "hub.log").read_text(errors="replace")
+
+
+def backend_log(stack: Stack) -> str:
+    return (stack.state_dir / "logs" / "backend.log").read_text(errors="replace")
 
 
 def lab_ids_since(stack: Stack, offset: int) -> list[str]:
@@ -414,6 +426,7 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
                 raise RuntimeError("joins refused: " + "; ".join(refused[:5]))
 
         offset = len(hub_log(stack))
+        backend_offset = len(backend_log(stack))
         spies = []
         if args.profile:
             for role, pid in (("hub", stack.hub_pid()), ("backend", stack.backend_pid())):
@@ -438,6 +451,7 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         all_running = max(done) if len(done) == len(burst) else math.nan
         text = hub_log(stack)[offset:]
         backend = accepted_ms(text)
+        own = backend_own_ms(backend_log(stack)[backend_offset:])
         suffix = f"/servers/{server}" if server else "/server"
         hub_post = [ms for status, path, ms in hub_requests(text, "POST", suffix)]
 
@@ -463,6 +477,7 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         login_s=login_s,
         join_s=[t for t, _ in joins],
         backend_ms=backend,
+        backend_own_ms=own,
         lone_backend_ms=accepted_ms(hub_log(stack), lone_ids),
         hub_post_ms=hub_post,
         cpu=meter.used,
@@ -486,6 +501,7 @@ def summary(result: Result) -> dict[str, float | int]:
         "hub_post_p99_ms": round(percentile([r.post_s for r in ok], 99) * 1000, 1),
         "backend_start_p50_ms": round(percentile(backend, 50), 1),
         "backend_start_p99_ms": round(percentile(backend, 99), 1),
+        "backend_own_p99_ms": round(percentile(result.backend_own_ms, 99), 1),
         "ready_p50_s": round(percentile([r.ready_s for r in ok], 50), 3),
         "lone_ready_s": round(statistics.median(lone), 3) if lone else math.nan,
     }
@@ -515,6 +531,8 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
         print(f"  ... as the hub logs it: {spread(result.hub_post_ms, 'ms')}")
     print(f"  backend's answer to a start (as the hub sees it): "
           f"{spread(list(result.backend_ms.values()), 'ms')}")  # fmt: skip
+    print(f"  ... the backend's own time for it (backend.log): "
+          f"{spread(result.backend_own_ms, 'ms')}")  # fmt: skip
     print(f"  press → lab answering through the proxy: {spread([r.ready_s for r in ok])}")
     lone = [r.ready_s for r in result.lone]
     if lone:
@@ -539,6 +557,7 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
             "lone": [asdict(r) for r in result.lone],
             "burst": [asdict(r) for r in burst],
             "backend_ms": result.backend_ms,
+            "backend_own_ms": result.backend_own_ms,
             "hub_post_ms": result.hub_post_ms,
             "cpu_s": result.cpu,
             "wall_s": result.wall_s,
