@@ -83,7 +83,7 @@ class LabManager:
         # waits between tries of a stop the system did not confirm, in seconds
         self.stop_retry_first = 5.0
         self.stop_retry_most = 300.0
-        self.workshops = WorkshopStore(store.engine)
+        self.workshops = WorkshopStore(store.engine, store.writing)
 
     # -- contexts -----------------------------------------------------------
 
