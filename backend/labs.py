@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import httpx
@@ -82,7 +83,7 @@ class LabManager:
         # waits between tries of a stop the system did not confirm, in seconds
         self.stop_retry_first = 5.0
         self.stop_retry_most = 300.0
-        self.workshops = WorkshopStore(store)
+        self.workshops = WorkshopStore(store.engine, store.writing)
 
     # -- contexts -----------------------------------------------------------
 
@@ -191,6 +192,7 @@ class LabManager:
         name; nothing is stored then. With ``workshop``, the lab is one of that
         workshop (the person's or one they organize) with its presets as options.
         """
+        began = time.monotonic()
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
         if self.settings.vos or self.settings.workshops is not None:
             # the hub's newest word on the person, for the catalog too
@@ -247,9 +249,10 @@ class LabManager:
         if access_token:
             self._access_tokens[lab.id] = access_token
         log.info(
-            "%s: accepted on system %s",
+            "%s: accepted on system %s in %.0f ms",
             lab_log_name(lab.user_name, lab.server_name, lab.id),
             system_name,
+            (time.monotonic() - began) * 1000,
         )
         self._runs[lab.id] = asyncio.create_task(
             self._start_then_watch(lab, env), name=f"lab-{lab.id}"

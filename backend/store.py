@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,6 +199,50 @@ def _lock_key(vo: str) -> int:
 ACTIVE_STATES = [s.value for s in ACTIVE]
 
 
+class WriteTurns:
+    """Writers take turns, one at a time; a writer a person waits for (``urgent``: the
+    admission of a start) goes before the background writers that wait (the events of
+    labs already starting), so a burst's answers do not queue behind its labs' events."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def turn(self, urgent: bool = False) -> AsyncIterator[None]:
+        if self._held:
+            turn = asyncio.get_running_loop().create_future()
+            queue = self._waiting[0 if urgent else 1]
+            queue.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_on()  # the turn came with the cancel: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(turn)
+                raise
+        else:
+            self._held = True
+        try:
+            yield
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # still held: by that writer now
+                    return
+        self._held = False
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None):
         self.engine = engine
@@ -206,17 +251,20 @@ class Store:
         # SQLite has one write lock per database: writers of this process take turns
         # here instead of in SQLite's busy handler, which sleeps in steps of up to
         # 100 ms (a burst of 100 starts waited seconds there)
-        self._writer = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._writer = WriteTurns() if self.dialect == "sqlite" else None
 
     @contextlib.asynccontextmanager
-    async def writing(self, immediate: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def writing(
+        self, immediate: bool = False, urgent: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A write transaction (committed at the end). ``immediate``: on SQLite it
-        begins with the write lock taken (reads in it see every write before it)."""
+        begins with the write lock taken (reads in it see every write before it);
+        ``urgent``: a person waits for it (it goes before background writes)."""
         if self._writer is None:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._writer, self.engine.connect() as conn:
+        async with self._writer.turn(urgent), self.engine.connect() as conn:
             if immediate:
                 conn = await conn.execution_options(**{IMMEDIATE: True})
             async with conn.begin():
@@ -245,7 +293,7 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=[users.c.name], set_={**values, "updated": now}
         )
-        async with self.writing() as conn:
+        async with self.writing(urgent=True) as conn:
             await conn.execute(stmt)
         found = await self.get_user(name)
         assert found is not None
@@ -321,7 +369,7 @@ class Store:
         """
         lab_id = str(uuid.uuid4())
         try:
-            async with self.writing(immediate=admission is not None) as conn:
+            async with self.writing(immediate=admission is not None, urgent=True) as conn:
                 usage = await self._admit(conn, admission, user_name) if admission else None
                 text_ = message(usage) if callable(message) else message
                 await self._insert_lab(

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config_base import Strict
 from .db import as_utc, labs, utcnow, workshop_members, workshops
@@ -40,7 +41,9 @@ from .vos import Identity, Members, Quota, SiteName, SystemName, VOSettings
 
 if TYPE_CHECKING:
     from .settings import Settings
-    from .store import Store
+
+# a write transaction: Store.writing (immediate=..., urgent=...)
+Writing = Callable[..., AbstractAsyncContextManager[AsyncConnection]]
 
 log = logging.getLogger("lablink.backend.workshops")
 
@@ -247,17 +250,22 @@ class RosterEntry:
 class WorkshopStore:
     """Workshops and their members in the database."""
 
-    def __init__(self, store: Store):
-        self.engine = store.engine
-        self.dialect = store.dialect
-        # writes take turns with the labs' (on SQLite, in the process: see Store.writing)
-        self.writing = store.writing
+    def __init__(self, engine: AsyncEngine, writing: Writing | None = None):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        # the write transactions: the lab store's (on SQLite its writers take turns in
+        # the process; a hundred joins at once waited seconds in SQLite's busy handler)
+        if writing is None:
+            from .store import Store
+
+            writing = Store(engine).writing
+        self.writing: Writing = writing
 
     async def create(self, values: dict[str, Any]) -> Workshop:
         now = utcnow()
         row = {**values, "created": now, "updated": now, "ended": None}
         try:
-            async with self.writing() as conn:
+            async with self.writing(urgent=True) as conn:
                 await conn.execute(insert(workshops).values(**row))
         except IntegrityError:
             raise WorkshopTaken(values["id"]) from None
@@ -299,7 +307,7 @@ class WorkshopStore:
         ]
 
     async def patch(self, workshop_id: str, values: dict[str, Any]) -> Workshop:
-        async with self.writing() as conn:
+        async with self.writing(urgent=True) as conn:
             await conn.execute(
                 update(workshops)
                 .where(workshops.c.id == workshop_id)
@@ -318,7 +326,7 @@ class WorkshopStore:
 
     async def join(self, workshop_id: str, user: str, max_participants: int) -> str:
         """Add ``user`` under the workshop's lock: "joined", "already" or "full"."""
-        async with self.writing(immediate=True) as conn:
+        async with self.writing(immediate=True, urgent=True) as conn:
             if self.dialect == "postgresql":
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"),
@@ -351,7 +359,7 @@ class WorkshopStore:
             return (await conn.execute(query)).first() is not None
 
     async def remove(self, workshop_id: str, user: str) -> bool:
-        async with self.writing() as conn:
+        async with self.writing(urgent=True) as conn:
             gone = await conn.execute(
                 delete(workshop_members).where(
                     workshop_members.c.workshop_id == workshop_id,
@@ -382,7 +390,7 @@ class WorkshopStore:
         return [RosterEntry(r[0], as_utc(r[1]), newest.get(r[0])) for r in people]
 
     async def mark_ended(self, workshop_id: str, at: datetime) -> None:
-        async with self.writing() as conn:
+        async with self.writing(urgent=True) as conn:
             await conn.execute(
                 update(workshops)
                 .where(workshops.c.id == workshop_id, workshops.c.ended.is_(None))

@@ -1,4 +1,4 @@
-"""Workshop burst: N people log in, then all press Start within a moment.
+"""Workshop burst: N people join a workshop, then all press Start within a moment.
 
     make bench-workshop ARGS="--participants 100"
 
@@ -6,27 +6,36 @@ Runs a `lablink up` stack on free ports with a site of its own: one system,
 ``local``, whose labs are light processes (tests/fakelab.py: an HTTP server
 that answers the readiness probe at once), so that what is measured is
 Lablink — hub, spawner, backend, proxy — and not JupyterLab's own start;
-and one VO, ``workshop``, with room for every participant (one lab each).
+``demo`` is the site's one workshop instructor.
 
 The run:
 
-1. the stack comes up; ``demo`` (the organizer) logs in and starts and stops
-   a lab alone a few times (``--lone``; the first is an uncounted warm-up):
-   the lone start to compare the burst with;
-2. the N participants log in (``p001`` ...);
-3. the burst: every participant sends ``POST /hub/api/users/<name>/server``
-   at once (``asyncio.gather``; ``--spread S`` spreads the presses over S
-   seconds), then reads the hub's progress stream as the spawn page does, and
-   the lab is running when ``/user/<name>/lab`` answers 200 through the proxy;
-4. the report: failures (each with its sentence), seconds until all labs are
+1. the stack comes up; ``demo`` (the organizer) logs in and creates the
+   workshop through the hub's API (``POST /hub/api/lablink/workshops``: system
+   ``local``, room for N, open now), then starts and stops its own lab in it a
+   few times (``--lone``; the first is an uncounted warm-up): the lone start to
+   compare the burst with;
+2. the N participants log in (``p001`` ...) and join with the invitation's code,
+   all at once (``POST /hub/api/lablink/workshops/<id>/join``);
+3. the burst: every participant presses Start at once (``asyncio.gather``;
+   ``--spread S`` spreads the presses over S seconds):
+   ``POST /hub/api/users/<name>/servers/<id>`` with ``{"workshop": "<id>"}``,
+   then reads the hub's progress stream as the spawn page does; the lab is
+   running when ``/user/<name>/<id>/lab`` answers 200 through the proxy;
+4. the organizer presses "Stop all" (``POST …/workshops/<id>/stop``) and the
+   run waits until every participant's server is gone;
+5. the report: failures (each with its sentence), seconds until all labs are
    running, p50/p99 of the hub's answer to the start POST and of each person's
    press-to-running time, p50/p99 of the backend's answer to a start as the
    hub sees it (the spawner's "lab <id> accepted in <ms> ms" lines in
-   hub.log), and the CPU seconds each process spent during the burst.
+   hub.log), the joins, and the CPU seconds each process spent in the burst.
+
+``--plain`` starts default servers (``POST /hub/api/users/<name>/server``) in a
+site VO with room for everybody instead: the burst without workshops.
 
 The last line is machine-readable: ``participants=… failures=… all_running_s=…
 hub_post_p50_ms=… hub_post_p99_ms=… backend_start_p50_ms=… backend_start_p99_ms=…
-ready_p50_s=… lone_ready_s=…``. The exit code is 1 when a start failed.
+backend_own_p99_ms=… ready_p50_s=… lone_ready_s=…``. The exit code is 1 when a start failed.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +75,12 @@ from tests.helpers.labs import SESSION_ARG, fakelab_processes  # noqa: E402
 from tests.helpers.stack import Stack  # noqa: E402
 
 ORGANIZER = "demo"
-VO = "workshop"
+VO = "everybody"  # the site VO of --plain
+WORKSHOP = "burst-bench"
 # the spawner's line once the backend has accepted a start (spawner/spawner.py)
 ACCEPTED = re.compile(r": lab ([0-9a-f-]{36}) accepted in (\d+) ms")
+# the backend's line once it has stored a lab (backend/labs.py): its own time for the start
+OWN_TIME = re.compile(r" lab ([0-9a-f]{8}): accepted on system \S+ in (\d+) ms")
 # JupyterHub's request log: "201 POST /hub/api/users/p001/server (p001@127.0.0.1) 812.34ms"
 HUB_REQUEST = re.compile(
     r"\b(\d{3}) (POST|GET|DELETE) (/hub/api/users/[^/\s]+/servers?/?[^\s]*) \([^)]*\) ([\d.]+)ms"
@@ -98,6 +111,11 @@ def accepted_ms(log_text: str, lab_ids: Iterable[str] | None = None) -> dict[str
         if wanted is None or match.group(1) in wanted:
             found[match.group(1)] = float(match.group(2))
     return found
+
+
+def backend_own_ms(log_text: str) -> list[float]:
+    """Milliseconds the backend itself took for each start (backend.log)."""
+    return [float(m.group(2)) for m in OWN_TIME.finditer(log_text)]
 
 
 def hub_requests(log_text: str, method: str, suffix: str) -> list[tuple[int, str, float]]:
@@ -179,8 +197,9 @@ class CpuMeter:
 
 
 def site_document(state: Path, participants: int) -> dict[str, Any]:
-    """The bench's site: the demo login, one local system of light labs, and one VO
-    everybody is in with a place for each participant and the organizer."""
+    """The bench's site: the demo login, one local system of light labs, ``demo`` as
+    the workshop instructor allowed a workshop of everybody, and (for --plain) one
+    site VO everybody is in with a place for each participant and the organizer."""
     tokens = [
         {"name": "hub", "secret_env": "LABLINK_HUB_TOKEN", "role": "hub"},
         {"name": "admin", "secret_env": "LABLINK_ADMIN_TOKEN", "role": "admin"},
@@ -188,15 +207,57 @@ def site_document(state: Path, participants: int) -> dict[str, Any]:
     system = site.local_system(display_name="Light labs", args=[], start_timeout=120)
     vos = {
         VO: {
-            "display_name": "Workshop bench",
+            "display_name": "Everybody",
             "description": "every participant of the burst, one lab each",
             "members": {"users": ["*"]},
             "quota": {"labs": participants + 1, "labs_per_user": 1},
         }
     }
-    document = site.doc(state, systems={"local": system}, tokens=tokens, vos=vos)
+    workshops = {
+        "instructors": {"users": [ORGANIZER]},
+        "grace": 5,
+        "limits": {"participants": max(participants, 100), "days": 1},
+    }
+    document = site.doc(
+        state, systems={"local": system}, tokens=tokens, vos=vos, workshops=workshops
+    )
     document["site_name"] = "Lablink workshop bench"
     return document
+
+
+async def create_workshop(organizer: HubUser, participants: int) -> dict[str, Any]:
+    """The organizer's workshop, open from now for two hours, through the hub's API."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = {
+        "id": WORKSHOP,
+        "title": "Burst bench",
+        "description": "everybody presses Start at once",
+        "start": (now - timedelta(minutes=1)).isoformat(),
+        "end": (now + timedelta(hours=2)).isoformat(),
+        "system": "local",
+        "options": {},
+        "max_participants": participants,
+    }
+    resp = await organizer.http.post(
+        "/hub/api/lablink/workshops", json=body, headers={"X-XSRFToken": organizer.xsrf}
+    )
+    if resp.status_code != 201:
+        raise RuntimeError(f"creating the workshop answered {resp.status_code}: {resp.text}")
+    return resp.json()  # type: ignore[no-any-return]
+
+
+async def join(person: HubUser, code: str) -> tuple[float, str]:
+    """Join the workshop with its code: (seconds, the refusal's sentence or '')."""
+    t0 = time.monotonic()
+    resp = await person.http.post(
+        f"/hub/api/lablink/workshops/{WORKSHOP}/join",
+        json={"code": code},
+        headers={"X-XSRFToken": person.xsrf},
+    )
+    took = time.monotonic() - t0
+    if resp.status_code != 200:
+        return took, f"join answered {resp.status_code}: {sentence_of(resp)}"
+    return took, ""
 
 
 # -- one person's start ------------------------------------------------------------
@@ -224,7 +285,12 @@ def sentence_of(resp: httpx.Response) -> str:
 
 
 async def start_one(
-    person: HubUser, t0: float, delay: float, timeout: float, server: str = ""
+    person: HubUser,
+    t0: float,
+    delay: float,
+    timeout: float,
+    server: str = "",
+    options: dict[str, Any] | None = None,
 ) -> Start:
     """Press Start after ``delay`` seconds, follow the progress stream as the spawn page
     does, then wait until the lab answers through the proxy."""
@@ -233,7 +299,7 @@ async def start_one(
     pressed = time.monotonic()
     result.pressed_s = pressed - t0
     try:
-        resp = await person.start(server)
+        resp = await person.start(server, options)
         result.post_s = time.monotonic() - pressed
         result.status = resp.status_code
         if resp.status_code not in (201, 202):
@@ -252,14 +318,19 @@ async def start_one(
     return result
 
 
-async def stop_all(people: Sequence[HubUser], server: str = "") -> list[str]:
-    """Stop everybody's server; the problems (none wanted)."""
+async def stop_all(people: Sequence[HubUser], server: str = "", asked: bool = True) -> list[str]:
+    """Stop everybody's server (``asked``: each person asks; else somebody else did)
+    and wait until the hub has them all stopped; the problems (none wanted)."""
 
     async def one(person: HubUser) -> str:
-        resp = await person.stop(server)
-        if resp.status_code not in (202, 204, 404):
-            return f"{person.name}: stop answered {resp.status_code}: {sentence_of(resp)}"
-        await person.wait_stopped(server, timeout=120)
+        if asked:
+            resp = await person.stop(server)
+            if resp.status_code not in (202, 204, 404):
+                return f"{person.name}: stop answered {resp.status_code}: {sentence_of(resp)}"
+        try:
+            await person.wait_stopped(server, timeout=120)
+        except AssertionError as exc:
+            return f"{person.name}: {exc}"
         return ""
 
     return [p for p in await asyncio.gather(*(one(p) for p in people)) if p]
@@ -275,7 +346,9 @@ class Result:
     burst: list[Start]
     all_running_s: float
     login_s: float
+    join_s: list[float]
     backend_ms: dict[str, float]
+    backend_own_ms: list[float]
     lone_backend_ms: dict[str, float]
     hub_post_ms: list[float]
     cpu: dict[str, float]
@@ -297,27 +370,36 @@ def hub_log(stack: Stack) -> str:
     return (stack.state_dir / "logs" / "hub.log").read_text(errors="replace")
 
 
+def backend_log(stack: Stack) -> str:
+    return (stack.state_dir / "logs" / "backend.log").read_text(errors="replace")
+
+
 def lab_ids_since(stack: Stack, offset: int) -> list[str]:
     return [m.group(1) for m in ACCEPTED.finditer(hub_log(stack)[offset:])]
 
 
 async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Result:
     names = [f"p{i:03d}" for i in range(1, args.participants + 1)]
+    server, options = ("", None) if args.plain else (WORKSHOP, {"workshop": WORKSHOP})
     async with contextlib.AsyncExitStack() as exits:
         organizer = await exits.enter_async_context(HubUser(stack.url, ORGANIZER, password))
         await organizer.login()
+        code = ""
+        if not args.plain:
+            code = str((await create_workshop(organizer, args.participants))["code"])
+            print(f"workshop {WORKSHOP} created for {args.participants} participants", flush=True)
 
         lone: list[Start] = []
         lone_ids: list[str] = []
         for i in range(args.lone + 1):  # the first one warms up, uncounted
             offset = len(hub_log(stack))
-            run = await start_one(organizer, time.monotonic(), 0.0, args.timeout)
+            run = await start_one(organizer, time.monotonic(), 0.0, args.timeout, server, options)
             if run.failure:
                 raise RuntimeError(f"the lone start failed: {run.failure}")
             if i:
                 lone.append(run)
                 lone_ids += lab_ids_since(stack, offset)
-            problems = await stop_all([organizer])
+            problems = await stop_all([organizer], server)
             if problems:
                 raise RuntimeError("; ".join(problems))
         print(
@@ -332,8 +414,19 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         await bounded((p.login() for p in people), 20)
         login_s = time.monotonic() - t_login
         print(f"{len(people)} participants logged in in {login_s:.1f} s", flush=True)
+        joins: list[tuple[float, str]] = []
+        if not args.plain:
+            joins = list(await asyncio.gather(*(join(p, code) for p in people)))
+            refused = [f"{p.name}: {why}" for p, (_, why) in zip(people, joins, strict=True) if why]
+            print(
+                f"{len(people) - len(refused)} joined at once: {spread([t for t, _ in joins])}",
+                flush=True,
+            )
+            if refused:
+                raise RuntimeError("joins refused: " + "; ".join(refused[:5]))
 
         offset = len(hub_log(stack))
+        backend_offset = len(backend_log(stack))
         spies = []
         if args.profile:
             for role, pid in (("hub", stack.hub_pid()), ("backend", stack.backend_pid())):
@@ -344,7 +437,10 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         t0 = time.monotonic() + 0.2
         delays = [random.uniform(0, args.spread) if args.spread else 0.0 for _ in people]
         burst = await asyncio.gather(
-            *(start_one(p, t0, d, args.timeout) for p, d in zip(people, delays, strict=True))
+            *(
+                start_one(p, t0, d, args.timeout, server, options)
+                for p, d in zip(people, delays, strict=True)
+            )
         )
         meter.end()
         for spy in spies:
@@ -355,10 +451,21 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         all_running = max(done) if len(done) == len(burst) else math.nan
         text = hub_log(stack)[offset:]
         backend = accepted_ms(text)
-        hub_post = [ms for status, path, ms in hub_requests(text, "POST", "/server")]
+        own = backend_own_ms(backend_log(stack)[backend_offset:])
+        suffix = f"/servers/{server}" if server else "/server"
+        hub_post = [ms for status, path, ms in hub_requests(text, "POST", suffix)]
 
+        running = [p for p, r in zip(people, burst, strict=True) if r.ok]
         t_stop = time.monotonic()
-        problems = await stop_all([p for p, r in zip(people, burst, strict=True) if r.ok])
+        if args.plain:
+            problems = await stop_all(running, server)
+        else:  # the organizer's "Stop all"
+            resp = await organizer.http.post(
+                f"/hub/api/lablink/workshops/{WORKSHOP}/stop",
+                headers={"X-XSRFToken": organizer.xsrf},
+            )
+            problems = [] if resp.status_code == 200 else [f"stop all: {sentence_of(resp)}"]
+            problems += await stop_all(running, server, asked=False)
         stop_s = time.monotonic() - t_stop
         for problem in problems:
             print(f"stop: {problem}", file=sys.stderr)
@@ -368,7 +475,9 @@ async def run_bench(stack: Stack, password: str, args: argparse.Namespace) -> Re
         burst=list(burst),
         all_running_s=all_running,
         login_s=login_s,
+        join_s=[t for t, _ in joins],
         backend_ms=backend,
+        backend_own_ms=own,
         lone_backend_ms=accepted_ms(hub_log(stack), lone_ids),
         hub_post_ms=hub_post,
         cpu=meter.used,
@@ -392,6 +501,7 @@ def summary(result: Result) -> dict[str, float | int]:
         "hub_post_p99_ms": round(percentile([r.post_s for r in ok], 99) * 1000, 1),
         "backend_start_p50_ms": round(percentile(backend, 50), 1),
         "backend_start_p99_ms": round(percentile(backend, 99), 1),
+        "backend_own_p99_ms": round(percentile(result.backend_own_ms, 99), 1),
         "ready_p50_s": round(percentile([r.ready_s for r in ok], 50), 3),
         "lone_ready_s": round(statistics.median(lone), 3) if lone else math.nan,
     }
@@ -403,7 +513,8 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
     failed = [r for r in burst if not r.ok]
     print()
     print(
-        f"burst of {result.participants} starts (presses spread over {args.spread:g} s), "
+        f"burst of {result.participants} {'plain' if args.plain else 'workshop'} starts "
+        f"(presses spread over {args.spread:g} s), "
         f"{os.cpu_count()} cores, load before {os.getloadavg()[0]:.2f}"
     )
     print(f"  failures: {len(failed)}")
@@ -420,6 +531,8 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
         print(f"  ... as the hub logs it: {spread(result.hub_post_ms, 'ms')}")
     print(f"  backend's answer to a start (as the hub sees it): "
           f"{spread(list(result.backend_ms.values()), 'ms')}")  # fmt: skip
+    print(f"  ... the backend's own time for it (backend.log): "
+          f"{spread(result.backend_own_ms, 'ms')}")  # fmt: skip
     print(f"  press → lab answering through the proxy: {spread([r.ready_s for r in ok])}")
     lone = [r.ready_s for r in result.lone]
     if lone:
@@ -433,7 +546,9 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
         )
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in result.cpu.items())
     print(f"  CPU seconds during the burst ({result.wall_s:.1f} s wall): {cpu}")
-    print(f"  stopping all {len(ok)} labs through the hub: {result.stop_all_s:.1f} s")
+    how = "each person's stop" if args.plain else "the organizer's Stop all"
+    print(f"  stopping all {len(ok)} labs ({how}) until the hub has them stopped: "
+          f"{result.stop_all_s:.1f} s")  # fmt: skip
     numbers = summary(result)
     if args.json:
         raw = {
@@ -442,10 +557,13 @@ def report(result: Result, args: argparse.Namespace) -> dict[str, float | int]:
             "lone": [asdict(r) for r in result.lone],
             "burst": [asdict(r) for r in burst],
             "backend_ms": result.backend_ms,
+            "backend_own_ms": result.backend_own_ms,
             "hub_post_ms": result.hub_post_ms,
             "cpu_s": result.cpu,
             "wall_s": result.wall_s,
             "login_s": result.login_s,
+            "join_s": result.join_s,
+            "mode": "plain" if args.plain else "workshop",
             "stop_all_s": result.stop_all_s,
             "machine": {
                 "cpus": os.cpu_count(),
@@ -467,7 +585,8 @@ def profile(pid: int | None, out: Path) -> subprocess.Popen[bytes] | None:
     if not spy.exists() or pid is None:
         print(f"no py-spy (pip install py-spy) or no process: not writing {out}", file=sys.stderr)
         return None
-    argv = [str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "200", "-o", str(out)]
+    argv = [str(spy), "record", "-p", str(pid), "-f", "raw", "-r", "100", "--nonblocking",
+            "-o", str(out)]  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -477,8 +596,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--spread", type=float, default=0.0, help="seconds over which they press Start (0)"
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="default servers in a site VO instead of a workshop's one-click start",
+    )
     parser.add_argument("--lone", type=int, default=3, help="lone starts to compare with (3)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per start (300)")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the backend's database (an empty one; default: SQLite in the state directory)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the raw numbers to FILE")
     parser.add_argument(
         "--profile",
@@ -496,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.keep).resolve() if args.keep else Path(tmp.name)
     state = root / "state"
     site_file = site.write(site_document(state, args.participants), root / "site.yaml")
-    stack = Stack(state, password, [ORGANIZER], site=site_file)
+    extra = {"LABLINK_DATABASE_URL": args.database_url} if args.database_url else {}
+    stack = Stack(state, password, [ORGANIZER], site=site_file, extra_env=extra)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = 1
     try:

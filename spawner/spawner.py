@@ -560,19 +560,48 @@ async def start_limits(spawner: LablinkSpawner, system: str | None) -> StartLimi
     return await asyncio.shield(reading)
 
 
+# a workshop's system by backend URL and workshop id: it never changes (a PATCH cannot
+# change it), so a workshop's burst of starts asks the backend once, not once per start
+_workshop_systems: dict[tuple[str, str], str] = {}
+_workshop_systems_reading: dict[tuple[str, str], asyncio.Task[str]] = {}
+
+
+async def workshop_system(spawner: LablinkSpawner, workshop: str) -> str:
+    """The system of a workshop ('' if the backend does not say), asked as the person
+    (once for all starts that ask at the same time); raises BackendError."""
+    key = (spawner.backend_url, workshop)
+    if key in _workshop_systems:
+        return _workshop_systems[key]
+
+    async def read() -> str:
+        found = await spawner.backend.workshop(workshop, spawner.user.name)
+        system = str(found.get("system") or "")
+        if system:
+            _workshop_systems[key] = system
+        return system
+
+    reading = _workshop_systems_reading.get(key)
+    if reading is None:
+        reading = asyncio.create_task(read())
+        _workshop_systems_reading[key] = reading
+        reading.add_done_callback(lambda _task: _workshop_systems_reading.pop(key, None))
+    return await asyncio.shield(reading)
+
+
 async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]) -> None:
     """user_options travel to the backend as they are; it validates them. Only the
     start timeout follows the chosen system: its start_limit from the catalog."""
-    asked = (user_options or {}).get("system")
-    workshop = (user_options or {}).get("workshop")
+    options = user_options or {}
+    asked = options.get("system") if isinstance(options.get("system"), str) else None
+    workshop = options.get("workshop")
     if isinstance(workshop, str) and workshop:
         # a workshop's lab runs on the workshop's system (the backend checks the rest)
         try:
-            asked = (await spawner.backend.workshop(workshop, spawner.user.name)).get("system")
+            asked = await workshop_system(spawner, workshop) or asked
         except BackendError as exc:  # the start itself gets the backend's sentence
             spawner.log.debug("%s: workshop %s: %s", spawner._log_name, workshop, exc.detail)
     try:
-        found = await start_limits(spawner, asked if isinstance(asked, str) else None)
+        found = await start_limits(spawner, asked)
     except BackendError as exc:
         spawner.log.warning("%s: cannot load the catalog: %s", spawner._log_name, exc.detail)
         return

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from backend import procs
+from backend.store import WriteTurns
 from backend.systems.local.driver import LocalDriver
-from benchmarks.workshop import accepted_ms, hub_requests, percentile
+from benchmarks.workshop import accepted_ms, backend_own_ms, hub_requests, percentile
 from spawner import spawner as spawner_module
 from spawner.spawner import LablinkSpawner, _backend_decides
 from tests.helpers.fakes import FakeHubUser
@@ -50,6 +51,18 @@ def test_the_backends_answer_is_read_from_the_spawners_lines() -> None:
     assert only == {"2e2befcc-d30e-49a8-83a2-605dbf2b2495": 13.0}
 
 
+def test_the_backends_own_time_is_read_from_its_log() -> None:
+    log = (
+        "[2026-12-04 07:20:01,100 INFO lablink.backend.labs] p001/burst-bench lab 2f71d65b: "
+        "accepted on system local in 41 ms\n"
+        "[2026-12-04 07:20:01,200 INFO lablink.backend.labs] p002 lab 2e2befcc: "
+        "accepted on system local\n"
+        "[2026-12-04 07:20:01,300 INFO lablink.backend.labs] p003 lab 0e2befcc: "
+        "accepted on system hpc in 7 ms\n"
+    )
+    assert backend_own_ms(log) == [41.0, 7.0]
+
+
 def test_the_hubs_start_requests_are_read_from_its_request_log() -> None:
     assert hub_requests(HUB_LOG, "POST", "/server") == [
         (202, "/hub/api/users/p050/server", 10539.46)
@@ -80,13 +93,23 @@ class CountingBackend:
 
     def __init__(self) -> None:
         self.reads = 0
+        self.workshop_reads = 0
+
+    async def workshop(self, workshop_id: str, user: str) -> dict[str, Any]:
+        self.workshop_reads += 1
+        await asyncio.sleep(0.05)
+        return {"id": workshop_id, "system": "hpc"}
 
     async def catalog(self, user: str, groups: list[str] | None = None) -> dict[str, Any]:
         self.reads += 1
         await asyncio.sleep(0.05)
         return {
             "default_system": "local",
-            "systems": [{"name": "local", "start_limit": 150}, {"name": "hpc"}],
+            "systems": [
+                {"name": "local", "start_limit": 150},
+                {"name": "hpc", "start_limit": 900},
+                {"name": "cloud"},
+            ],
         }
 
 
@@ -102,5 +125,51 @@ async def test_starts_at_once_read_the_start_limits_once(monkeypatch: pytest.Mon
     assert backend.reads == 1
     assert {s.start_timeout for s in spawners} == {int(150 + spawners[0].start_timeout_margin)}
     # a system the last catalog did not give a limit for is asked about again
-    await _backend_decides(spawners[0], {"system": "hpc"})
+    await _backend_decides(spawners[0], {"system": "cloud"})
     assert backend.reads == 2
+
+
+async def test_a_workshops_starts_at_once_ask_its_system_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each start of a workshop's lab waits as long as the workshop's system allows; a
+    burst of them asks the backend for the workshop (and the catalog) once."""
+    backend = CountingBackend()
+    monkeypatch.setattr(LablinkSpawner, "backend", property(lambda self: backend))
+    monkeypatch.setattr(spawner_module, "_start_limits", {})
+    monkeypatch.setattr(spawner_module, "_workshop_systems", {})
+    spawners = [
+        LablinkSpawner(user=FakeHubUser(f"p{i}"), backend_url="http://127.0.0.1:9")
+        for i in range(50)
+    ]
+    await asyncio.gather(*(_backend_decides(s, {"workshop": "pandas-101"}) for s in spawners))
+    assert (backend.workshop_reads, backend.reads) == (1, 1)
+    assert {s.start_timeout for s in spawners} == {int(900 + spawners[0].start_timeout_margin)}
+
+
+async def test_a_persons_write_goes_before_the_background_writes_that_wait() -> None:
+    """The backend's SQLite writers take turns; a start's admission (a person waits for
+    its answer) goes before the events of labs already starting, in order among its
+    kind, and a writer cancelled while it waits does not hold up the others."""
+    turns = WriteTurns()
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def write(name: str, urgent: bool = False) -> None:
+        async with turns.turn(urgent):
+            order.append(name)
+            if name == "first":
+                await gate.wait()
+
+    first = asyncio.create_task(write("first"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(write(f"event{i}")) for i in range(3)]
+    gone = asyncio.create_task(write("cancelled", urgent=True))
+    waiting += [asyncio.create_task(write(f"start{i}", urgent=True)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    gate.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["first", "start0", "start1", "event0", "event1", "event2"]
+    async with turns.turn():  # free again
+        pass
