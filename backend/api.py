@@ -44,14 +44,23 @@ Auth = Annotated[Principal, Depends(authenticate)]
 GroupName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_CONTROL)]
 Entitlement = Annotated[str, Field(min_length=1, max_length=MAX_ENTITLEMENT, pattern=NO_CONTROL)]
 VO_NAME = r"^[a-z][a-z0-9-]{0,62}$"
+EMAIL = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+EmailAddress = Annotated[str, Field(max_length=254, pattern=EMAIL)]
 
 
 class IdentityIn(BaseModel):
-    """What the hub knows of a person from the login: groups and entitlements."""
+    """What the hub knows of a person from the login: groups, entitlements, and the
+    e-mail addresses the identity provider verified."""
 
     model_config = ConfigDict(extra="forbid")
     groups: list[GroupName] = Field(default_factory=list, max_length=1000)
     entitlements: list[Entitlement] = Field(default_factory=list, max_length=1000)
+    emails: list[EmailAddress] | None = Field(
+        default=None,
+        max_length=20,
+        description="the person's e-mail addresses that the identity provider says are "
+        "verified (a workshop's allow-list may name them); unset: those stored stay",
+    )
 
 
 class UserIn(IdentityIn):
@@ -407,7 +416,7 @@ async def put_user(request: Request, name: str, body: IdentityIn, who: Auth) -> 
     """Store what the hub knows of a person (groups, entitlements), at login and before
     the catalog; answers with their VOs and the active one."""
     acting_for(who, name)
-    record = await store_of(request).put_identity(name, body.groups, body.entitlements)
+    record = await store_of(request).put_identity(name, body.groups, body.entitlements, body.emails)
     return await user_out(request, Identity(name, record.groups, record.entitlements))
 
 
@@ -452,6 +461,7 @@ async def create_lab(
             env=body.env,
             groups=body.user.groups,
             entitlements=body.user.entitlements,
+            emails=body.user.emails,
             access_token=(
                 body.user.access_token.get_secret_value() if body.user.access_token else None
             ),

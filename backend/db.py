@@ -69,6 +69,8 @@ users = Table(
     Column("name", String(255), primary_key=True),
     Column("groups", JSON, nullable=False),
     Column("entitlements", JSON, nullable=False),
+    # the e-mail addresses the identity provider says are the person's, verified
+    Column("emails", JSON, nullable=False, server_default=text("'[]'")),
     Column("vo", String(255), nullable=True),
     Column("updated", DateTime(timezone=True), nullable=False),
 )

@@ -183,6 +183,7 @@ class LabManager:
         entitlements: list[str] | None = None,
         access_token: str | None = None,
         workshop: str | None = None,
+        emails: list[str] | None = None,
     ) -> Lab:
         """Validate, admit against the VO's quota, store (state ``accepted``) and start a
         lab in the background.
@@ -196,7 +197,7 @@ class LabManager:
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
         if self.settings.vos or self.settings.workshops is not None:
             # the hub's newest word on the person, for the catalog too
-            await self.store.put_identity(user_name, identity.groups, identity.entitlements)
+            await self.store.put_identity(user_name, identity.groups, identity.entitlements, emails)
         view = await self.view(identity)
         if workshop is not None:
             ws = view.workshops.get(workshop)

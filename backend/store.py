@@ -105,6 +105,7 @@ class UserRecord:
     groups: frozenset[str] = frozenset()
     entitlements: frozenset[str] = frozenset()
     vo: str | None = None
+    emails: frozenset[str] = frozenset()  # verified, in lower case
 
 
 @dataclass(frozen=True)
@@ -282,12 +283,19 @@ class Store:
             groups=frozenset(row.groups or ()),
             entitlements=frozenset(row.entitlements or ()),
             vo=row.vo,
+            emails=frozenset(row.emails or ()),
         )
 
     async def _upsert_user(self, name: str, values: dict[str, Any]) -> UserRecord:
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
-        row: dict[str, Any] = {"name": name, "groups": [], "entitlements": [], "vo": None}
+        row: dict[str, Any] = {
+            "name": name,
+            "groups": [],
+            "entitlements": [],
+            "emails": [],
+            "vo": None,
+        }
         row.update(values, updated=now)
         stmt = dialect_insert(users).values(**row)
         stmt = stmt.on_conflict_do_update(
@@ -300,20 +308,31 @@ class Store:
         return found
 
     async def put_identity(
-        self, name: str, groups: Collection[str], entitlements: Collection[str]
+        self,
+        name: str,
+        groups: Collection[str],
+        entitlements: Collection[str],
+        emails: Collection[str] | None = None,
     ) -> UserRecord:
-        """Store what the hub says of a person now (their chosen VO stays); a write only
-        when it changed (each start tells it again)."""
+        """Store what the hub says of a person now (their chosen VO stays; ``emails``
+        None: the stored ones stay); a write only when it changed (each start tells it
+        again)."""
         known = await self.get_user(name)
+        addresses = frozenset(e.lower() for e in emails) if emails is not None else None
         if (
             known is not None
             and known.groups == frozenset(groups)
             and known.entitlements == frozenset(entitlements)
+            and (addresses is None or known.emails == addresses)
         ):
             return known
-        return await self._upsert_user(
-            name, {"groups": sorted(set(groups)), "entitlements": sorted(set(entitlements))}
-        )
+        values: dict[str, Any] = {
+            "groups": sorted(set(groups)),
+            "entitlements": sorted(set(entitlements)),
+        }
+        if addresses is not None:
+            values["emails"] = sorted(addresses)
+        return await self._upsert_user(name, values)
 
     async def set_active_vo(self, name: str, vo: str | None) -> UserRecord:
         return await self._upsert_user(name, {"vo": vo})

@@ -196,12 +196,13 @@ async def organized(request: Request, who: Principal, workshop_id: str) -> Works
 
 
 def admitted(ws: Workshop, name: str, record: UserRecord | None) -> bool:
-    """Whether the allow-list lets this person in (by name, or an e-mail address the
-    name is)."""
+    """Whether the allow-list lets this person in: by user name, or by one of their
+    e-mail addresses the identity provider verified (case does not matter)."""
     if ws.allow is None:
         return True
     allowed = {a.lower() for a in ws.allow}
-    return name.lower() in allowed
+    mine = {name.lower(), *(record.emails if record is not None else ())}
+    return bool(allowed & mine)
 
 
 async def view(

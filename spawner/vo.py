@@ -16,6 +16,7 @@ authenticators (``VOPages.get_handlers``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,15 +28,32 @@ from tornado.httputil import url_concat
 
 from .client import BackendClient, BackendError
 
+EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,125}")
+
 
 async def identity(user: Any) -> dict[str, list[str]]:
-    """What the backend needs to know of a person: hub groups and entitlements."""
+    """What the backend needs to know of a person: hub groups, entitlements and, from an
+    OIDC login, the e-mail address the provider says is verified (a workshop's
+    allow-list may name it)."""
     state = await user.get_auth_state() or {}
     entitlements = state.get("entitlements") or []
     return {
         "groups": sorted(g.name for g in getattr(user, "groups", [])),
         "entitlements": sorted(e for e in entitlements if isinstance(e, str)),
+        "emails": verified_emails(state),
     }
+
+
+def verified_emails(auth_state: dict[str, Any]) -> list[str]:
+    """The ``email`` claim of the login's user info when ``email_verified`` is true (an
+    address nobody confirmed could be anybody's); none without an OIDC login."""
+    claims = auth_state.get("oauth_user")
+    if not isinstance(claims, dict) or claims.get("email_verified") is not True:
+        return []
+    email = claims.get("email")
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        return []
+    return [email]
 
 
 def backend_of(user: Any) -> BackendClient:

@@ -88,6 +88,17 @@ def local_input(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
 
 
+async def open_invitation(page: Page, link: str, user: str) -> None:
+    """Open an invitation link logged out: the hub asks to log in, then shows the
+    workshop's page with the code."""
+    await page.goto(link)
+    await page.wait_for_url(re.compile(r"/hub/login"))
+    await page.fill("#username_input", user)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+    await page.wait_for_url(re.compile(rf"/hub/workshops/{WORKSHOP_ID}\?code="))
+
+
 async def test_a_workshop_from_the_instructors_form_to_a_participants_lab_and_stop_all(
     stack: Stack, page: Page, second: Page, screenshots: Screenshots
 ) -> None:
@@ -119,12 +130,7 @@ async def test_a_workshop_from_the_instructors_form_to_a_participants_lab_and_st
     assert copied == shown
 
     # a participant opens the link, logs in, joins and starts with one click
-    await second.goto(copied)
-    await second.wait_for_url(re.compile(r"/hub/login"))
-    await second.fill("#username_input", PARTICIPANT)
-    await second.fill("#password_input", PASSWORD)
-    await second.click("#login_submit")
-    await second.wait_for_url(re.compile(rf"/hub/workshops/{WORKSHOP_ID}\?code="))
+    await open_invitation(second, copied, PARTICIPANT)
     await second.locator("#lablink-join").click()
     await second.locator("#lablink-start").wait_for()
     await settle(second)
@@ -162,12 +168,7 @@ async def test_a_workshop_from_the_instructors_form_to_a_participants_lab_and_st
 
     # one person too many reads why they cannot join
     await second.goto(f"{stack.url}/hub/logout")  # a new person at that computer
-    await second.goto(copied)
-    await second.wait_for_url(re.compile(r"/hub/login"))
-    await second.fill("#username_input", LATECOMER)
-    await second.fill("#password_input", PASSWORD)
-    await second.click("#login_submit")
-    await second.wait_for_url(re.compile(rf"/hub/workshops/{WORKSHOP_ID}\?code="))
+    await open_invitation(second, copied, LATECOMER)
     full = second.locator("#lablink-workshop-full")
     await full.wait_for()
     assert "places of this workshop are taken" in await full.inner_text()

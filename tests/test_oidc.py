@@ -253,7 +253,8 @@ async def test_a_person_in_no_vo_gets_a_clear_page(stack: Stack, provider: OIDCP
         assert form.status_code == 200 and "not a member of any VO" in form.text
         page = await nobody.http.get("/hub/lablink/vo")
         assert page.status_code == 200 and "not a member of any VO" in page.text
-        assert (await vos_of(nobody)) == {"vo": None, "vos": []}
+        # in no VO, and no workshop to organize or join: no Workshops link either
+        assert (await vos_of(nobody)) == {"vo": None, "vos": [], "workshops": False}
         resp = await nobody.start(options={"system": "local"})
         assert resp.status_code == 403, resp.text
         assert "not a member of any VO" in resp.json()["message"]

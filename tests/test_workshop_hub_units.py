@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spawner.spawner import LablinkSpawner
+from spawner.vo import verified_emails
 from spawner.workshops import create_body, datetime_local, form_choices, names, utc_field, when
 from tests.helpers.fakes import FakeHubUser
 
@@ -102,3 +103,16 @@ def test_the_create_form_offers_each_systems_partitions_flavors_and_images() -> 
         ("cloud|flavor|small", "Cloud: Small (1 CPU)"),
     ]
     assert images == [("cloud|b:2", "Cloud: b:2")]
+
+
+def test_only_an_email_address_the_provider_verified_reaches_the_backend() -> None:
+    verified = {"oauth_user": {"email": "ada@uni.example", "email_verified": True}}
+    assert verified_emails(verified) == ["ada@uni.example"]
+    for claims in (
+        {"email": "ada@uni.example"},  # the provider did not say
+        {"email": "ada@uni.example", "email_verified": False},
+        {"email": "ada@uni.example", "email_verified": "true"},  # not the JSON true
+        {"email": "not an address", "email_verified": True},
+    ):
+        assert verified_emails({"oauth_user": claims}) == [], claims
+    assert verified_emails({}) == []  # the demo login has no claims

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, text
 
-from backend.db import _alembic_config, create_engine, labs, utcnow
+from backend.db import _alembic_config, create_engine, labs, users, utcnow
 from backend.settings import Settings, SettingsError
 from tests.helpers import site
 from tests.helpers.api import (
@@ -307,6 +307,25 @@ async def test_only_people_on_the_allow_list_may_join(
     assert (await join(backend, "bob@example.org", ws)).status_code == 200
 
 
+async def test_the_allow_list_admits_a_verified_email_address_the_hub_sent(
+    start_backend: BackendFactory, tmp_path: Path
+) -> None:
+    backend = await start_backend(ws_site(tmp_path, f"sqlite:///{tmp_path}/db.sqlite"))
+    ws = await create(backend, participants=["Carol.Smith@Uni.example"])
+    assert (await join(backend, "csmith", ws)).status_code == 403  # the hub named no address
+    async with backend.client("csmith") as carol:
+        told = await carol.put("/users/csmith", json={"emails": ["carol.smith@uni.example"]})
+        assert told.status_code == 200, told.text
+        # a later word without addresses (an older hub, a start) keeps them
+        assert (await carol.put("/users/csmith", json={"groups": ["x"]})).status_code == 200
+        bad = await carol.put("/users/csmith", json={"emails": ["not an address"]})
+        assert bad.status_code == 422 and bad.json()["field"].startswith("emails")
+    assert (await join(backend, "csmith", ws)).status_code == 200
+    async with backend.client("dave") as dave:  # somebody else's address is not theirs
+        await dave.put("/users/dave", json={"emails": ["dave@uni.example"]})
+    assert (await join(backend, "dave", ws)).status_code == 403
+
+
 async def test_a_hundred_joins_at_once_fill_exactly_thirty_places(
     start_backend: BackendFactory, tmp_path: Path, database_url: str
 ) -> None:
@@ -571,12 +590,21 @@ async def test_the_migration_adds_workshops_to_a_database_with_labs(tmp_path: Pa
                 updated=now,
             )
         )
+        await conn.execute(
+            text(
+                "INSERT INTO users (name, groups, entitlements, vo, updated) "
+                "VALUES ('alice', '[]', '[]', NULL, :now)"
+            ),
+            {"now": now},
+        )
     async with engine.begin() as conn:
         await conn.run_sync(to("head"))
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         kept = (await conn.execute(select(labs.c.message))).scalars().all()
+        emails = (await conn.execute(select(users.c.emails))).scalars().all()
     await engine.dispose()
     assert {"workshops", "workshop_members", "labs"} <= tables and kept == ["old"]
+    assert emails == [[]]  # a person known before 0004 has no verified address yet
 
 
 async def test_a_hub_admin_creates_sees_and_changes_every_workshop(

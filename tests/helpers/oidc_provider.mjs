@@ -13,7 +13,7 @@
 //              "access_token_ttl": 5, "refresh_token_ttl": 60}}
 //
 // Scopes and the claims they release (at the userinfo endpoint and in ID tokens):
-//   openid: sub; profile: name, preferred_username; email: email;
+//   openid: sub; profile: name, preferred_username; email: email, email_verified;
 //   eduperson_entitlement: eduperson_entitlement, groups (as Helmholtz AAI does).
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -155,7 +155,7 @@ const configuration = {
   claims: {
     openid: ["sub"],
     profile: ["name", "preferred_username"],
-    email: ["email"],
+    email: ["email", "email_verified"],
     eduperson_entitlement: ["eduperson_entitlement", "groups"],
   },
   // the scope claims also go into the ID token, as Unity-IdM and Keycloak do
