@@ -36,7 +36,7 @@ from .systems import registry
 from .systems.base import SecretMissing, SystemSettings
 from .systems.kubernetes.config import UserlabManager
 from .vos import IdentitySettings, VOSettings
-from .workshops import WorkshopSettings
+from .workshop_settings import WorkshopSettings
 
 
 class SettingsError(Exception):

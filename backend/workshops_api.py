@@ -19,10 +19,10 @@ from .labs import LabManager
 from .settings import Settings
 from .store import Lab, UserRecord
 from .vos import Identity
+from .workshop_settings import WorkshopSettings
 from .workshops import (
     WORKSHOP_ID,
     Workshop,
-    WorkshopSettings,
     WorkshopTaken,
     is_instructor,
     new_code,
