@@ -20,7 +20,16 @@ from .catalog import OptionError, catalog, vo_entry
 from .db import utcnow
 from .labs import LabManager, NotInVO
 from .states import FINAL, PROGRESS, InvalidTransition, LabState, exit_status
-from .store import Event, Lab, LabTimes, QuotaExceeded, ServerNameBusy, Store, UserRecord
+from .store import (
+    AdmissionFailed,
+    Event,
+    Lab,
+    LabTimes,
+    QuotaExceeded,
+    ServerNameBusy,
+    Store,
+    UserRecord,
+)
 from .systems.driver import lab_log_name
 from .vos import MAX_ENTITLEMENT, Identity, VOSettings, memberships
 from .workshops import PersonView, window_refusal
@@ -485,6 +494,13 @@ async def create_lab(
             409,
             f"User {body.user.name!r} already has an active lab for {name}{existing}; "
             "stop it first.",
+        ) from None
+    except AdmissionFailed:  # the store logged why, once for the whole batch
+        raise HTTPException(
+            503,
+            "The lab could not be stored (the backend's database did not answer); nothing "
+            "was started: try again in a minute.",
+            headers={"Retry-After": "60"},
         ) from None
     response.headers["Location"] = f"/api/v1/labs/{lab.id}"
     return lab_out(lab, who.admin)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
@@ -18,13 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, text, update
+from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import IMMEDIATE, as_utc, events, labs, users, utcnow
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
+
+log = logging.getLogger("lablink.backend.store")
 
 # control characters other than tab and newline; NUL is refused by PostgreSQL
 _CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127)}
@@ -143,6 +146,15 @@ class ServerNameBusy(Exception):
         self.existing = existing
 
 
+class AdmissionFailed(Exception):
+    """The transaction that was to admit the lab failed (the database's error, for
+    example an unreachable database); nothing was stored."""
+
+    def __init__(self, cause: str):
+        super().__init__(f"the lab could not be stored: {cause}")
+        self.cause = cause
+
+
 def _lab(row: Any) -> Lab:
     return Lab(
         id=row.id,
@@ -244,6 +256,49 @@ class WriteTurns:
         self._held = False
 
 
+@dataclass(eq=False)
+class _Start:
+    """A lab waiting for its admission, and what its caller will get."""
+
+    lab_id: str
+    user_name: str
+    server_name: str
+    system: str
+    vo: str | None
+    options: dict[str, Any]
+    message: str | Callable[[Usage | None], str]
+    admission: Admission | None
+    # the lab stored, None for a taken server name (ServerNameBusy), or the exception
+    outcome: asyncio.Future[Lab | None]
+    refusal: QuotaExceeded | None = None
+
+
+class _Counts:
+    """Active labs of each VO and of each person in it, within one admission
+    transaction: read once per VO, then kept in memory with the batch's labs added."""
+
+    def __init__(self, conn: AsyncConnection):
+        self._conn = conn
+        self._people: dict[str, dict[str, int]] = {}  # VO -> person -> active labs
+
+    async def usage(self, vo: str, user_name: str) -> Usage:
+        people = self._people.get(vo)
+        if people is None:
+            query = (
+                select(labs.c.user_name, func.count())
+                .where(labs.c.vo == vo, labs.c.state.in_(ACTIVE_STATES))
+                .group_by(labs.c.user_name)
+            )
+            rows = (await self._conn.execute(query)).all()
+            people = self._people[vo] = {r[0]: int(r[1]) for r in rows}
+        return Usage(labs=sum(people.values()), user_labs=people.get(user_name, 0))
+
+    def add(self, lab: Lab) -> None:
+        people = self._people.get(lab.vo) if lab.vo is not None else None
+        if people is not None:
+            people[lab.user_name] = people.get(lab.user_name, 0) + 1
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None):
         self.engine = engine
@@ -253,6 +308,9 @@ class Store:
         # here instead of in SQLite's busy handler, which sleeps in steps of up to
         # 100 ms (a burst of 100 starts waited seconds there)
         self._writer = WriteTurns() if self.dialect == "sqlite" else None
+        # starts waiting for their admission, and the task admitting them (create_lab)
+        self._starts: list[_Start] = []
+        self._admitter: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def writing(
@@ -353,21 +411,6 @@ class Store:
                 row = (await own.execute(query)).one()
         return Usage(labs=int(row[0]), user_labs=int(row[1]))
 
-    async def _admit(self, conn: AsyncConnection, admission: Admission, user_name: str) -> Usage:
-        """Count under the VO's lock; raise QuotaExceeded when a limit is reached."""
-        if self.dialect == "postgresql":
-            # one admission per VO at a time; others wait here until this one commits
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(admission.vo)}
-            )
-        # on SQLite the transaction began IMMEDIATE: it holds the write lock already
-        usage = await self.usage(admission.vo, user_name, conn)
-        if admission.labs is not None and usage.labs >= admission.labs:
-            raise QuotaExceeded(admission, "labs", usage)
-        if admission.labs_per_user is not None and usage.user_labs >= admission.labs_per_user:
-            raise QuotaExceeded(admission, "labs_per_user", usage)
-        return Usage(labs=usage.labs + 1, user_labs=usage.user_labs + 1)
-
     async def create_lab(
         self,
         *,
@@ -379,61 +422,166 @@ class Store:
         message: str | Callable[[Usage | None], str],
         admission: Admission | None = None,
     ) -> Lab:
-        """Store a new lab (state ``accepted``) and its first event, in one transaction.
+        """Store a new lab (state ``accepted``) and its first event.
 
         With ``admission``, the lab is counted against its VO's limits first, so
         that concurrent requests never admit more than the limits allow; a
         callable ``message`` is given the VO's usage with the new lab counted.
-        Raises QuotaExceeded or ServerNameBusy; nothing is stored then.
+        Raises QuotaExceeded or ServerNameBusy, or AdmissionFailed when the
+        transaction failed; nothing is stored then.
+
+        Starts that arrive while an admission transaction runs are admitted
+        together in the next one (group commit, see :meth:`_admit_batch`); a
+        lone start has its transaction at once.
         """
-        lab_id = str(uuid.uuid4())
-        try:
-            async with self.writing(immediate=admission is not None, urgent=True) as conn:
-                usage = await self._admit(conn, admission, user_name) if admission else None
-                text_ = message(usage) if callable(message) else message
-                await self._insert_lab(
-                    conn, lab_id, user_name, server_name, system, vo, options, text_
-                )
-        except IntegrityError:
-            raise ServerNameBusy(await self.active_lab(user_name, server_name)) from None
-        self.notifier.publish(lab_id)
-        lab = await self.get_lab(lab_id)
-        assert lab is not None
+        start = _Start(
+            lab_id=str(uuid.uuid4()),
+            user_name=user_name,
+            server_name=server_name,
+            system=system,
+            vo=vo,
+            options=options,
+            message=message,
+            admission=admission,
+            outcome=asyncio.get_running_loop().create_future(),
+        )
+        self._starts.append(start)
+        admitter = self._admitter
+        if (
+            admitter is None
+            or admitter.done()
+            or admitter.get_loop() is not start.outcome.get_loop()
+        ):
+            self._admitter = asyncio.create_task(self._admit_queued(), name="lab-admission")
+        lab = await start.outcome
+        if lab is None:  # the unique index: an active lab with this server name exists
+            raise ServerNameBusy(await self.active_lab(user_name, server_name))
         return lab
 
-    async def _insert_lab(
-        self,
-        conn: AsyncConnection,
-        lab_id: str,
-        user_name: str,
-        server_name: str,
-        system: str,
-        vo: str | None,
-        options: dict[str, Any],
-        message: str,
-    ) -> None:
+    async def _admit_queued(self) -> None:
+        """Admit the waiting starts, a batch per transaction, until none waits."""
+        try:
+            while self._starts:
+                await self._admit_batch()
+        finally:  # ends early only when cancelled (the loop closes): nobody waits in vain
+            for start in self._take_starts():
+                start.outcome.cancel()
+
+    async def _admit_batch(self) -> None:
+        """One transaction for every start waiting when it begins, in arrival order.
+
+        The VOs' limits are taken first (SQLite: the transaction begins IMMEDIATE and
+        holds the one write lock; PostgreSQL: each VO's advisory lock, in key order so
+        that two replicas never wait for each other); each lab goes in its own
+        savepoint, so a refusal or a taken server name undoes only that lab. If the
+        transaction itself fails, every start of the batch gets its error.
+        """
+        batch: list[_Start] | None = None
+        stored: list[tuple[_Start, Lab]] = []
+        try:
+            async with self.writing(immediate=True, urgent=True) as conn:
+                batch = [s for s in self._take_starts() if not s.outcome.done()]
+                if self.dialect == "postgresql":
+                    vos = {s.admission.vo for s in batch if s.admission is not None}
+                    for key in sorted(_lock_key(vo) for vo in vos):
+                        # admissions of a VO, here or in another replica, wait here
+                        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                counted = _Counts(conn)
+                for start in batch:
+                    try:
+                        usage = await self._count(counted, start)
+                        async with conn.begin_nested():
+                            lab = await self._insert_lab(conn, start, usage)
+                    except QuotaExceeded as exc:
+                        start.refusal = exc
+                    except IntegrityError:
+                        start.refusal = None  # ServerNameBusy, raised by the caller
+                    else:
+                        counted.add(lab)
+                        stored.append((start, lab))
+        except BaseException as exc:
+            failed = batch if batch is not None else self._take_starts()
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            for start in failed:
+                if not start.outcome.done():
+                    # each caller its own exception (one shared would gather tracebacks)
+                    error = AdmissionFailed(cause)
+                    error.__cause__ = exc
+                    start.outcome.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("the admission of %d labs failed: %s", len(failed), cause)
+            return
+        withdrawn = []
+        for start, lab in stored:
+            self.notifier.publish(lab.id)
+            if start.outcome.done():  # its caller gave up waiting: nobody will start it
+                withdrawn.append(lab.id)
+            else:
+                start.outcome.set_result(lab)
+        for start in batch:
+            if not start.outcome.done():
+                if start.refusal is None:
+                    start.outcome.set_result(None)
+                else:
+                    start.outcome.set_exception(start.refusal)
+        if withdrawn:
+            try:
+                async with self.writing(urgent=True) as conn:
+                    await conn.execute(delete(events).where(events.c.lab_id.in_(withdrawn)))
+                    await conn.execute(delete(labs).where(labs.c.id.in_(withdrawn)))
+            except Exception as exc:  # they stay accepted; a restart of the backend takes them up
+                log.warning(
+                    "could not remove %d labs whose start was withdrawn: %s", len(withdrawn), exc
+                )
+
+    def _take_starts(self) -> list[_Start]:
+        taken, self._starts = self._starts, []
+        return taken
+
+    @staticmethod
+    async def _count(counted: _Counts, start: _Start) -> Usage | None:
+        """The usage of the start's VO with its lab counted; QuotaExceeded (the usage
+        before it) when a limit is reached. None: the lab is admitted against no VO."""
+        admission = start.admission
+        if admission is None:
+            return None
+        usage = await counted.usage(admission.vo, start.user_name)
+        if admission.labs is not None and usage.labs >= admission.labs:
+            raise QuotaExceeded(admission, "labs", usage)
+        if admission.labs_per_user is not None and usage.user_labs >= admission.labs_per_user:
+            raise QuotaExceeded(admission, "labs_per_user", usage)
+        return Usage(labs=usage.labs + 1, user_labs=usage.user_labs + 1)
+
+    async def _insert_lab(self, conn: AsyncConnection, start: _Start, usage: Usage | None) -> Lab:
+        """Store the lab (``accepted``) and its first event; answers the lab as stored."""
+        message = start.message(usage) if callable(start.message) else start.message
         now = utcnow()
         state = LabState.ACCEPTED
-        await conn.execute(
-            insert(labs).values(
-                id=lab_id,
-                user_name=user_name,
-                server_name=server_name,
-                system=system,
-                vo=vo,
-                options=options,
-                state=state.value,
-                last_seq=1,
-                url=None,
-                handle={},
-                message=message,
-                created=now,
-                updated=now,
+        row = (
+            await conn.execute(
+                insert(labs)
+                .values(
+                    id=start.lab_id,
+                    user_name=start.user_name,
+                    server_name=start.server_name,
+                    system=start.system,
+                    vo=start.vo,
+                    options=start.options,
+                    state=state.value,
+                    last_seq=1,
+                    url=None,
+                    handle={},
+                    message=message,
+                    created=now,
+                    updated=now,
+                )
+                .returning(*labs.c)
             )
-        )
+        ).one()
         await conn.execute(
             insert(events).values(
-                lab_id=lab_id,
+                lab_id=start.lab_id,
                 seq=1,
                 time=now,
                 progress=PROGRESS[state],
@@ -442,6 +590,7 @@ class Store:
                 detail="",
             )
         )
+        return _lab(row)
 
     async def get_lab(self, lab_id: str) -> Lab | None:
         async with self.engine.connect() as conn:
