@@ -498,8 +498,8 @@ async def create_lab(
     except AdmissionFailed:  # the store logged why, once for the whole batch
         raise HTTPException(
             503,
-            "The lab could not be stored (the backend's database did not answer); nothing "
-            "was started: try again in a minute.",
+            "The lab could not be stored because the backend's database failed; nothing was "
+            "started, try again in a minute.",
             headers={"Retry-After": "60"},
         ) from None
     response.headers["Location"] = f"/api/v1/labs/{lab.id}"

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -195,9 +196,55 @@ class LabManager:
         """
         began = time.monotonic()
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
+        change = None
         if self.settings.vos or self.settings.workshops is not None:
-            # the hub's newest word on the person, for the catalog too
-            await self.store.put_identity(user_name, identity.groups, identity.entitlements, emails)
+            # the hub's newest word on the person, for the catalog too: stored in the
+            # transaction that admits the lab (one write less per start of a new person)
+            change = await self.store.identity_change(
+                user_name, identity.groups, identity.entitlements, emails
+            )
+        try:
+            vo, system_name, clean, admission, message = await self._admission(
+                identity, vo, options, workshop
+            )
+        except Exception:
+            if change is not None:  # refused before its admission: stored all the same
+                await self.store.put_identity(
+                    user_name, identity.groups, identity.entitlements, emails
+                )
+            raise
+        lab = await self.store.create_lab(
+            user_name=user_name,
+            server_name=server_name,
+            system=system_name,
+            vo=vo,
+            options=clean,
+            message=message,
+            admission=admission,
+            identity=change,
+        )
+        if access_token:
+            self._access_tokens[lab.id] = access_token
+        log.info(
+            "%s: accepted on system %s in %.0f ms",
+            lab_log_name(lab.user_name, lab.server_name, lab.id),
+            system_name,
+            (time.monotonic() - began) * 1000,
+        )
+        self._runs[lab.id] = asyncio.create_task(
+            self._start_then_watch(lab, env), name=f"lab-{lab.id}"
+        )
+        return lab
+
+    async def _admission(
+        self,
+        identity: Identity,
+        vo: str | None,
+        options: dict[str, Any],
+        workshop: str | None,
+    ) -> tuple[str | None, str, dict[str, Any], Admission | None, Callable[[Usage | None], str]]:
+        """A start checked before its admission: its VO, system, clean options, the VO's
+        limits and its first event's sentence. Raises NotInVO or OptionError."""
         view = await self.view(identity)
         if workshop is not None:
             ws = view.workshops.get(workshop)
@@ -220,7 +267,7 @@ class LabManager:
         system_name, clean = validate_options(
             settings,
             options,
-            user_name,
+            identity.user,
             identity.groups,
             entitlements=identity.entitlements,
             vo=vo if settings.vos else None,
@@ -238,27 +285,7 @@ class LabManager:
             shown = settings.vos[admission.vo].display_name or admission.vo
             return f"{accepted} {quota_sentence(shown, admission, usage)}"
 
-        lab = await self.store.create_lab(
-            user_name=user_name,
-            server_name=server_name,
-            system=system_name,
-            vo=vo,
-            options=clean,
-            message=message,
-            admission=admission,
-        )
-        if access_token:
-            self._access_tokens[lab.id] = access_token
-        log.info(
-            "%s: accepted on system %s in %.0f ms",
-            lab_log_name(lab.user_name, lab.server_name, lab.id),
-            system_name,
-            (time.monotonic() - began) * 1000,
-        )
-        self._runs[lab.id] = asyncio.create_task(
-            self._start_then_watch(lab, env), name=f"lab-{lab.id}"
-        )
-        return lab
+        return vo, system_name, clean, admission, message
 
     def hand_token(self, lab: Lab, token: str) -> None:
         """Keep the person's newest access token for an active lab (memory only)."""

@@ -21,10 +21,9 @@ from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import IMMEDIATE, as_utc, events, labs, users, utcnow
+from .db import ACTIVE_CONDITION, IMMEDIATE, as_utc, events, labs, users, utcnow
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
 
 log = logging.getLogger("lablink.backend.store")
@@ -268,9 +267,14 @@ class _Start:
     options: dict[str, Any]
     message: str | Callable[[Usage | None], str]
     admission: Admission | None
+    identity: dict[str, Any] | None  # what to store of the person (identity_change)
     # the lab stored, None for a taken server name (ServerNameBusy), or the exception
     outcome: asyncio.Future[Lab | None]
     refusal: QuotaExceeded | None = None
+
+
+class _NameTakenMeanwhile(Exception):
+    """Another process stored an active lab with a server name a batch was admitting."""
 
 
 class _Counts:
@@ -293,10 +297,11 @@ class _Counts:
             people = self._people[vo] = {r[0]: int(r[1]) for r in rows}
         return Usage(labs=sum(people.values()), user_labs=people.get(user_name, 0))
 
-    def add(self, lab: Lab) -> None:
-        people = self._people.get(lab.vo) if lab.vo is not None else None
+    def add(self, vo: str | None, user_name: str) -> None:
+        """Count a lab the batch admits."""
+        people = self._people.get(vo) if vo is not None else None
         if people is not None:
-            people[lab.user_name] = people.get(lab.user_name, 0) + 1
+            people[user_name] = people.get(user_name, 0) + 1
 
 
 class Store:
@@ -344,7 +349,8 @@ class Store:
             emails=frozenset(row.emails or ()),
         )
 
-    async def _upsert_user(self, name: str, values: dict[str, Any]) -> UserRecord:
+    def _user_upsert(self, name: str, values: dict[str, Any]) -> Any:
+        """The statement that stores ``values`` of a person (a new one: with the rest empty)."""
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         now = utcnow()
         row: dict[str, Any] = {
@@ -356,14 +362,42 @@ class Store:
         }
         row.update(values, updated=now)
         stmt = dialect_insert(users).values(**row)
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=[users.c.name], set_={**values, "updated": now}
         )
+
+    async def _upsert_user(self, name: str, values: dict[str, Any]) -> UserRecord:
         async with self.writing(urgent=True) as conn:
-            await conn.execute(stmt)
+            await conn.execute(self._user_upsert(name, values))
         found = await self.get_user(name)
         assert found is not None
         return found
+
+    async def identity_change(
+        self,
+        name: str,
+        groups: Collection[str],
+        entitlements: Collection[str],
+        emails: Collection[str] | None = None,
+    ) -> dict[str, Any] | None:
+        """What to store of a person's identity as the hub says it now (see
+        :meth:`put_identity`), or None when the stored one is the same."""
+        known = await self.get_user(name)
+        addresses = frozenset(e.lower() for e in emails) if emails is not None else None
+        if (
+            known is not None
+            and known.groups == frozenset(groups)
+            and known.entitlements == frozenset(entitlements)
+            and (addresses is None or known.emails == addresses)
+        ):
+            return None
+        values: dict[str, Any] = {
+            "groups": sorted(set(groups)),
+            "entitlements": sorted(set(entitlements)),
+        }
+        if addresses is not None:
+            values["emails"] = sorted(addresses)
+        return values
 
     async def put_identity(
         self,
@@ -375,21 +409,11 @@ class Store:
         """Store what the hub says of a person now (their chosen VO stays; ``emails``
         None: the stored ones stay); a write only when it changed (each start tells it
         again)."""
-        known = await self.get_user(name)
-        addresses = frozenset(e.lower() for e in emails) if emails is not None else None
-        if (
-            known is not None
-            and known.groups == frozenset(groups)
-            and known.entitlements == frozenset(entitlements)
-            and (addresses is None or known.emails == addresses)
-        ):
+        values = await self.identity_change(name, groups, entitlements, emails)
+        if values is None:
+            known = await self.get_user(name)
+            assert known is not None
             return known
-        values: dict[str, Any] = {
-            "groups": sorted(set(groups)),
-            "entitlements": sorted(set(entitlements)),
-        }
-        if addresses is not None:
-            values["emails"] = sorted(addresses)
         return await self._upsert_user(name, values)
 
     async def set_active_vo(self, name: str, vo: str | None) -> UserRecord:
@@ -421,14 +445,17 @@ class Store:
         options: dict[str, Any],
         message: str | Callable[[Usage | None], str],
         admission: Admission | None = None,
+        identity: dict[str, Any] | None = None,
     ) -> Lab:
         """Store a new lab (state ``accepted``) and its first event.
 
         With ``admission``, the lab is counted against its VO's limits first, so
         that concurrent requests never admit more than the limits allow; a
         callable ``message`` is given the VO's usage with the new lab counted.
-        Raises QuotaExceeded or ServerNameBusy, or AdmissionFailed when the
-        transaction failed; nothing is stored then.
+        ``identity``: what to store of the person first (:meth:`identity_change`;
+        stored whether the lab is admitted or not). Raises QuotaExceeded or
+        ServerNameBusy, or AdmissionFailed when the transaction failed; no lab is
+        stored then.
 
         Starts that arrive while an admission transaction runs are admitted
         together in the next one (group commit, see :meth:`_admit_batch`); a
@@ -443,6 +470,7 @@ class Store:
             options=options,
             message=message,
             admission=admission,
+            identity=identity,
             outcome=asyncio.get_running_loop().create_future(),
         )
         self._starts.append(start)
@@ -472,33 +500,26 @@ class Store:
 
         The VOs' limits are taken first (SQLite: the transaction begins IMMEDIATE and
         holds the one write lock; PostgreSQL: each VO's advisory lock, in key order so
-        that two replicas never wait for each other); each lab goes in its own
-        savepoint, so a refusal or a taken server name undoes only that lab. If the
-        transaction itself fails, every start of the batch gets its error.
+        that two replicas never wait for each other); then the VOs' usage and the
+        active labs of the batch's people are read, each start is decided in memory in
+        arrival order as if they came one by one (its VO's limits with the labs before
+        it counted, then its server name), and the admitted labs and their first events
+        are inserted together: a fixed number of statements for any number of starts.
+        If the transaction fails, every start of the batch gets its error.
         """
         batch: list[_Start] | None = None
-        stored: list[tuple[_Start, Lab]] = []
         try:
-            async with self.writing(immediate=True, urgent=True) as conn:
-                batch = [s for s in self._take_starts() if not s.outcome.done()]
-                if self.dialect == "postgresql":
-                    vos = {s.admission.vo for s in batch if s.admission is not None}
-                    for key in sorted(_lock_key(vo) for vo in vos):
-                        # admissions of a VO, here or in another replica, wait here
-                        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-                counted = _Counts(conn)
-                for start in batch:
-                    try:
-                        usage = await self._count(counted, start)
-                        async with conn.begin_nested():
-                            lab = await self._insert_lab(conn, start, usage)
-                    except QuotaExceeded as exc:
-                        start.refusal = exc
-                    except IntegrityError:
-                        start.refusal = None  # ServerNameBusy, raised by the caller
-                    else:
-                        counted.add(lab)
-                        stored.append((start, lab))
+            for _attempt in range(10):
+                try:
+                    async with self.writing(immediate=True, urgent=True) as conn:
+                        if batch is None:
+                            batch = [s for s in self._take_starts() if not s.outcome.done()]
+                        stored = await self._admit_in(conn, batch)
+                    break
+                except _NameTakenMeanwhile:
+                    continue  # rolled back: read again
+            else:
+                raise RuntimeError("other writers took the same server names repeatedly")
         except BaseException as exc:
             failed = batch if batch is not None else self._take_starts()
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -513,18 +534,19 @@ class Store:
             log.warning("the admission of %d labs failed: %s", len(failed), cause)
             return
         withdrawn = []
-        for start, lab in stored:
-            self.notifier.publish(lab.id)
-            if start.outcome.done():  # its caller gave up waiting: nobody will start it
-                withdrawn.append(lab.id)
-            else:
-                start.outcome.set_result(lab)
         for start in batch:
-            if not start.outcome.done():
-                if start.refusal is None:
-                    start.outcome.set_result(None)
-                else:
-                    start.outcome.set_exception(start.refusal)
+            lab = stored.get(start.lab_id)
+            if lab is not None:
+                self.notifier.publish(lab.id)
+            if start.outcome.done():  # its caller gave up waiting: nobody will start it
+                if lab is not None:
+                    withdrawn.append(lab.id)
+            elif lab is not None:
+                start.outcome.set_result(lab)
+            elif start.refusal is not None:
+                start.outcome.set_exception(start.refusal)
+            else:
+                start.outcome.set_result(None)  # ServerNameBusy, raised by the caller
         if withdrawn:
             try:
                 async with self.writing(urgent=True) as conn:
@@ -534,6 +556,111 @@ class Store:
                 log.warning(
                     "could not remove %d labs whose start was withdrawn: %s", len(withdrawn), exc
                 )
+
+    async def _admit_in(self, conn: AsyncConnection, batch: list[_Start]) -> dict[str, Lab]:
+        """Admit ``batch`` in the transaction of ``conn``: the labs stored, by id (each
+        refused start has its ``refusal``, or None for a taken server name). Raises
+        _NameTakenMeanwhile when a writer outside this process took one of the names
+        after it was read (the transaction is to be rolled back and tried again)."""
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        if self.dialect == "postgresql":
+            vos = {s.admission.vo for s in batch if s.admission is not None}
+            for key in sorted(_lock_key(vo) for vo in vos):
+                # admissions of a VO, here or in another replica, wait here
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        await self._store_identities(conn, batch)
+        counted = _Counts(conn)
+        people = sorted({s.user_name for s in batch})
+        taken = {
+            (r[0], r[1])
+            for r in await conn.execute(
+                select(labs.c.user_name, labs.c.server_name).where(
+                    labs.c.user_name.in_(people), labs.c.state.in_(ACTIVE_STATES)
+                )
+            )
+        }
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        for start in batch:  # as if one after the other: the same answers, in order
+            start.refusal = None
+            try:
+                usage = await self._count(counted, start)
+            except QuotaExceeded as exc:
+                start.refusal = exc
+                continue
+            if (start.user_name, start.server_name) in taken:
+                continue  # the unique index would refuse it: ServerNameBusy
+            taken.add((start.user_name, start.server_name))
+            message = start.message(usage) if callable(start.message) else start.message
+            rows.append(
+                {
+                    "id": start.lab_id,
+                    "user_name": start.user_name,
+                    "server_name": start.server_name,
+                    "system": start.system,
+                    "vo": start.vo,
+                    "options": start.options,
+                    "state": LabState.ACCEPTED.value,
+                    "last_seq": 1,
+                    "url": None,
+                    "handle": {},
+                    "message": message,
+                    "created": now,
+                    "updated": now,
+                }
+            )
+            counted.add(start.vo, start.user_name)
+        if not rows:
+            return {}
+        insert_labs = (
+            dialect_insert(labs)
+            .on_conflict_do_nothing(
+                index_elements=[labs.c.user_name, labs.c.server_name],
+                index_where=text(ACTIVE_CONDITION),
+            )
+            .returning(*labs.c)
+        )
+        stored = {r.id: _lab(r) for r in await conn.execute(insert_labs, rows)}
+        if len(stored) < len(rows):
+            # another process stored an active lab with one of these names after the
+            # read above (PostgreSQL with several backends): read again from the start
+            raise _NameTakenMeanwhile
+        progress = PROGRESS[LabState.ACCEPTED]
+        await conn.execute(
+            insert(events),
+            [
+                {
+                    "lab_id": row["id"],
+                    "seq": 1,
+                    "time": now,
+                    "progress": progress,
+                    "state": LabState.ACCEPTED.value,
+                    "message": row["message"],
+                    "detail": "",
+                }
+                for row in rows
+            ],
+        )
+        return stored
+
+    async def _store_identities(self, conn: AsyncConnection, batch: list[_Start]) -> None:
+        """Store what the hub said of the batch's people (the newest of each person),
+        before their labs (and whether or not those are admitted)."""
+        newest = {s.user_name: s.identity for s in batch if s.identity is not None}
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for name, values in newest.items():
+            shapes.setdefault(tuple(sorted(values)), []).append({"name": name, **values})
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        for keys, people in shapes.items():
+            stmt = dialect_insert(users).values(
+                groups=[], entitlements=[], emails=[], vo=None, updated=now
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[users.c.name],
+                set_={**{k: stmt.excluded[k] for k in keys}, "updated": now},
+            )
+            await conn.execute(stmt, people)
 
     def _take_starts(self) -> list[_Start]:
         taken, self._starts = self._starts, []
@@ -552,45 +679,6 @@ class Store:
         if admission.labs_per_user is not None and usage.user_labs >= admission.labs_per_user:
             raise QuotaExceeded(admission, "labs_per_user", usage)
         return Usage(labs=usage.labs + 1, user_labs=usage.user_labs + 1)
-
-    async def _insert_lab(self, conn: AsyncConnection, start: _Start, usage: Usage | None) -> Lab:
-        """Store the lab (``accepted``) and its first event; answers the lab as stored."""
-        message = start.message(usage) if callable(start.message) else start.message
-        now = utcnow()
-        state = LabState.ACCEPTED
-        row = (
-            await conn.execute(
-                insert(labs)
-                .values(
-                    id=start.lab_id,
-                    user_name=start.user_name,
-                    server_name=start.server_name,
-                    system=start.system,
-                    vo=start.vo,
-                    options=start.options,
-                    state=state.value,
-                    last_seq=1,
-                    url=None,
-                    handle={},
-                    message=message,
-                    created=now,
-                    updated=now,
-                )
-                .returning(*labs.c)
-            )
-        ).one()
-        await conn.execute(
-            insert(events).values(
-                lab_id=start.lab_id,
-                seq=1,
-                time=now,
-                progress=PROGRESS[state],
-                state=state.value,
-                message=message,
-                detail="",
-            )
-        )
-        return _lab(row)
 
     async def get_lab(self, lab_id: str) -> Lab | None:
         async with self.engine.connect() as conn:

@@ -355,3 +355,245 @@ async def test_the_vos_gpu_maximum_counts_every_node_of_a_lab(
         vo="gpu",
     )
     assert (clean["nodes"], clean["gpus"]) == (2, 1)
+
+
+# -- starts that arrive together are admitted together ---------------------------------
+
+
+def batch_site(tmp_path: Path, database_url: str) -> Settings:
+    vos = {
+        "big": {
+            "display_name": "Big",
+            "members": {"groups": ["workshop"]},
+            "systems": ["local"],
+            "quota": {"labs": 10, "labs_per_user": 2},
+        },
+        "small": {
+            "display_name": "Small",
+            "members": {"groups": ["workshop"]},
+            "systems": ["local"],
+            "quota": {"labs": 3},
+        },
+    }
+    return vo_site(tmp_path, database_url, vos)
+
+
+async def post_all(backend: RunningBackend, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Send every start at once, each as the hub sends it for its person."""
+    limits = httpx.Limits(max_connections=len(bodies) + 5)
+    async with httpx.AsyncClient(
+        base_url=f"{backend.url}/api/v1", timeout=60, trust_env=False, limits=limits
+    ) as http:
+
+        async def start(body: dict[str, Any]) -> httpx.Response:
+            headers = {
+                "Authorization": f"Bearer {backend.tokens['hub']}",
+                "X-Lablink-User": body["user"]["name"],
+            }
+            return await http.post("/labs", json=body, headers=headers)
+
+        return list(await asyncio.gather(*(start(b) for b in bodies)))
+
+
+async def test_a_mixed_burst_gets_the_answers_of_starts_one_by_one(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    """Starts that arrive together share one admission transaction; each still gets the
+    answer it would get alone: two VOs with different room, a per-person limit and
+    one server name asked for six times."""
+    backend = await start_backend(batch_site(tmp_path, database_url))
+
+    def body(user: str, server: str, vo: str) -> dict[str, Any]:
+        start = start_body(user, server)
+        start["vo"] = vo
+        return start
+
+    bodies = [body(f"s{i}", "", "small") for i in range(12)]
+    bodies += [body("alice", f"a{i}", "big") for i in range(6)]
+    bodies += [body("bob", "same", "big") for _ in range(6)]
+    bodies += [body(f"c{i}", "", "big") for i in range(5)]
+    answers = await post_all(backend, bodies)
+
+    def statuses(user_prefix: str) -> list[int]:
+        return sorted(
+            a.status_code
+            for a, b in zip(answers, bodies, strict=True)
+            if b["user"]["name"].startswith(user_prefix)
+        )
+
+    assert statuses("s") == [202] * 3 + [429] * 9
+    assert statuses("alice") == [202] * 2 + [429] * 4
+    assert statuses("bob") == [202] + [409] * 5
+    assert statuses("c") == [202] * 5
+    for answer, sent in zip(answers, bodies, strict=True):
+        who = sent["user"]["name"]
+        if answer.status_code == 429 and who.startswith("s"):
+            assert_error(answer, 429, "VO Small has reached its limit of 3 active labs (3 in use)")
+        elif answer.status_code == 429:
+            assert_error(answer, 429, "You have 2 active labs in VO Big", "per person (2)")
+        elif answer.status_code == 409:
+            assert_error(answer, 409, "'bob' already has an active lab for 'same'")
+
+    async with backend.client(None, admin_token=True) as admin:
+        stored = (await admin.get("/labs")).json()
+        firsts = {
+            lab["id"]: (await admin.get(f"/labs/{lab['id']}/events")).json()[0]["message"]
+            for lab in stored
+        }
+    assert len(stored) == 11
+    # each admitted lab was counted with the ones before it: 1 of 3, 2 of 3, 3 of 3
+    small = sorted(firsts[lab["id"]] for lab in stored if lab["vo"] == "small")
+    assert [m.split("VO Small: ")[1] for m in small] == [
+        f"{n} of 3 labs in use; yours: 1." for n in (1, 2, 3)
+    ]
+    big = [firsts[lab["id"]].split("VO Big: ")[1] for lab in stored if lab["vo"] == "big"]
+    assert sorted(int(m.split(" of ")[0]) for m in big) == list(range(1, 9))
+    alices = [firsts[lab["id"]] for lab in stored if lab["user"] == "alice"]
+    assert sorted(m.rsplit("yours: ", 1)[1] for m in alices) == ["1 of 2.", "2 of 2."]
+    assert [lab["server_name"] for lab in stored if lab["user"] == "bob"] == ["same"]
+    await stop_everything(backend)
+
+
+async def test_starts_at_once_share_a_transaction_and_keep_their_own_answers(
+    database_url: str,
+) -> None:
+    """The store's side: nine starts at once take one transaction (not nine); each
+    caller gets the lab, QuotaExceeded with the usage before it, or ServerNameBusy
+    with the lab that has the name, as one by one in the order they came."""
+    from sqlalchemy import event, func, select
+
+    from backend.db import create_engine, events, labs, migrate
+    from backend.settings import normalize_database_url
+    from backend.store import Admission, Lab, QuotaExceeded, ServerNameBusy, Store, Usage
+
+    engine = create_engine(normalize_database_url(database_url))
+    await migrate(engine)
+    transactions = []  # committed ones (reads end in a rollback)
+    event.listen(engine.sync_engine, "commit", lambda conn: transactions.append(conn))
+    try:
+        store = Store(engine)
+        v, w = Admission("v", 3, 2), Admission("w", 1, None)
+        seen: dict[str, Usage | None] = {}
+
+        async def start(user: str, server: str, admission: Admission | None) -> Lab:
+            key = f"{user}/{server}"
+
+            def message(usage: Usage | None) -> str:
+                seen[key] = usage
+                return f"accepted {key}"
+
+            return await store.create_lab(
+                user_name=user,
+                server_name=server,
+                system="local",
+                vo=admission.vo if admission else None,
+                options={},
+                message=message,
+                admission=admission,
+            )
+
+        asked = [
+            ("u0", "a", v),  # 1 of 3 in v
+            ("u0", "b", v),  # 2 of 3, u0's 2 of 2
+            ("u0", "c", v),  # u0's limit
+            ("u1", "a", v),  # 3 of 3
+            ("u1", "b", v),  # v is full
+            ("u2", "x", None),
+            ("u2", "x", None),  # the name is taken by the one before
+            ("u3", "a", w),  # 1 of 1 in w
+            ("u4", "a", w),  # w is full
+        ]
+        answers = await asyncio.gather(*(start(*a) for a in asked), return_exceptions=True)
+        assert len(transactions) == 1, len(transactions)
+
+        ok = [a for a in answers if isinstance(a, Lab)]
+        assert [(lab.user_name, lab.server_name) for lab in ok] == [
+            ("u0", "a"),
+            ("u0", "b"),
+            ("u1", "a"),
+            ("u2", "x"),
+            ("u3", "a"),
+        ]
+        assert all(lab.message == f"accepted {lab.user_name}/{lab.server_name}" for lab in ok)
+        assert seen["u0/a"] == Usage(1, 1) and seen["u0/b"] == Usage(2, 2)
+        assert seen["u1/a"] == Usage(3, 1) and seen["u3/a"] == Usage(1, 1)
+        assert seen["u2/x"] is None
+
+        per_user, full_v, busy, full_w = answers[2], answers[4], answers[6], answers[8]
+        assert isinstance(per_user, QuotaExceeded) and per_user.limit == "labs_per_user"
+        assert per_user.usage == Usage(2, 2) and per_user.admission == v
+        assert isinstance(full_v, QuotaExceeded) and full_v.limit == "labs"
+        assert full_v.usage == Usage(3, 1)
+        assert isinstance(busy, ServerNameBusy) and busy.existing == answers[5]
+        assert isinstance(full_w, QuotaExceeded) and full_w.usage == Usage(1, 0)
+
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(labs))).scalar() == 5
+            firsts = (await conn.execute(select(events.c.lab_id, events.c.seq))).all()
+        assert sorted(firsts) == sorted((lab.id, 1) for lab in ok)
+        assert await store.get_lab(ok[0].id) == ok[0]  # the answer is the lab as stored
+
+        # lone starts afterwards: a transaction each, at once
+        with pytest.raises(QuotaExceeded):
+            await start("u5", "a", w)
+        assert (await start("u5", "b", None)).user_name == "u5"
+        assert len(transactions) == 3
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_admission_transaction_fails_its_starts_and_the_next_one_works(
+    start_backend: BackendFactory, tmp_path: Path, database_url: str
+) -> None:
+    """The database refuses every new lab (a trigger, as a full disk would): each start
+    of the burst is answered 503 with a sentence, nothing is stored, and once the
+    database takes writes again the next start is admitted."""
+    from sqlalchemy import text
+
+    from backend.db import create_engine
+
+    settings = batch_site(tmp_path, database_url)
+    backend = await start_backend(settings)
+    engine = create_engine(settings.resolved_database_url)
+    if engine.dialect.name == "postgresql":
+        refuse = [
+            "CREATE FUNCTION refuse_labs() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$",
+            "CREATE TRIGGER refuse_labs BEFORE INSERT ON labs "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_labs()",
+        ]
+    else:
+        refuse = [
+            "CREATE TRIGGER refuse_labs BEFORE INSERT ON labs "
+            "BEGIN SELECT RAISE(ABORT, 'no space left on device'); END"
+        ]
+    try:
+        async with engine.begin() as conn:
+            for statement in refuse:
+                await conn.execute(text(statement))
+        bodies = [start_body(f"p{i}") for i in range(8)]
+        for b in bodies:
+            b["vo"] = "big"
+        answers = await post_all(backend, bodies)
+        for answer in answers:
+            assert_error(answer, 503, "could not be stored", "try again in a minute")
+            assert answer.headers["retry-after"] == "60"
+        async with backend.client(None, admin_token=True) as admin:
+            assert (await admin.get("/labs")).json() == []
+        assert fakelab_processes() == []
+
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "DROP TRIGGER refuse_labs"
+                    + (" ON labs" if engine.dialect.name == "postgresql" else "")
+                )
+            )
+        again = await post_lab(backend, bodies[0])
+        assert again.status_code == 202, again.text
+        async with backend.client("p0") as p0:
+            first = (await p0.get(f"/labs/{again.json()['id']}/events")).json()[0]
+        assert "VO Big: 1 of 10 labs in use" in first["message"]
+    finally:
+        await engine.dispose()
+    await stop_everything(backend)
