@@ -28,7 +28,7 @@ from .catalog import OptionError, validate_options
 from .db import utcnow
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
-from .store import Admission, Lab, Store, Usage, clean_text
+from .store import Admission, Lab, Store, Usage, UserRecord, clean_text
 from .systems.driver import Driver, LabContext, LabEnded, LabFailed, Peers, lab_log_name
 from .systems.registry import kinds
 from .vos import Identity, memberships
@@ -50,6 +50,8 @@ def quota_sentence(vo: str, limits: Admission, usage: Usage) -> str:
         mine = f"{usage.user_labs}"
     return f"VO {vo}: {labs} labs in use; yours: {mine}."
 
+
+UNREAD = object()  # active_vo: the person's record is yet to be read
 
 INTERNAL_ERROR = (
     "An internal error stopped the lab; the site's admins can find the details in the backend log."
@@ -125,11 +127,15 @@ class LabManager:
         return await person_settings(self.settings, self.workshops, identity)
 
     async def active_vo(
-        self, identity: Identity, requested: str | None = None, view: PersonView | None = None
+        self,
+        identity: Identity,
+        requested: str | None = None,
+        view: PersonView | None = None,
+        record: UserRecord | object | None = UNREAD,
     ) -> str | None:
         """The VO a lab of this person belongs to: ``requested``, else the one they chose,
         else their first. None on a site without VOs (unless they chose a workshop).
-        Raises NotInVO."""
+        ``record``: the person as stored, if the caller read it already. Raises NotInVO."""
         view = view or await self.view(identity)
         vos = view.settings.vos
         if not vos:
@@ -147,8 +153,9 @@ class LabManager:
                 yours = ", ".join(vos[v].display_name or v for v in mine)
                 raise NotInVO(f"You are not a member of VO {named}; your VOs: {yours}.")
             return requested
-        record = await self.store.get_user(identity.user)
-        if record is not None and record.vo in mine:
+        if record is UNREAD:
+            record = await self.store.get_user(identity.user)
+        if isinstance(record, UserRecord) and record.vo in mine:
             return record.vo
         if not self.settings.vos:  # a site without VOs: a workshop only when chosen
             return None
@@ -197,15 +204,17 @@ class LabManager:
         began = time.monotonic()
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
         change = None
+        record: UserRecord | object | None = UNREAD
         if self.settings.vos or self.settings.workshops is not None:
             # the hub's newest word on the person, for the catalog too: stored in the
             # transaction that admits the lab (one write less per start of a new person)
-            change = await self.store.identity_change(
-                user_name, identity.groups, identity.entitlements, emails
+            record = await self.store.get_user(user_name)
+            change = self.store.identity_change(
+                record, identity.groups, identity.entitlements, emails
             )
         try:
             vo, system_name, clean, admission, message = await self._admission(
-                identity, vo, options, workshop
+                identity, vo, options, workshop, record
             )
         except Exception:
             if change is not None:  # refused before its admission: stored all the same
@@ -242,6 +251,7 @@ class LabManager:
         vo: str | None,
         options: dict[str, Any],
         workshop: str | None,
+        record: UserRecord | object | None,
     ) -> tuple[str | None, str, dict[str, Any], Admission | None, Callable[[Usage | None], str]]:
         """A start checked before its admission: its VO, system, clean options, the VO's
         limits and its first event's sentence. Raises NotInVO or OptionError."""
@@ -258,7 +268,7 @@ class LabManager:
                     "options", "A lab of a workshop takes the workshop's presets; send no options."
                 )
             vo, options = workshop, {**ws.options, "system": ws.system}
-        vo = await self.active_vo(identity, vo, view)
+        vo = await self.active_vo(identity, vo, view, record)
         if vo is not None and vo in view.workshops:
             refusal = window_refusal(view.workshops[vo], utcnow())
             if refusal:

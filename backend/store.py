@@ -284,6 +284,7 @@ class _Counts:
     def __init__(self, conn: AsyncConnection):
         self._conn = conn
         self._people: dict[str, dict[str, int]] = {}  # VO -> person -> active labs
+        self._total: dict[str, int] = {}  # VO -> active labs
 
     async def usage(self, vo: str, user_name: str) -> Usage:
         people = self._people.get(vo)
@@ -295,13 +296,15 @@ class _Counts:
             )
             rows = (await self._conn.execute(query)).all()
             people = self._people[vo] = {r[0]: int(r[1]) for r in rows}
-        return Usage(labs=sum(people.values()), user_labs=people.get(user_name, 0))
+            self._total[vo] = sum(people.values())
+        return Usage(labs=self._total[vo], user_labs=people.get(user_name, 0))
 
     def add(self, vo: str | None, user_name: str) -> None:
         """Count a lab the batch admits."""
         people = self._people.get(vo) if vo is not None else None
-        if people is not None:
+        if vo is not None and people is not None:
             people[user_name] = people.get(user_name, 0) + 1
+            self._total[vo] += 1
 
 
 class Store:
@@ -373,16 +376,15 @@ class Store:
         assert found is not None
         return found
 
-    async def identity_change(
-        self,
-        name: str,
+    @staticmethod
+    def identity_change(
+        known: UserRecord | None,
         groups: Collection[str],
         entitlements: Collection[str],
         emails: Collection[str] | None = None,
     ) -> dict[str, Any] | None:
         """What to store of a person's identity as the hub says it now (see
-        :meth:`put_identity`), or None when the stored one is the same."""
-        known = await self.get_user(name)
+        :meth:`put_identity`; ``known``: as stored), or None when it is the same."""
         addresses = frozenset(e.lower() for e in emails) if emails is not None else None
         if (
             known is not None
@@ -409,9 +411,9 @@ class Store:
         """Store what the hub says of a person now (their chosen VO stays; ``emails``
         None: the stored ones stay); a write only when it changed (each start tells it
         again)."""
-        values = await self.identity_change(name, groups, entitlements, emails)
+        known = await self.get_user(name)
+        values = self.identity_change(known, groups, entitlements, emails)
         if values is None:
-            known = await self.get_user(name)
             assert known is not None
             return known
         return await self._upsert_user(name, values)

@@ -224,11 +224,21 @@ class WorkshopStore:
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def of_person(self, user: str) -> list[Workshop]:
-        """The workshops not ended that ``user`` joined or organizes (two queries)."""
-        joined = set(await self.joined_ids(user))
-        return [
-            ws for ws in await self.all(open_only=True) if ws.id in joined or ws.organized_by(user)
-        ]
+        """The workshops not ended that ``user`` joined or organizes (one query)."""
+        query = (
+            select(workshops, workshop_members.c.user_name.label("member"))
+            .outerjoin(
+                workshop_members,
+                (workshop_members.c.workshop_id == workshops.c.id)
+                & (workshop_members.c.user_name == user),
+            )
+            .where(workshops.c.ended.is_(None))
+            .order_by(workshops.c.start, workshops.c.id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        found = [(_workshop(r), r.member is not None) for r in rows]
+        return [ws for ws, joined in found if joined or ws.organized_by(user)]
 
     async def patch(self, workshop_id: str, values: dict[str, Any]) -> Workshop:
         async with self.writing(urgent=True) as conn:

@@ -533,9 +533,22 @@ async def test_starts_at_once_share_a_transaction_and_keep_their_own_answers(
         assert sorted(firsts) == sorted((lab.id, 1) for lab in ok)
         assert await store.get_lab(ok[0].id) == ok[0]  # the answer is the lab as stored
 
-        # lone starts afterwards: a transaction each, at once
+        # lone starts afterwards: a transaction each, at once; what the hub said of the
+        # person is stored in it, whether the lab is admitted or not
         with pytest.raises(QuotaExceeded):
-            await start("u5", "a", w)
+            await store.create_lab(
+                user_name="u5",
+                server_name="a",
+                system="local",
+                vo="w",
+                options={},
+                message="accepted",
+                admission=w,
+                identity=store.identity_change(None, ["workshop"], [], ["U5@Example.org"]),
+            )
+        known = await store.get_user("u5")
+        assert known is not None and known.groups == {"workshop"}
+        assert known.emails == {"u5@example.org"}
         assert (await start("u5", "b", None)).user_name == "u5"
         assert len(transactions) == 3
     finally:
