@@ -149,6 +149,10 @@ def names(text: str) -> list[str]:
     return [n for n in text.replace(",", " ").split() if n]
 
 
+# the notice of the last button pressed, for the page the browser is sent to next
+NOTICE_COOKIE = "lablink-workshop-notice"
+
+
 class WorkshopBase(BaseHandler):
     """What the workshop pages and the API share: the backend, acting for the person."""
 
@@ -395,7 +399,12 @@ class WorkshopPage(WorkshopBase):
 
     @web.authenticated
     async def get(self, workshop_id: str) -> None:
-        await self._page(workshop_id)
+        # what the last button did (post, then redirect: a reload does not press it again)
+        done = self.get_secure_cookie(NOTICE_COOKIE, max_age_days=1)
+        if done is not None:
+            self.clear_cookie(NOTICE_COOKIE, path=self.request.path)
+        notice = done.decode("utf-8", "replace")[:500] if done else ""
+        await self._page(workshop_id, notice=notice)
 
     @web.authenticated
     async def post(self, workshop_id: str) -> None:
@@ -439,9 +448,10 @@ class WorkshopPage(WorkshopBase):
             await self._page(workshop_id, exc.status if exc.status < 500 else 502, exc.detail)
             return
         if notice:
-            await self._page(workshop_id, notice=notice)
-        else:
-            self.redirect(self.request.path, status=303)
+            self.set_secure_cookie(
+                NOTICE_COOKIE, notice, expires_days=None, path=self.request.path, httponly=True
+            )
+        self.redirect(self.request.path, status=303)
 
     async def _start(self, workshop_id: str) -> None:
         """Spawn the named server <id> with the workshop's presets, then go to the hub's

@@ -94,8 +94,14 @@ def form_xsrf(page: str) -> str:
 
 
 async def post_form(user: HubUser, path: str, **fields: str) -> Any:
+    """Press a button of the page's forms. A done action answers 303 back to the page (a
+    reload then shows it, not presses it again): the page it leads to is returned; any
+    other answer (Start's 303 to the progress page, a refusal) as it is."""
     page = await user.http.get(path)
-    return await user.http.post(path, data={"_xsrf": form_xsrf(page.text), **fields})
+    resp = await user.http.post(path, data={"_xsrf": form_xsrf(page.text), **fields})
+    if resp.status_code != 303 or resp.headers["location"] != path:
+        return resp
+    return await user.http.get(path)
 
 
 async def test_an_organizer_creates_a_workshop_through_the_api_and_gets_its_invite_url(
@@ -358,6 +364,10 @@ async def test_the_organizers_buttons_renew_the_code_and_remove_a_participant(
         renewed = (await demo.api("GET", "/lablink/workshops/buttons")).json()
         assert renewed["code"] != workshop["code"]
         assert renewed["invite_url"].replace("&", "&amp;") in resp.text
+        again = await demo.http.get("/hub/workshops/buttons")  # a reload: no second renewal
+        assert 'id="lablink-workshop-notice"' not in again.text
+        now = (await demo.api("GET", "/lablink/workshops/buttons")).json()
+        assert now["code"] == renewed["code"]
         old = await grace.http.get(workshop["invite_url"].removeprefix(stack.url))
         assert old.status_code == 200  # grace has joined: the page needs no code
         resp = await post_form(demo, "/hub/workshops/buttons", action="remove", name="grace")
