@@ -8,17 +8,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .api import acting_user, identity_of, manager_of
 from .auth import USER_NAME, Principal, authenticate
 from .catalog import OptionError, catalog, validate_options
 from .db import utcnow
-from .labs import LabManager
 from .settings import Settings
 from .store import Lab, UserRecord
-from .vos import Identity
 from .workshop_settings import WorkshopSettings
 from .workshops import (
     WORKSHOP_ID,
@@ -130,10 +129,6 @@ class CodeIn(BaseModel):
 # -- helpers -----------------------------------------------------------------------
 
 
-def manager_of(request: Request) -> LabManager:
-    return request.app.state.manager  # type: ignore[no-any-return]
-
-
 def site(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
@@ -142,25 +137,12 @@ def workshop_settings(request: Request) -> WorkshopSettings:
     return site(request).workshops or WorkshopSettings()
 
 
-def acting(who: Principal) -> str:
-    if who.user is None:
-        raise HTTPException(
-            400, "The header X-Lablink-User must name the user this request acts for."
-        )
-    return who.user
-
-
-async def identity(request: Request, name: str) -> Identity:
-    record = await manager_of(request).store.get_user(name) or UserRecord(name)
-    return Identity(name, record.groups, record.entitlements)
-
-
 async def may_create(request: Request, who: Principal) -> bool:
     if who.admin:
         return True
     if who.user is None:
         return False
-    return is_instructor(site(request), await identity(request, who.user))
+    return is_instructor(site(request), await identity_of(request, who.user))
 
 
 def same_code(given: str, code: str) -> bool:
@@ -319,7 +301,7 @@ async def list_workshops(
     the person joined (participant view)."""
     store = manager_of(request).workshops
     if joined:
-        user = acting(who)
+        user = acting_user(who)
         ids = set(await store.joined_ids(user))
         chosen = [ws for ws in await store.all() if ws.id in ids]
         counts = await store.member_counts([ws.id for ws in chosen])
@@ -364,7 +346,7 @@ async def get_limits(request: Request, who: Auth) -> dict[str, Any]:
 async def create_workshop(request: Request, body: WorkshopIn, who: Auth) -> Any:
     """Create a workshop (instructors and admins); answers the organizer view."""
     try:
-        owner = acting(who)
+        owner = acting_user(who)
         if not await may_create(request, who):
             raise Refused(403, ONLY_INSTRUCTORS)
         settings = site(request)
@@ -479,7 +461,7 @@ async def renew_code(request: Request, workshop_id: str, who: Auth) -> Any:
 async def join_workshop(request: Request, workshop_id: str, body: CodeIn, who: Auth) -> Any:
     """Join with the invitation's code; the workshop becomes the person's active VO."""
     try:
-        user = acting(who)
+        user = acting_user(who)
         ws = await found(request, workshop_id)
         if not same_code(body.code, ws.code):
             raise Refused(404, NOT_FOUND.format(id=workshop_id[:64]), "code")

@@ -30,9 +30,9 @@ import html
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from jupyterhub.spawner import Spawner, SpawnException
@@ -528,6 +528,22 @@ _start_limits_reading: dict[str, asyncio.Task[StartLimits]] = {}
 START_LIMITS_AGE = 300.0
 
 
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+def read_once(
+    readings: dict[K, asyncio.Task[T]], key: K, read: Callable[[], Coroutine[Any, Any, T]]
+) -> Awaitable[T]:
+    """One ``read()`` for all callers that ask for ``key`` while it runs (``readings``
+    holds the running ones); a caller that gives up does not cancel it for the others."""
+    task = readings.get(key)
+    if task is None:
+        task = readings[key] = asyncio.create_task(read())
+        task.add_done_callback(lambda _task: readings.pop(key, None))
+    return asyncio.shield(task)
+
+
 async def _read_start_limits(spawner: LablinkSpawner) -> StartLimits:
     catalog = await spawner.backend.catalog(spawner.user.name)
     known = _start_limits.get(spawner.backend_url) or StartLimits()
@@ -552,12 +568,7 @@ async def start_limits(spawner: LablinkSpawner, system: str | None) -> StartLimi
         and (system or known.default_system) in known.limits
     ):
         return known
-    reading = _start_limits_reading.get(key)
-    if reading is None:
-        reading = asyncio.create_task(_read_start_limits(spawner))
-        _start_limits_reading[key] = reading
-        reading.add_done_callback(lambda _task: _start_limits_reading.pop(key, None))
-    return await asyncio.shield(reading)
+    return await read_once(_start_limits_reading, key, lambda: _read_start_limits(spawner))
 
 
 # a workshop's system by backend URL and workshop id: it never changes (a PATCH cannot
@@ -580,12 +591,7 @@ async def workshop_system(spawner: LablinkSpawner, workshop: str) -> str:
             _workshop_systems[key] = system
         return system
 
-    reading = _workshop_systems_reading.get(key)
-    if reading is None:
-        reading = asyncio.create_task(read())
-        _workshop_systems_reading[key] = reading
-        reading.add_done_callback(lambda _task: _workshop_systems_reading.pop(key, None))
-    return await asyncio.shield(reading)
+    return await read_once(_workshop_systems_reading, key, read)
 
 
 async def _backend_decides(spawner: LablinkSpawner, user_options: dict[str, Any]) -> None:
