@@ -51,6 +51,10 @@ labs = Table(
     Column("message", Text, nullable=False, default=""),
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
+    # the replica that follows the lab (replicas.id); NULL: none, any replica may take it
+    Column("owner", String(36), nullable=True, index=True),
+    # the start request's Idempotency-Key: the same request sent again gets this lab
+    Column("request_id", String(64), nullable=True),
     # at most one active lab per user and server name, enforced by the database
     Index(
         "uq_labs_active_server",
@@ -121,6 +125,31 @@ workshop_members = Table(
     ),
     Column("user_name", String(255), primary_key=True, index=True),
     Column("joined", DateTime(timezone=True), nullable=False),
+)
+
+
+# the backend processes sharing the database (issue 16): each renews its row before
+# ``expires``; a row past it is a replica that died, and its labs are taken over
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# what a lab's start needs that must not be stored in the clear, sealed with the
+# site's key (backend/sealed.py): the start request's environment (the lab's hub
+# token) until the lab runs, and the person's newest access token while it is active
+lab_secrets = Table(
+    "lab_secrets",
+    metadata,
+    Column("lab_id", String(36), ForeignKey("labs.id", ondelete="CASCADE"), primary_key=True),
+    Column("env", Text, nullable=True),
+    Column("access_token", Text, nullable=True),
+    Column("updated", DateTime(timezone=True), nullable=False),
 )
 
 
