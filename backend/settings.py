@@ -89,6 +89,28 @@ class IdleCuller(Strict):
     )
 
 
+class ReplicaSettings(Strict):
+    """Several backend replicas on one PostgreSQL database: how fast a dead one's labs are
+    taken over, and the key that seals what a lab's start needs."""
+
+    lease: float = Field(
+        default=3.0,
+        ge=1.0,
+        le=60.0,
+        description="seconds a replica's lease lasts; each replica renews it three times per "
+        "lease, and the labs of a replica that has not renewed it (it died, or lost the "
+        "database) are taken over by the others after about this long",
+    )
+    key_env: str = Field(
+        default="LABLINK_STATE_KEY",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding the key (32 characters or more; several "
+        "comma-separated, newest first, to change keys) that seals the environment of a "
+        "lab's start (its hub token) and the person's access token in the database, so "
+        "that another replica can launch and follow the lab; required with PostgreSQL",
+    )
+
+
 class Branding(Strict):
     """The site's face: its name, logo, login hint and support link, on the hub's login
     page and in the header of every page."""
@@ -209,6 +231,11 @@ class Settings(Strict):
         default_factory=dict,
         description="virtual organizations, by name, in the order people see them; none: "
         "labs belong to no VO and have no quota",
+    )
+    replicas: ReplicaSettings = Field(
+        default_factory=ReplicaSettings,
+        description="backend replicas sharing one PostgreSQL database: the lease after which "
+        "a dead replica's labs are taken over, and the key sealing what a start needs",
     )
     workshops: WorkshopSettings | None = Field(
         default=None,
