@@ -372,8 +372,11 @@ async def _until_async(check: Any, timeout: float = 5) -> None:
 async def test_healthz_needs_no_token_and_says_ok(backend: RunningBackend) -> None:
     async with httpx.AsyncClient(base_url=backend.url, trust_env=False) as anon:
         resp = await anon.get("/healthz")
+        paths = (await anon.get("/api/v1/openapi.json")).json()["paths"]
     assert resp.status_code == 200
     assert resp.json() == {"status": "ok"}
+    assert "get" in paths["/healthz"]
+    assert "security" not in paths["/healthz"]["get"]
 
 
 async def test_an_unhealthy_replica_answers_503(backend: RunningBackend) -> None:
