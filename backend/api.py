@@ -596,15 +596,15 @@ AccessToken = Annotated[
 ]
 
 
-def take_token(request: Request, who: Principal, lab: Lab, token: str | None) -> None:
+async def take_token(request: Request, who: Principal, lab: Lab, token: str | None) -> None:
     if token and who.user == lab.user_name:
-        manager_of(request).hand_token(lab, token)
+        await manager_of(request).hand_token(lab, token)
 
 
 @router.get("/labs/{lab_id}", response_model=LabOut)
 async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     lab = await visible_lab(request, who, lab_id)
-    take_token(request, who, lab, token)
+    await take_token(request, who, lab, token)
     times = await store_of(request).lab_times([lab.id])
     titles = await workshop_titles(request, [lab])
     return lab_view(request.app.state.settings, lab, times.get(lab.id), who.admin, titles)
@@ -614,7 +614,7 @@ async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken =
 async def delete_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     """Stop a lab. Idempotent: stopping a stopped lab answers with it as it is."""
     lab = await visible_lab(request, who, lab_id)
-    take_token(request, who, lab, token)
+    await take_token(request, who, lab, token)
     return lab_out(await manager_of(request).stop(lab), who.admin)
 
 
