@@ -455,7 +455,18 @@ async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) ->
 
 @router.post("/labs", status_code=202, response_model=LabOut)
 async def create_lab(
-    request: Request, body: LabRequest, who: Auth, response: Response
+    request: Request,
+    body: LabRequest,
+    who: Auth,
+    response: Response,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="1 to 64 of A-Z a-z 0-9 . _ : - (a fresh uuid per start): the same "
+            "start sent again with it answers the lab the first one stored",
+        ),
+    ] = None,
 ) -> LabOut | JSONResponse:
     """Accept a lab: validate its options, store it, and start it in the background.
 
@@ -465,8 +476,7 @@ async def create_lab(
         raise HTTPException(
             403, f"This request acts for {who.user!r} and cannot start a lab for another user."
         )
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
+    if key is not None:  # checked here, for a sentence that names the header
         if not IDEMPOTENCY_KEY.fullmatch(key):
             raise HTTPException(
                 422,
