@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -335,17 +334,18 @@ async def test_a_second_backend_on_one_sqlite_database_refuses_to_start(
     await start_backend(site.settings(document))
     site_file = site.write(document, tmp_path / "site.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABLINK_")}
-    second = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "backend", "--site", str(site_file)]
-        + ["--port", str(free_port())],
+    second = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "backend.cli", "backend", "--site", str(site_file)),
+        *("--port", str(free_port())),
         env={**env, **token_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert second.returncode == 2, (second.returncode, second.stderr[-2000:])
-    assert second.stderr.strip() == (
+    _, stderr = await asyncio.wait_for(second.communicate(), 60)
+    message = stderr.decode()
+    assert second.returncode == 2, (second.returncode, message[-2000:])
+    assert message.strip() == (
         f"lablink backend: another backend (pid {os.getpid()}) already uses the SQLite "
         f"database {database}; SQLite allows one backend - set database_url to a "
         "PostgreSQL database to run several."
