@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from backend.db import create_engine, labs, replicas
+from backend.db import create_engine, labs, migrate, replicas, utcnow
 from backend.procs import free_port
 from backend.settings import Settings
+from backend.workshops import WorkshopEnder, WorkshopStore
 from tests.helpers import site
 from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.labs import alive, assert_error, fakelab_processes, lab_process
@@ -368,3 +370,45 @@ async def test_sqlite_the_lock_is_given_back_with_the_backend(
     async with again.client() as hub:
         assert (await hub.delete(f"/labs/{lab_id}")).status_code == 202
         await wait_state(hub, lab_id, {"stopped", "failed"})
+
+
+@pytest.mark.postgres
+async def test_of_two_replicas_ending_a_workshop_one_stops_its_labs(
+    pg_settings: Settings,
+) -> None:
+    """Both replicas' enders find the workshop due at once; the one whose conditional
+    update marks it ended stops its labs, the other passes."""
+    engine = create_engine(pg_settings.resolved_database_url)
+    await migrate(engine)
+    try:
+        store = WorkshopStore(engine)
+        now = utcnow()
+        await store.create(
+            {
+                "id": "ws-due",
+                "title": "Due",
+                "description": "",
+                "owner": "carol",
+                "tutors": [],
+                "start": now - timedelta(hours=2),
+                "end": now - timedelta(hours=1),
+                "system": "local",
+                "options": {},
+                "max_participants": 5,
+                "allow": None,
+                "code": "c" * 16,
+            }
+        )
+        stopped: list[str] = []
+
+        async def stop_labs(workshop_id: str) -> int:
+            stopped.append(workshop_id)
+            return 0
+
+        enders = [WorkshopEnder(WorkshopStore(engine), 0, stop_labs) for _ in range(2)]
+        await asyncio.gather(*(ender.end_due() for ender in enders))
+        assert stopped == ["ws-due"]
+        ended = await store.get("ws-due")
+        assert ended is not None and ended.ended is not None
+    finally:
+        await engine.dispose()
