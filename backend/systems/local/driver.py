@@ -12,6 +12,7 @@ groups, as JupyterHub's LocalProcessSpawner runs it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pwd
@@ -72,6 +73,30 @@ def lab_environment(
             env["SHELL"] = account.pw_shell
     env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}{prefix}"
     return env
+
+
+LAUNCHED = "launched.json"  # in the lab's run directory: the process as launched
+
+
+def note_launched(path: Path, handle: dict[str, Any]) -> None:
+    """Write the launched process's handle next to its output (atomically)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(handle))
+    part.replace(path)
+
+
+def launched_before(path: Path) -> dict[str, Any] | None:
+    """The handle of a lab process launched earlier and still alive (the same pid
+    and start time), else None."""
+    try:
+        handle = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(handle, dict) or not isinstance(handle.get("pid"), int):
+        return None
+    if not isinstance(handle.get("port"), int):
+        return None
+    return handle if procs.is_alive(handle["pid"], handle.get("started")) else None
 
 
 def lab_account(system: LocalSystem, person: str) -> pwd.struct_passwd | None:
@@ -149,6 +174,18 @@ class LocalDriver(Driver[LocalSystem]):
                     f"The home directory of {account.pw_name!r} ({home}) is missing; ask the "
                     "site's admins."
                 )
+        launched = run_dir / LAUNCHED
+        earlier = launched_before(launched)
+        if earlier is not None:
+            # launched by a backend that died before it stored the handle (another
+            # replica, or this one before a restart): follow that process, start none
+            log.info("%s: process %s launched before; following it", ctx.log_name, earlier["pid"])
+            self._ports[ctx.lab_id] = earlier["port"]
+            await ctx.save(earlier)
+            await ctx.progress(
+                LabState.STARTING, "The lab process is running; waiting for JupyterLab to answer."
+            )
+            return await self._wait_ready(ctx, system.start_timeout)
         port = self._free_port(ctx.lab_id)
         prefix = service_prefix(ctx)
         argv = lab_command(system, port)
@@ -183,16 +220,18 @@ class LocalDriver(Driver[LocalSystem]):
                 ) from None
         self.step(ctx, "started %s as process %s", argv[0], proc.pid)
         self._children[ctx.lab_id] = proc
+        handle = {
+            "pid": proc.pid,
+            "started": procs.start_time(proc.pid),
+            "port": port,
+            "prefix": prefix,
+            "log": str(log_path),
+        }
+        # on this machine at once, before the database hears of it: a backend that
+        # takes the start over after this one died finds the process here
+        note_launched(launched, handle)
         try:
-            await ctx.save(
-                {
-                    "pid": proc.pid,
-                    "started": procs.start_time(proc.pid),
-                    "port": port,
-                    "prefix": prefix,
-                    "log": str(log_path),
-                }
-            )
+            await ctx.save(handle)
         except BaseException:
             # not recorded (the backend is shutting down, or the database failed):
             # nothing could find this process again, so it must not outlive us
