@@ -37,6 +37,7 @@ from .workshops import PersonView, window_refusal
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SERVER_NAME = r"^[A-Za-z0-9._~-]{0,255}$"
 LAB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # text the database can store and a log can show
 log = logging.getLogger("lablink.backend.api")
 HEARTBEAT_SECONDS = 15.0
@@ -456,11 +457,26 @@ async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) ->
 async def create_lab(
     request: Request, body: LabRequest, who: Auth, response: Response
 ) -> LabOut | JSONResponse:
-    """Accept a lab: validate its options, store it, and start it in the background."""
+    """Accept a lab: validate its options, store it, and start it in the background.
+
+    With the header ``Idempotency-Key``, the same request sent again (a retry after a
+    lost answer) answers the lab the first one stored, while it is active."""
     if who.user is not None and who.user != body.user.name and not who.admin:
         raise HTTPException(
             403, f"This request acts for {who.user!r} and cannot start a lab for another user."
         )
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise HTTPException(
+                422,
+                "The header Idempotency-Key must be 1 to 64 letters, digits and . _ : - "
+                "(a fresh uuid per start, for example).",
+            )
+        mine = await store_of(request).list_labs(user_name=body.user.name, active_only=True)
+        earlier = next((lab for lab in mine if lab.request_id == key), None)
+        if earlier is not None:
+            return same_request(earlier, body.server_name, who, response)
     try:
         lab = await manager_of(request).create(
             user_name=body.user.name,
@@ -475,6 +491,7 @@ async def create_lab(
                 body.user.access_token.get_secret_value() if body.user.access_token else None
             ),
             workshop=body.workshop,
+            request_id=key,
         )
     except NotInVO as exc:
         raise HTTPException(403, str(exc)) from None
@@ -488,6 +505,8 @@ async def create_lab(
             vo = titles.get(exc.admission.vo, vo)
         raise HTTPException(429, quota_refusal(exc, vo), headers={"Retry-After": "60"}) from None
     except ServerNameBusy as exc:
+        if key is not None and exc.existing is not None and exc.existing.request_id == key:
+            return same_request(exc.existing, body.server_name, who, response)  # sent twice at once
         existing = f" (lab {exc.existing.id})" if exc.existing else ""
         name = repr(body.server_name) if body.server_name else "the default server"
         raise HTTPException(
@@ -502,6 +521,24 @@ async def create_lab(
             "started, try again in a minute.",
             headers={"Retry-After": "60"},
         ) from None
+    response.headers["Location"] = f"/api/v1/labs/{lab.id}"
+    return lab_out(lab, who.admin)
+
+
+def same_request(lab: Lab, server_name: str, who: Principal, response: Response) -> LabOut:
+    """The answer to a start sent again with the Idempotency-Key of ``lab``: that lab,
+    as the first answer had it (or 409 when the key came with another server name)."""
+    if lab.server_name != server_name:
+        name = repr(lab.server_name) if lab.server_name else "the default server"
+        raise HTTPException(
+            409,
+            f"The Idempotency-Key was already used to start lab {lab.id} for {name}; send a "
+            "fresh key with each start.",
+        )
+    log.info(
+        "%s: the same start came again (Idempotency-Key); answered the lab it stored",
+        lab_log_name(lab.user_name, lab.server_name, lab.id),
+    )
     response.headers["Location"] = f"/api/v1/labs/{lab.id}"
     return lab_out(lab, who.admin)
 

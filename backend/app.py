@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from .auth import TokenChecker
 from .db import create_engine, migrate
 from .files import private_dir
 from .labs import LabManager
+from .sealed import sealer_from
 from .service import service_app
 from .settings import (
     Settings,
@@ -41,13 +43,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     tunnel_secret = tunnel_token(settings, env)
     userlab_secret = userlab_manager_token(settings, env)
     hub_forward_cas(settings)
+    sealer = sealer_from(settings, os.environ if env is None else env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.state_dir)
         engine = create_engine(settings.resolved_database_url)
         await migrate(engine)
-        store = Store(engine)
+        store = Store(engine, sealer=sealer)
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
         own: list[httpx.AsyncClient] = []  # clients with a site's CA bundle
 

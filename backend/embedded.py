@@ -44,6 +44,9 @@ from .systems.unicore.client import Credentials
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW before giving up
 RESTART_WINDOW = 60.0
+# the variable with the key that seals lab_secrets (replicas.key_env's default, which the
+# site file of `lablink up` keeps); its key is made once in state/secrets/state_key
+STATE_KEY_ENV = "LABLINK_STATE_KEY"
 SECRET_VARIABLES = frozenset(
     {
         "LABLINK_HUB_TOKEN",
@@ -51,6 +54,7 @@ SECRET_VARIABLES = frozenset(
         "LABLINK_BACKEND_TOKEN",
         "LABLINK_DEMO_PASSWORD",
         "LABLINK_DATABASE_URL",  # may hold a database password
+        STATE_KEY_ENV,  # seals what a lab's start needs in the backend's database
         "CONFIGPROXY_AUTH_TOKEN",
         "JUPYTERHUB_CRYPT_KEY",
         "LABLINK_DEVSITE_PASSWORD",
@@ -76,9 +80,10 @@ DEMO_PASSWORD_MIN = 8
 
 
 def crypt_key(path: Path) -> str:
-    """The hub's auth_state key from ``path``, made (32 random bytes, hex) if missing.
+    """A key from ``path``, made (32 random bytes, hex) if missing: the hub's auth_state
+    key, and the backend's key for lab_secrets.
 
-    It lives apart from the hub's database (``secrets/``, not ``hub/``), so a copy
+    It lives apart from the database it opens (``secrets/``, not ``hub/``), so a copy
     of the database, a backup say, does not carry the key that opens it."""
     private_dir(path.parent)
     earlier = path.parent.parent / "hub" / path.name  # where it was kept before
@@ -508,6 +513,9 @@ class Embedded:
             **base,
             "LABLINK_HUB_TOKEN": hub_token,
             "LABLINK_ADMIN_TOKEN": self.admin_token,
+            # the backend's alone: it seals a start's environment (the lab's hub token)
+            STATE_KEY_ENV: os.environ.get(STATE_KEY_ENV)
+            or crypt_key(self.state / "secrets" / "state_key"),
         }
         if "LABLINK_DATABASE_URL" in os.environ:
             backend_env["LABLINK_DATABASE_URL"] = os.environ["LABLINK_DATABASE_URL"]

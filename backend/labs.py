@@ -192,6 +192,7 @@ class LabManager:
         access_token: str | None = None,
         workshop: str | None = None,
         emails: list[str] | None = None,
+        request_id: str | None = None,
     ) -> Lab:
         """Validate, admit against the VO's quota, store (state ``accepted``) and start a
         lab in the background.
@@ -200,6 +201,8 @@ class LabManager:
         full and ServerNameBusy if the user has an active lab with this server
         name; nothing is stored then. With ``workshop``, the lab is one of that
         workshop (the person's or one they organize) with its presets as options.
+        ``env`` and ``access_token`` are stored sealed with the lab when the site has a
+        key (another replica can launch it); ``request_id``: the Idempotency-Key.
         """
         began = time.monotonic()
         identity = Identity(user_name, frozenset(groups or ()), frozenset(entitlements or ()))
@@ -231,6 +234,9 @@ class LabManager:
             message=message,
             admission=admission,
             identity=change,
+            env=env,
+            access_token=access_token,
+            request_id=request_id,
         )
         if access_token:
             self._access_tokens[lab.id] = access_token
@@ -382,6 +388,10 @@ class LabManager:
                 await driver.stop(ctx)
             await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
             return
+        try:  # it runs: nobody will launch it again, so its hub token need not be kept
+            await self.store.secrets.drop_env(lab.id)
+        except Exception as exc:  # kept sealed until the lab ends; the lab runs on
+            log.warning("%s: could not forget its start's environment: %s", ctx.log_name, exc)
         await self._watch(ctx, driver)
 
     async def _recover_then_watch(self, lab: Lab) -> None:
@@ -441,6 +451,7 @@ class LabManager:
             log.exception("%s: clearing up after the lab broke", ctx.log_name)
             output = ""
         self._access_tokens.pop(ctx.lab_id, None)
+        await self._drop_secrets(ctx.lab_id)
         code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
         why = f" {status.message.rstrip('.')}." if status.message else ""
         log.info("%s: ended by itself%s", ctx.log_name, code)
@@ -519,3 +530,12 @@ class LabManager:
         self._runs.pop(lab.id, None)
         self._stop_now.pop(lab.id, None)
         self._access_tokens.pop(lab.id, None)
+        await self._drop_secrets(lab.id)
+
+    async def _drop_secrets(self, lab_id: str) -> None:
+        """Forget what was sealed of an ended lab (a failure: one log line; the row is
+        removed with the lab)."""
+        try:
+            await self.store.secrets.drop(lab_id)
+        except Exception as exc:
+            log.warning("lab %s: could not forget its sealed secrets: %s", lab_id, exc)

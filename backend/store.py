@@ -23,7 +23,9 @@ from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import ACTIVE_CONDITION, IMMEDIATE, as_utc, events, labs, users, utcnow
+from .db import ACTIVE_CONDITION, IMMEDIATE, as_utc, events, lab_secrets, labs, users, utcnow
+from .lab_secrets import LabSecrets
+from .sealed import Sealer
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
 
 log = logging.getLogger("lablink.backend.store")
@@ -73,6 +75,7 @@ class Lab:
     message: str
     created: datetime
     updated: datetime
+    request_id: str | None = None  # the start request's Idempotency-Key
 
     @property
     def active(self) -> bool:
@@ -169,6 +172,7 @@ def _lab(row: Any) -> Lab:
         message=row.message,
         created=as_utc(row.created),
         updated=as_utc(row.updated),
+        request_id=row.request_id,
     )
 
 
@@ -271,6 +275,8 @@ class _Start:
     # the lab stored, None for a taken server name (ServerNameBusy), or the exception
     outcome: asyncio.Future[Lab | None]
     refusal: QuotaExceeded | None = None
+    request_id: str | None = None  # the start request's Idempotency-Key
+    secret: dict[str, Any] | None = None  # its sealed lab_secrets row (LabSecrets.rows)
 
 
 class _NameTakenMeanwhile(Exception):
@@ -308,7 +314,9 @@ class _Counts:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, notifier: Notifier | None = None):
+    def __init__(
+        self, engine: AsyncEngine, notifier: Notifier | None = None, sealer: Sealer | None = None
+    ):
         self.engine = engine
         self.notifier = notifier or Notifier()
         self.dialect = engine.dialect.name
@@ -319,6 +327,8 @@ class Store:
         # starts waiting for their admission, and the task admitting them (create_lab)
         self._starts: list[_Start] = []
         self._admitter: asyncio.Task[None] | None = None
+        # what a lab's start needs, sealed (nothing stored without a sealer)
+        self.secrets = LabSecrets(engine, self.writing, sealer)
 
     @contextlib.asynccontextmanager
     async def writing(
@@ -448,6 +458,9 @@ class Store:
         message: str | Callable[[Usage | None], str],
         admission: Admission | None = None,
         identity: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        access_token: str | None = None,
+        request_id: str | None = None,
     ) -> Lab:
         """Store a new lab (state ``accepted``) and its first event.
 
@@ -455,7 +468,9 @@ class Store:
         that concurrent requests never admit more than the limits allow; a
         callable ``message`` is given the VO's usage with the new lab counted.
         ``identity``: what to store of the person first (:meth:`identity_change`;
-        stored whether the lab is admitted or not). Raises QuotaExceeded or
+        stored whether the lab is admitted or not). ``env`` and ``access_token``: stored
+        sealed with the lab (:class:`LabSecrets`; not at all without the site's key);
+        ``request_id``: the start request's Idempotency-Key. Raises QuotaExceeded or
         ServerNameBusy, or AdmissionFailed when the transaction failed; no lab is
         stored then.
 
@@ -463,8 +478,9 @@ class Store:
         together in the next one (group commit, see :meth:`_admit_batch`); a
         lone start has its transaction at once.
         """
+        lab_id = str(uuid.uuid4())
         start = _Start(
-            lab_id=str(uuid.uuid4()),
+            lab_id=lab_id,
             user_name=user_name,
             server_name=server_name,
             system=system,
@@ -474,6 +490,9 @@ class Store:
             admission=admission,
             identity=identity,
             outcome=asyncio.get_running_loop().create_future(),
+            request_id=request_id,
+            # sealed here, before the admission's turn (the sealing takes CPU, not the lock)
+            secret=self.secrets.rows(lab_id, env or {}, access_token),
         )
         self._starts.append(start)
         admitter = self._admitter
@@ -583,6 +602,7 @@ class Store:
         }
         now = utcnow()
         rows: list[dict[str, Any]] = []
+        sealed: list[dict[str, Any]] = []
         for start in batch:  # as if one after the other: the same answers, in order
             start.refusal = None
             try:
@@ -609,8 +629,11 @@ class Store:
                     "message": message,
                     "created": now,
                     "updated": now,
+                    "request_id": start.request_id,
                 }
             )
+            if start.secret is not None:
+                sealed.append(start.secret)
             counted.add(start.vo, start.user_name)
         if not rows:
             return {}
@@ -643,6 +666,8 @@ class Store:
                 for row in rows
             ],
         )
+        if sealed:
+            await conn.execute(insert(lab_secrets), sealed)
         return stored
 
     async def _store_identities(self, conn: AsyncConnection, batch: list[_Start]) -> None:

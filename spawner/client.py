@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +17,12 @@ import httpx
 log = logging.getLogger("lablink.spawner")
 
 FINAL = ("stopped", "failed")
+# a start the backend may not have heard (a replica gone behind the load balancer): sent
+# again with its Idempotency-Key, up to START_TRIES times within START_RETRY_WITHIN s
+RETRY_STATUS = frozenset({502, 503, 504})  # 503 also stands for "cannot be reached"
+START_TRIES = 3
+START_RETRY_FIRST = 0.5  # seconds before the second try, doubled for each next
+START_RETRY_WITHIN = 10.0
 
 
 class BackendError(Exception):
@@ -107,9 +115,42 @@ class BackendClient:
         resp = await self._request("PUT", f"/users/{user}/vo", user, json={"vo": vo})
         return resp.json()  # type: ignore[no-any-return]
 
-    async def create(self, body: dict[str, Any], user: str) -> dict[str, Any]:
-        resp = await self._request("POST", "/labs", user, json=body)
-        return resp.json()  # type: ignore[no-any-return]
+    async def create(
+        self, body: dict[str, Any], user: str, idempotency_key: str | None = None, label: str = ""
+    ) -> dict[str, Any]:
+        """Ask the backend to start a lab. With ``idempotency_key`` (fresh per start), an
+        unreachable backend or a 502, 503 or 504 (a replica that died behind the load
+        balancer) is asked again with the same key, up to ``START_TRIES`` times within
+        ``START_RETRY_WITHIN`` seconds: the backend answers the lab a lost first answer
+        stored instead of storing a second. ``label``: the lab's name for the log."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        began = time.monotonic()
+        delay = START_RETRY_FIRST
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                resp = await self._request("POST", "/labs", user, headers=headers, json=body)
+                return resp.json()  # type: ignore[no-any-return]
+            except BackendError as exc:
+                late = time.monotonic() - began + delay > START_RETRY_WITHIN
+                if (
+                    headers is None
+                    or exc.status not in RETRY_STATUS
+                    or attempt == START_TRIES
+                    or late
+                ):
+                    raise
+                log.warning(
+                    "%s: the backend answered the start with %d; sending it again in %.1f s "
+                    "(try %d of %d)",
+                    label or user,
+                    exc.status,
+                    delay,
+                    attempt + 1,
+                    START_TRIES,
+                )
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))  # noqa: S311
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(
         self, lab_id: str, user: str, access_token: str | None = None

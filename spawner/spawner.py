@@ -30,6 +30,7 @@ import html
 import math
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -259,15 +260,15 @@ class LablinkSpawner(Spawner):
         body = await self._request_body()
         asked = time.monotonic()
         try:
-            try:
-                lab = await self.backend.create(body, user)
+            try:  # a fresh key per start: a retry of a lost answer finds the lab stored
+                lab = await self.backend.create(body, user, uuid.uuid4().hex, self._log_name)
             except BackendError as exc:
                 if exc.status != 409:
                     raise
                 # the backend still has an active lab for this server the hub has
                 # forgotten (a hub that lost its database): stop it, then start anew
                 await self._stop_existing(user)
-                lab = await self.backend.create(body, user)
+                lab = await self.backend.create(body, user, uuid.uuid4().hex, self._log_name)
         except BackendError as exc:
             if exc.status >= 500:
                 self.log.warning("%s: the backend cannot start it: %s", self._log_name, exc.detail)

@@ -17,6 +17,7 @@ writes raw YAML, as its subject is the parser's account of lines.)
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from tests.helpers.slurm import ACCOUNTS, SYSTEM_PYTHON
 
 HUB_TOKEN_ENV = "LABLINK_TEST_HUB_TOKEN"
 ADMIN_TOKEN_ENV = "LABLINK_TEST_ADMIN_TOKEN"
+# the key that seals lab_secrets (replicas.key_env's default), one per test session
+STATE_KEY_ENV = "LABLINK_STATE_KEY"
+STATE_KEY = secrets.token_hex(32)
 TOKENS = [
     {"name": "hub", "secret_env": HUB_TOKEN_ENV, "role": "hub"},
     {"name": "admin", "secret_env": ADMIN_TOKEN_ENV, "role": "admin"},

@@ -81,7 +81,12 @@ def tokens() -> dict[str, str]:
 
 @pytest.fixture
 def token_env(tokens: dict[str, str]) -> dict[str, str]:
-    return {site.HUB_TOKEN_ENV: tokens["hub"], site.ADMIN_TOKEN_ENV: tokens["admin"]}
+    # the state key too, so that every backend a test starts seals what a start needs
+    return {
+        site.HUB_TOKEN_ENV: tokens["hub"],
+        site.ADMIN_TOKEN_ENV: tokens["admin"],
+        site.STATE_KEY_ENV: site.STATE_KEY,
+    }
 
 
 @pytest.fixture
