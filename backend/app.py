@@ -11,8 +11,10 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from . import health
 from .api import router
 from .auth import TokenChecker
+from .bus import Bus
 from .db import create_engine, migrate
 from .files import private_dir
 from .labs import LabManager
@@ -50,7 +52,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         private_dir(settings.state_dir)
         engine = create_engine(settings.resolved_database_url)
         await migrate(engine)
-        store = Store(engine, sealer=sealer)
+        bus = Bus(engine)
+        store = Store(engine, sealer=sealer, bus=bus)
+        # events stored by other replicas wake this one's streams; after a lost
+        # connection every stream reads the table again (it is the truth)
+        bus.on("event", store.notifier.publish)
+        bus.on("resync", store.notifier.publish_all)
+        await bus.start()
+        app.state.bus = bus
         http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
         own: list[httpx.AsyncClient] = []  # clients with a site's CA bundle
 
@@ -90,6 +99,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             await manager.close()
             for client in (http, *own):
                 await client.aclose()
+            await bus.close()
             await engine.dispose()
 
     app = service_app(
@@ -100,6 +110,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     )
     app.state.settings = settings
     app.state.streams = {}  # open event streams by person
+    app.state.healthy = True  # False while the replica has stopped following labs
+    health.install(app)
     app.include_router(router)
     app.include_router(workshops_router)
     return app

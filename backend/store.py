@@ -23,6 +23,7 @@ from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .bus import Bus
 from .db import ACTIVE_CONDITION, IMMEDIATE, as_utc, events, lab_secrets, labs, users, utcnow
 from .lab_secrets import LabSecrets
 from .sealed import Sealer
@@ -205,6 +206,12 @@ class Notifier:
         if ev is not None:
             ev.set()
 
+    def publish_all(self, _why: str = "") -> None:
+        """Wake every reader (notifications may have been missed: they read again)."""
+        waiters, self._waiters = self._waiters, {}
+        for ev in waiters.values():
+            ev.set()
+
 
 def _lock_key(vo: str) -> int:
     """A stable signed 64-bit key for PostgreSQL's advisory lock of one VO."""
@@ -315,10 +322,17 @@ class _Counts:
 
 class Store:
     def __init__(
-        self, engine: AsyncEngine, notifier: Notifier | None = None, sealer: Sealer | None = None
+        self,
+        engine: AsyncEngine,
+        notifier: Notifier | None = None,
+        sealer: Sealer | None = None,
+        bus: Bus | None = None,
     ):
         self.engine = engine
         self.notifier = notifier or Notifier()
+        # other replicas learn of each event through the bus (PostgreSQL NOTIFY, sent in
+        # the transaction that stores it); this process wakes its streams after commit
+        self.bus = bus
         self.dialect = engine.dialect.name
         # SQLite has one write lock per database: writers of this process take turns
         # here instead of in SQLite's busy handler, which sleeps in steps of up to
@@ -668,6 +682,8 @@ class Store:
         )
         if sealed:
             await conn.execute(insert(lab_secrets), sealed)
+        if self.bus is not None:
+            await self.bus.in_transaction_all(conn, "event", [row["id"] for row in rows])
         return stored
 
     async def _store_identities(self, conn: AsyncConnection, batch: list[_Start]) -> None:
@@ -844,6 +860,8 @@ class Store:
                         detail=detail,
                     )
                 )
+                if self.bus is not None:
+                    await self.bus.in_transaction(conn, "event", lab_id)
             self.notifier.publish(lab_id)
             return _lab(moved)
         raise RuntimeError(f"lab {lab_id}: could not record {state} after repeated conflicts")
