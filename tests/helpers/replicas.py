@@ -78,7 +78,13 @@ def has_healthz() -> bool:
     doc = site.doc(None, "postgresql://nobody@127.0.0.1:9/none")
     env = {site.HUB_TOKEN_ENV: "h" * 32, site.ADMIN_TOKEN_ENV: "a" * 32, STATE_KEY_ENV: "k" * 44}
     app = create_app(site.settings(doc), env)
-    return any(getattr(route, "path", None) == "/healthz" for route in app.routes)
+
+    async def probe() -> int:  # without its lifespan the app only answers
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+            return (await client.get("/healthz")).status_code
+
+    return run_coroutine(probe()) != 404
 
 
 @dataclass
