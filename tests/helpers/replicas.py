@@ -480,6 +480,22 @@ class ReplicaSet:
         finally:
             await conn.close()
 
+    async def database_text(self) -> str:
+        """Every row of every table of the database, as text (to look for secrets)."""
+        conn = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+            out = []
+            for table in tables:
+                name = table["table_name"].replace('"', '""')
+                rows = await conn.fetch(f'SELECT t::text AS row FROM "{name}" t')
+                out += [row["row"] for row in rows]
+            return "\n".join(out)
+        finally:
+            await conn.close()
+
     async def owners(self, lab_ids: list[str] | None = None) -> dict[str, str | None]:
         """``labs.owner`` of every lab (or of ``lab_ids``)."""
         if lab_ids is None:
