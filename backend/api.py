@@ -455,7 +455,18 @@ async def put_user_vo(request: Request, name: str, body: VOChoice, who: Auth) ->
 
 @router.post("/labs", status_code=202, response_model=LabOut)
 async def create_lab(
-    request: Request, body: LabRequest, who: Auth, response: Response
+    request: Request,
+    body: LabRequest,
+    who: Auth,
+    response: Response,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="1 to 64 of A-Z a-z 0-9 . _ : - (a fresh uuid per start): the same "
+            "start sent again with it answers the lab the first one stored",
+        ),
+    ] = None,
 ) -> LabOut | JSONResponse:
     """Accept a lab: validate its options, store it, and start it in the background.
 
@@ -465,8 +476,7 @@ async def create_lab(
         raise HTTPException(
             403, f"This request acts for {who.user!r} and cannot start a lab for another user."
         )
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
+    if key is not None:  # checked here, for a sentence that names the header
         if not IDEMPOTENCY_KEY.fullmatch(key):
             raise HTTPException(
                 422,
@@ -596,15 +606,15 @@ AccessToken = Annotated[
 ]
 
 
-def take_token(request: Request, who: Principal, lab: Lab, token: str | None) -> None:
+async def take_token(request: Request, who: Principal, lab: Lab, token: str | None) -> None:
     if token and who.user == lab.user_name:
-        manager_of(request).hand_token(lab, token)
+        await manager_of(request).hand_token(lab, token)
 
 
 @router.get("/labs/{lab_id}", response_model=LabOut)
 async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     lab = await visible_lab(request, who, lab_id)
-    take_token(request, who, lab, token)
+    await take_token(request, who, lab, token)
     times = await store_of(request).lab_times([lab.id])
     titles = await workshop_titles(request, [lab])
     return lab_view(request.app.state.settings, lab, times.get(lab.id), who.admin, titles)
@@ -614,7 +624,7 @@ async def get_lab(request: Request, lab_id: str, who: Auth, token: AccessToken =
 async def delete_lab(request: Request, lab_id: str, who: Auth, token: AccessToken = None) -> LabOut:
     """Stop a lab. Idempotent: stopping a stopped lab answers with it as it is."""
     lab = await visible_lab(request, who, lab_id)
-    take_token(request, who, lab, token)
+    await take_token(request, who, lab, token)
     return lab_out(await manager_of(request).stop(lab), who.admin)
 
 

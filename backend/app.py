@@ -18,6 +18,7 @@ from .bus import Bus
 from .db import create_engine, migrate
 from .files import private_dir
 from .labs import LabManager
+from .replicas import Replica, hold_sqlite, let_go_sqlite
 from .sealed import sealer_from
 from .service import service_app
 from .settings import (
@@ -50,6 +51,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.state_dir)
+        # SQLite: one backend per database file (lablink backend checked it already)
+        sqlite_file = hold_sqlite(settings.resolved_database_url)
         engine = create_engine(settings.resolved_database_url)
         await migrate(engine)
         bus = Bus(engine)
@@ -83,10 +86,21 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         if userlab_secret is not None:
             um = settings.userlab_manager
             userlabs = UserlabClient(client_for(um.ca_bundle), um.url, userlab_secret)
-        manager = LabManager(settings, store, http, secrets, Peers(tunnels, userlabs))
+        manager = LabManager(settings, store, http, secrets, Peers(tunnels, userlabs), bus)
         app.state.store = store
         app.state.manager = manager
-        await manager.recover_all()
+
+        async def lost() -> None:  # fenced: stop following labs, answer 503
+            app.state.healthy = False
+            await manager.release_all()
+
+        def back() -> None:
+            app.state.healthy = True
+
+        replica = Replica(store, settings.replicas.lease, manager.adopt, lost, bus, back)
+        app.state.replica = replica
+        await replica.start()  # its first scan claims the labs nobody follows
+        app.state.healthy = replica.healthy
         grace = settings.workshops.grace if settings.workshops is not None else 15
         ender = WorkshopEnder(manager.workshops, grace, manager.stop_workshop_labs)
         app.state.ender = ender
@@ -97,10 +111,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         finally:
             await ender.close()
             await manager.close()
+            await replica.close()  # the labs handed back: the other replicas take them now
             for client in (http, *own):
                 await client.aclose()
             await bus.close()
             await engine.dispose()
+            let_go_sqlite(sqlite_file)
 
     app = service_app(
         "Lablink backend",

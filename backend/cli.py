@@ -33,13 +33,19 @@ def _serve(app: object, host: str, port: int, log_level: str) -> int:
 
 def cmd_backend(args: argparse.Namespace) -> int:
     from .app import create_app
+    from .replicas import SqliteInUse, hold_sqlite
 
     overrides = {"state_dir": args.state_dir} if args.state_dir else None
     try:
         settings = load_settings(args.site, overrides)
         app = create_app(settings)
+        # SQLite: one backend per database file; held until the process ends
+        hold_sqlite(settings.resolved_database_url)
     except SettingsError as exc:
         print(f"lablink backend: {exc}", file=sys.stderr)
+        return 2
+    except SqliteInUse as exc:
+        print(exc, file=sys.stderr)
         return 2
     return _serve(app, args.host, args.port, args.log_level)
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("lablink.backend")
@@ -113,11 +113,8 @@ def db_unreachable(exc: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
-        if isinstance(current, DBAPIError) and type(current).__name__ in (
-            "OperationalError",
-            "InterfaceError",
-        ):
-            return True
+        if isinstance(current, OperationalError | InterfaceError):
+            return True  # SQLAlchemy's names for a connection that failed
         if isinstance(
             current,
             asyncpg.PostgresConnectionError

@@ -2,8 +2,15 @@
 
 It is the only caller of the drivers. One task per lab follows the lab from
 start to its end (``_start_then_watch``); a stop cancels that task first, so
-a lab that is being stopped is never reported as having ended by itself. On
-start the manager re-attaches to every lab the database says is active.
+a lab that is being stopped is never reported as having ended by itself.
+
+With several replicas (backend/replicas.py) each active lab has one owner, the
+replica that runs its tasks: a lab is owned by the replica that admitted it, and
+a replica adopts (:meth:`LabManager.adopt`) the labs it claims from a dead one. The
+writes of a lab's task are fenced: they carry ``owner = this replica``, and one that
+finds another owner raises NotOwner, which ends the task quietly. A stop asked on
+any replica is recorded there and carried out by the owner (``stop:<lab>`` on the
+bus); a new access token is stored sealed and the owner told (``token:<lab>``).
 
 Every lab reaches a final state: an exception in a lab's task moves it to
 ``failed`` with a sentence. The one exception is a stop the system did not
@@ -24,11 +31,12 @@ from typing import Any
 
 import httpx
 
+from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
-from .store import Admission, Lab, Store, Usage, UserRecord, clean_text
+from .store import Admission, Lab, NotOwner, Store, Usage, UserRecord, clean_text
 from .systems.driver import Driver, LabContext, LabEnded, LabFailed, Peers, lab_log_name
 from .systems.registry import kinds
 from .vos import Identity, memberships
@@ -67,12 +75,17 @@ class LabManager:
         http: httpx.AsyncClient,
         system_secrets: dict[str, str] | None = None,
         peers: Peers | None = None,
+        bus: Bus | None = None,
     ):
         self.settings = settings
         self.store = store
+        self.bus = bus
+        if bus is not None:
+            bus.on("stop", self._stop_asked)
+            bus.on("token", self._token_changed)
         self.system_secrets = dict(system_secrets or {})
         self.peers = peers or Peers()
-        # the person's OIDC access token per lab, in memory only (never stored)
+        # the person's OIDC access token per lab (stored only sealed, in lab_secrets)
         self._access_tokens: dict[str, str] = {}
         # one driver per kind the site uses
         used = {system.kind for system in settings.systems.values()}
@@ -93,14 +106,28 @@ class LabManager:
     def driver_for(self, lab: Lab) -> Driver[Any]:
         return self.drivers[self.settings.systems[lab.system].kind]
 
+    @property
+    def me(self) -> str | None:
+        """This replica's id (None: a manager without replicas; its writes are not
+        fenced)."""
+        return self.store.replica_id
+
+    async def _record(self, lab_id: str, state: LabState, message: str, **kw: Any) -> Lab:
+        """A write of the task that follows the lab: fenced (NotOwner)."""
+        return await self.store.record(lab_id, state, message, owner=self.me, **kw)
+
     def context(self, lab: Lab, env: dict[str, str] | None = None) -> LabContext[Any]:
+        me = self.me  # a task begun for an earlier id of this replica is fenced off
+
         async def report(
             state: LabState, message: str, *, detail: str = "", progress: int | None = None
         ) -> None:
-            await self.store.record(lab.id, state, message, detail=detail, progress=progress)
+            await self.store.record(
+                lab.id, state, message, detail=detail, progress=progress, owner=me
+            )
 
         async def save(handle: dict[str, Any]) -> None:
-            await self.store.save_handle(lab.id, handle)
+            await self.store.save_handle(lab.id, handle, owner=me)
 
         return LabContext(
             lab_id=lab.id,
@@ -246,10 +273,22 @@ class LabManager:
             system_name,
             (time.monotonic() - began) * 1000,
         )
-        self._runs[lab.id] = asyncio.create_task(
-            self._start_then_watch(lab, env), name=f"lab-{lab.id}"
-        )
+        self._follow(lab.id, self._start_then_watch(lab, env), "lab")
         return lab
+
+    def _follow(self, lab_id: str, work: Any, what: str) -> None:
+        """Run ``work`` as the task that follows the lab (it ends quietly on NotOwner)."""
+        self._runs[lab_id] = asyncio.create_task(self._owned(lab_id, work), name=f"{what}-{lab_id}")
+
+    async def _owned(self, lab_id: str, work: Any) -> None:
+        try:
+            await work
+        except NotOwner:
+            log.info("lab %s: another replica follows it now; this one lets go", lab_id)
+            if self._runs.get(lab_id) is asyncio.current_task():
+                del self._runs[lab_id]
+            self._stop_now.pop(lab_id, None)
+            self._access_tokens.pop(lab_id, None)
 
     async def _admission(
         self,
@@ -303,10 +342,22 @@ class LabManager:
 
         return vo, system_name, clean, admission, message
 
-    def hand_token(self, lab: Lab, token: str) -> None:
-        """Keep the person's newest access token for an active lab (memory only)."""
-        if lab.active:
-            self._access_tokens[lab.id] = token
+    async def hand_token(self, lab: Lab, token: str) -> None:
+        """Keep the person's newest access token for an active lab: stored sealed (when
+        it changed) and the replica that follows the lab told to reload it."""
+        if not lab.active:
+            return
+        self._access_tokens[lab.id] = token
+        if await self.store.secrets.put_token(lab.id, token) and self.bus is not None:
+            if lab.owner != self.me:
+                await self.bus.send("token", lab.id)
+
+    async def _token_changed(self, lab_id: str) -> None:
+        """The bus: a lab's access token changed; reload it if this replica follows it."""
+        if lab_id in self._runs or lab_id in self._stops:
+            token = await self.store.secrets.token(lab_id)
+            if token:
+                self._access_tokens[lab_id] = token
 
     async def stop(self, lab: Lab) -> Lab:
         """Begin stopping a lab (idempotent); the stop finishes in the background.
@@ -322,13 +373,31 @@ class LabManager:
                 if current.state not in (LabState.STOPPING, LabState.STOP_FAILED):
                     return current  # it ended meanwhile
                 lab = current
+        me = self.me
+        if me is None or lab.owner == me or await self.store.claim(lab.id, me):
+            if lab.owner != me:
+                lab = await self.store.get_lab(lab.id) or lab
+            self._stop_here(lab)
+        elif self.bus is not None:
+            await self.bus.send("stop", lab.id)  # its owner stops it
+        return lab
+
+    def _stop_here(self, lab: Lab) -> None:
+        """Stop a lab this replica follows: the stop task (or, running, try it now)."""
         if lab.id in self._stops:
             self._stop_now.setdefault(lab.id, asyncio.Event()).set()
         else:
-            task = asyncio.create_task(self._stop(lab), name=f"stop-{lab.id}")
+            task = asyncio.create_task(self._owned(lab.id, self._stop(lab)), name=f"stop-{lab.id}")
             self._stops[lab.id] = task
             task.add_done_callback(self._forget_stop)
-        return lab
+
+    async def _stop_asked(self, lab_id: str) -> None:
+        """The bus: a replica recorded a stop; the owner carries it out."""
+        lab = await self.store.get_lab(lab_id)
+        if lab is None or not lab.active or lab.owner is None or lab.owner != self.me:
+            return
+        if lab.state in (LabState.STOPPING, LabState.STOP_FAILED):
+            self._stop_here(lab)
 
     def _forget_stop(self, task: asyncio.Task[None]) -> None:
         for lab_id, t in list(self._stops.items()):
@@ -336,32 +405,54 @@ class LabManager:
                 del self._stops[lab_id]
 
     async def recover_all(self) -> None:
-        """Re-attach to every active lab after a (re)start of the backend."""
+        """Re-attach to every active lab (a manager without replicas, after a restart;
+        with replicas the first scan claims the labs and :meth:`adopt` takes each)."""
         for lab in await self.store.list_labs(active_only=True):
-            if lab.system not in self.settings.systems:
-                await self._finish(
+            await self.adopt(lab)
+        log.info("re-attached to %d active labs", len(self._runs) + len(self._stops))
+
+    async def adopt(self, lab: Lab) -> None:
+        """Follow a lab this replica has just claimed: stop it if a stop was asked, else
+        re-attach to it; launch it if it was accepted but never launched."""
+        if lab.id in self._runs or lab.id in self._stops:
+            return  # followed already
+        if lab.system not in self.settings.systems:
+            self._follow(
+                lab.id,
+                self._finish(
                     lab,
                     LabState.FAILED,
                     f"System {lab.system!r} is no longer offered by this site; the lab was "
                     "given up.",
-                )
-                continue
-            if lab.state in (LabState.STOPPING, LabState.STOP_FAILED):
-                await self.stop(lab)
-            else:
-                self._runs[lab.id] = asyncio.create_task(
-                    self._recover_then_watch(lab), name=f"recover-{lab.id}"
-                )
-        log.info("re-attached to %d active labs", len(self._runs) + len(self._stops))
+                ),
+                "drop",
+            )
+            return
+        if lab.state in (LabState.STOPPING, LabState.STOP_FAILED):
+            self._stop_here(lab)
+        else:
+            self._follow(lab.id, self._recover_then_watch(lab), "recover")
 
-    async def close(self) -> None:
-        """Stop following labs (they keep running) and release the drivers."""
+    async def release_all(self) -> None:
+        """Stop following every lab at once, writing nothing (this replica fenced itself:
+        its labs' owner rows lapse and other replicas take them)."""
+        await self._cancel_all()
+        self._stop_now.clear()
+        self._access_tokens.clear()
+
+    async def _cancel_all(self) -> None:
         tasks = [*self._runs.values(), *self._stops.values()]
+        self._runs.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._stops.clear()
+
+    async def close(self) -> None:
+        """Stop following labs (they keep running) and release the drivers."""
+        await self._cancel_all()
         for driver in self.drivers.values():
             await driver.close()
 
@@ -372,7 +463,7 @@ class LabManager:
         driver = self.driver_for(lab)
         try:
             url = await driver.start(ctx)
-            await self.store.record(
+            await self._record(
                 lab.id, LabState.RUNNING, "JupyterLab is ready.", url=url, allowed_from=STARTING_UP
             )
             log.info("%s: running at %s", ctx.log_name, url)
@@ -395,6 +486,9 @@ class LabManager:
         await self._watch(ctx, driver)
 
     async def _recover_then_watch(self, lab: Lab) -> None:
+        token = await self.store.secrets.token(lab.id)
+        if token and lab.id not in self._access_tokens:
+            self._access_tokens[lab.id] = token
         ctx = self.context(lab)
         driver = self.driver_for(lab)
         try:
@@ -413,6 +507,12 @@ class LabManager:
             await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
             return
         if url is None:
+            env = await self.store.secrets.env(lab.id)
+            if env is not None:  # sealed at its admission: launch it (its job tag or pod
+                # name finds what an earlier replica submitted, so nothing runs twice)
+                log.info("%s: not launched yet; launching it", ctx.log_name)
+                await self._start_then_watch(lab, env)
+                return
             await self._finish(
                 lab,
                 LabState.FAILED,
@@ -422,7 +522,7 @@ class LabManager:
         log.info("%s: re-attached (%s)", ctx.log_name, url)
         if lab.state != LabState.RUNNING:
             try:
-                await self.store.record(
+                await self._record(
                     lab.id,
                     LabState.RUNNING,
                     "JupyterLab is ready.",
@@ -456,7 +556,7 @@ class LabManager:
         why = f" {status.message.rstrip('.')}." if status.message else ""
         log.info("%s: ended by itself%s", ctx.log_name, code)
         with contextlib.suppress(InvalidTransition):
-            await self.store.record(
+            await self._record(
                 ctx.lab_id,
                 LabState.STOPPED,
                 f"The lab ended by itself{code}.{why}",
@@ -476,7 +576,7 @@ class LabManager:
             lab = await self.store.get_lab(ctx.lab_id)
             if lab is not None and lab.active:
                 with contextlib.suppress(InvalidTransition):
-                    lab = await self.store.record(
+                    lab = await self._record(
                         lab.id, LabState.STOPPING, f"{message.rstrip('.')}; stopping the lab."
                     )
                 self._runs.pop(lab.id, None)  # this task: the stop must not cancel it
@@ -517,7 +617,7 @@ class LabManager:
             )
             if current.state != LabState.STOP_FAILED or current.message != clean_text(message):
                 with contextlib.suppress(InvalidTransition):
-                    await self.store.record(lab.id, LabState.STOP_FAILED, message, detail=detail)
+                    await self._record(lab.id, LabState.STOP_FAILED, message, detail=detail)
             now = self._stop_now.setdefault(lab.id, asyncio.Event())
             now.clear()
             with contextlib.suppress(TimeoutError):
@@ -526,7 +626,7 @@ class LabManager:
 
     async def _finish(self, lab: Lab, state: LabState, message: str, detail: str = "") -> None:
         with contextlib.suppress(InvalidTransition):
-            await self.store.record(lab.id, state, message, detail=detail)
+            await self._record(lab.id, state, message, detail=detail)
         self._runs.pop(lab.id, None)
         self._stop_now.pop(lab.id, None)
         self._access_tokens.pop(lab.id, None)

@@ -24,7 +24,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .bus import Bus
-from .db import ACTIVE_CONDITION, IMMEDIATE, as_utc, events, lab_secrets, labs, users, utcnow
+from .db import (
+    ACTIVE_CONDITION,
+    IMMEDIATE,
+    as_utc,
+    events,
+    lab_secrets,
+    labs,
+    replicas,
+    users,
+    utcnow,
+)
 from .lab_secrets import LabSecrets
 from .sealed import Sealer
 from .states import ACTIVE, PROGRESS, InvalidTransition, LabState, can_move
@@ -77,6 +87,7 @@ class Lab:
     created: datetime
     updated: datetime
     request_id: str | None = None  # the start request's Idempotency-Key
+    owner: str | None = None  # the replica that follows the lab (None: nobody yet)
 
     @property
     def active(self) -> bool:
@@ -174,7 +185,21 @@ def _lab(row: Any) -> Lab:
         created=as_utc(row.created),
         updated=as_utc(row.updated),
         request_id=row.request_id,
+        owner=row.owner,
     )
+
+
+lab_from_row = _lab
+
+
+class NotOwner(BaseException):
+    """A fenced write found the lab followed by another replica now: the task that
+    wrote ends quietly. A BaseException like a cancel, so that no ``except
+    Exception`` of a driver or of the manager acts on a lab it no longer follows."""
+
+    def __init__(self, lab_id: str):
+        super().__init__(f"lab {lab_id} is followed by another replica")
+        self.lab_id = lab_id
 
 
 def _event(row: Any) -> Event:
@@ -330,6 +355,9 @@ class Store:
     ):
         self.engine = engine
         self.notifier = notifier or Notifier()
+        # this process's replica id (backend/replicas.py): the owner of the labs it
+        # admits; None without replicas (a store used alone)
+        self.replica_id: str | None = None
         # other replicas learn of each event through the bus (PostgreSQL NOTIFY, sent in
         # the transaction that stores it); this process wakes its streams after commit
         self.bus = bus
@@ -644,6 +672,7 @@ class Store:
                     "created": now,
                     "updated": now,
                     "request_id": start.request_id,
+                    "owner": self.replica_id,
                 }
             )
             if start.secret is not None:
@@ -789,14 +818,34 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_event(r) for r in rows]
 
-    async def save_handle(self, lab_id: str, handle: dict[str, Any]) -> None:
-        """Store what a driver needs to find the lab again after a restart."""
+    async def save_handle(
+        self, lab_id: str, handle: dict[str, Any], owner: str | None = None
+    ) -> None:
+        """Store what a driver needs to find the lab again after a restart. ``owner``:
+        only while that replica follows the lab (else NotOwner)."""
+        where = [labs.c.id == lab_id]
+        if owner is not None:
+            where.append(labs.c.owner == owner)
         async with self.writing() as conn:
-            await conn.execute(
-                update(labs)
-                .where(labs.c.id == lab_id)
-                .values(handle=clean_json(handle), updated=utcnow())
+            done = await conn.execute(
+                update(labs).where(*where).values(handle=clean_json(handle), updated=utcnow())
             )
+        if owner is not None and not done.rowcount:
+            raise NotOwner(lab_id)
+
+    async def claim(self, lab_id: str, owner: str) -> bool:
+        """Make ``owner`` the lab's follower if nobody follows it (its owner is NULL or a
+        replica without a row); whether it did."""
+        async with self.writing() as conn:
+            done = await conn.execute(
+                update(labs)
+                .where(
+                    labs.c.id == lab_id,
+                    labs.c.owner.is_(None) | labs.c.owner.not_in(select(replicas.c.id)),
+                )
+                .values(owner=owner)
+            )
+        return bool(done.rowcount)
 
     async def record(
         self,
@@ -808,11 +857,14 @@ class Store:
         progress: int | None = None,
         url: str | None = None,
         allowed_from: Collection[LabState] | None = None,
+        owner: str | None = None,
     ) -> Lab:
         """Move a lab to ``state`` (or stay in it) and store the event.
 
         Raises InvalidTransition if the state machine forbids the move, or if
-        ``allowed_from`` is given and the lab is in none of those states.
+        ``allowed_from`` is given and the lab is in none of those states. ``owner``
+        (a write of the task that follows the lab): only while that replica follows
+        it, else NotOwner.
         """
         message, detail = clean_text(message), clean_text(detail)
         url = clean_text(url) if url is not None else None
@@ -820,6 +872,8 @@ class Store:
             lab = await self.get_lab(lab_id)
             if lab is None:
                 raise KeyError(lab_id)
+            if owner is not None and lab.owner != owner:
+                raise NotOwner(lab_id)
             if not can_move(lab.state, state) or (
                 allowed_from is not None and lab.state not in allowed_from
             ):
@@ -842,6 +896,7 @@ class Store:
                             labs.c.id == lab_id,
                             labs.c.state == lab.state.value,
                             labs.c.last_seq == lab.last_seq,
+                            *([labs.c.owner == owner] if owner is not None else []),
                         )
                         .values(**values)
                         .returning(*labs.c)

@@ -323,13 +323,16 @@ class WorkshopStore:
                 newest.setdefault(row.user_name, _lab(row))
         return [RosterEntry(r[0], as_utc(r[1]), newest.get(r[0])) for r in people]
 
-    async def mark_ended(self, workshop_id: str, at: datetime) -> None:
+    async def mark_ended(self, workshop_id: str, at: datetime) -> bool:
+        """Mark the workshop ended unless it is already; whether this call marked it
+        (with several replicas, exactly one of them does)."""
         async with self.writing(urgent=True) as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(workshops)
                 .where(workshops.c.id == workshop_id, workshops.c.ended.is_(None))
                 .values(ended=at, updated=at)
             )
+        return bool(done.rowcount)
 
     async def active_lab_count(self, workshop_id: str) -> int:
         from .store import ACTIVE_STATES
@@ -429,9 +432,10 @@ class WorkshopEnder:
         for ws in await self.store.all(open_only=True):
             due = ws.end + self.grace
             if due <= now:
-                stopping = await self.stop_labs(ws.id)
-                await self.store.mark_ended(ws.id, utcnow())
-                log.info("workshop %s ended: stopping %d labs", ws.id, stopping)
+                # the replica that marks it ends it; the others see it ended and pass
+                if await self.store.mark_ended(ws.id, utcnow()):
+                    stopping = await self.stop_labs(ws.id)
+                    log.info("workshop %s ended: stopping %d labs", ws.id, stopping)
             else:
                 wait = min(wait, (due - now).total_seconds())
         return max(wait, 0.05)

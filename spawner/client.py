@@ -140,10 +140,11 @@ class BackendClient:
                 ):
                     raise
                 log.warning(
-                    "%s: the backend answered the start with %d; sending it again in %.1f s "
+                    "%s: the start was not answered (%d: %s); sending it again in %.1f s "
                     "(try %d of %d)",
                     label or user,
                     exc.status,
+                    exc.detail,
                     delay,
                     attempt + 1,
                     START_TRIES,

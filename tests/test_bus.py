@@ -16,10 +16,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from backend.bus import Bus
 from backend.db import create_engine
-from backend.health import UNHEALTHY, UNREACHABLE
+from backend.health import UNHEALTHY, UNREACHABLE, db_unreachable
 from tests.helpers import site
 from tests.helpers.api import RunningBackend, lab_request, stop_and_wait, wait_state
 
@@ -452,3 +453,16 @@ async def test_a_lost_database_is_a_503_then_all_is_well_again(
             await stop_and_wait(client, lab_id)
         if proxy.server is not None:
             await proxy.down()
+
+
+def test_what_counts_as_a_lost_database() -> None:
+    def caused_by(cause: BaseException) -> RuntimeError:
+        error = RuntimeError("the admission failed")
+        error.__cause__ = cause
+        return error
+
+    assert db_unreachable(OperationalError("SELECT 1", {}, Exception("server closed")))
+    assert db_unreachable(caused_by(asyncpg.ConnectionDoesNotExistError("closed")))
+    assert not db_unreachable(ProgrammingError("SELEC 1", {}, Exception("syntax error")))
+    assert not db_unreachable(OSError("a lab's log file is missing"))  # not the driver's
+    assert not db_unreachable(caused_by(ValueError("bad")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from backend import embedded, procs
 from tests.helpers import site
 from tests.helpers.hub import HubUser
+from tests.helpers.labs import process_environment
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -113,6 +115,19 @@ async def test_named_servers_run_side_by_side(stack: Stack) -> None:
         await carol.wait_stopped("first")
         await carol.wait_stopped("second")
         await wait_until(lambda: not stack.lab_pids("carol"), 10, "carol's labs to end")
+
+
+def test_the_state_key_is_the_backends_alone(stack: Stack) -> None:
+    """`lablink up` keeps the key that seals lab_secrets in secrets/state_key (0600) and
+    hands it to the backend, not to the hub."""
+    key_file = stack.state_dir / "secrets" / "state_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 32
+    backend, hub = stack.backend_pid(), stack.hub_pid()
+    assert backend is not None and hub is not None
+    assert process_environment(backend).get("LABLINK_STATE_KEY") == key
+    assert "LABLINK_STATE_KEY" not in process_environment(hub)
 
 
 async def test_backend_killed_and_restarted_while_a_lab_runs(stack: Stack) -> None:

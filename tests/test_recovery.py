@@ -328,7 +328,9 @@ async def test_backend_stopped_before_the_handle_was_stored(
     a backend that shuts down before storing it ends it instead of leaking it."""
     saving = asyncio.Event()
 
-    async def save_that_never_ends(lab_id: str, handle: dict[str, Any]) -> None:
+    async def save_that_never_ends(
+        lab_id: str, handle: dict[str, Any], owner: str | None = None
+    ) -> None:
         saving.set()
         await asyncio.Event().wait()  # the database does not answer before the shutdown
 

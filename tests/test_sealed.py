@@ -24,10 +24,11 @@ from sqlalchemy import select
 
 import spawner.client
 from backend.app import create_app
-from backend.db import create_engine, lab_secrets
+from backend.db import create_engine, lab_secrets, migrate
 from backend.procs import free_port
 from backend.sealed import SealBroken, Sealer, sealer_from
 from backend.settings import Settings, SettingsError
+from backend.store import Store
 from spawner.client import BackendClient, BackendError
 from tests.helpers import site
 from tests.helpers.api import RunningBackend, lab_request, stop_and_wait, wait_state
@@ -191,6 +192,71 @@ async def test_a_start_is_stored_sealed_until_it_runs(
             assert await sealed_row(settings, lab_id) is None
 
 
+@pytest.mark.integration
+async def test_lab_secrets_write_a_token_only_when_it_changed(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(engine)
+        store = Store(engine, sealer=Sealer([site.STATE_KEY]))
+        lab = await store.create_lab(
+            user_name="alice",
+            server_name="",
+            system="local",
+            vo=None,
+            options={},
+            message="Lab accepted.",
+            env={"JUPYTERHUB_API_TOKEN": HUB_TOKEN},
+            access_token="first",
+        )
+        kept = store.secrets
+        assert await kept.env(lab.id) == {"JUPYTERHUB_API_TOKEN": HUB_TOKEN}
+        assert await kept.token(lab.id) == "first"
+        assert await kept.put_token(lab.id, "first") is False  # the same: no write
+        assert await kept.put_token(lab.id, "second") is True
+        assert await kept.token(lab.id) == "second"
+        await kept.drop_env(lab.id)
+        assert await kept.env(lab.id) is None
+        assert await kept.token(lab.id) == "second"
+
+        # another key: nothing opens, one line without the secret, read as missing
+        other = Store(engine, sealer=Sealer([secrets.token_hex(32)])).secrets
+        with caplog.at_level(logging.WARNING, logger="lablink.backend.lab_secrets"):
+            assert await other.token(lab.id) is None
+        assert [r.getMessage() for r in caplog.records] == [
+            f"lab {lab.id}: its sealed access token opens with none of the site's keys"
+        ]
+
+        await kept.drop(lab.id)
+        assert await kept.token(lab.id) is None
+        assert await kept.put_token(lab.id, "third") is False  # ended: nothing to update
+
+        # without a key: nothing stored, nothing read
+        unsealed = Store(engine)
+        bare = await unsealed.create_lab(
+            user_name="bob",
+            server_name="",
+            system="local",
+            vo=None,
+            options={},
+            message="Lab accepted.",
+            env={"JUPYTERHUB_API_TOKEN": HUB_TOKEN},
+            access_token="token",
+        )
+        assert await sealed_row_in(engine, bare.id) is None
+        assert await unsealed.secrets.env(bare.id) is None
+    finally:
+        await engine.dispose()
+
+
+async def sealed_row_in(engine: Any, lab_id: str) -> Any:
+    async with engine.connect() as conn:
+        return (
+            await conn.execute(select(lab_secrets).where(lab_secrets.c.lab_id == lab_id))
+        ).first()
+
+
 # -- Idempotency-Key -------------------------------------------------------------------
 
 
@@ -308,7 +374,10 @@ async def test_the_spawner_sends_a_start_again_after_a_503(
     assert fake.keys == ["key-1"] * 3
     retries = [r.getMessage() for r in caplog.records]
     assert len(retries) == 2, retries
-    assert all(m.startswith("alice: lab: the backend answered the start with 503") for m in retries)
+    assert all(
+        m.startswith("alice: lab: the start was not answered (503: A replica went away.)")
+        for m in retries
+    )
 
 
 @pytest.mark.parametrize(("status", "tries"), [(502, 3), (504, 3), (500, 1), (409, 1), (422, 1)])
@@ -350,6 +419,9 @@ async def test_an_unreachable_backend_is_tried_three_times(
     assert failed.value.status == 503
     assert "cannot be reached" in failed.value.detail
     assert len(caplog.records) == 2
+    assert all(
+        "(503: The Lablink backend cannot be reached" in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_a_start_is_not_sent_again_past_the_time_allowed(

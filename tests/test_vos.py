@@ -32,12 +32,8 @@ ENTITLEMENT = "urn:geant:h-df.de:res:hpc:training2026:act:alice1#login.helmholtz
 
 
 @pytest.fixture
-def token_env(tokens: dict[str, str]) -> dict[str, str]:
-    return {
-        site.HUB_TOKEN_ENV: tokens["hub"],
-        site.ADMIN_TOKEN_ENV: tokens["admin"],
-        "UNICORE_PW": "not-used-in-these-tests",
-    }
+def token_env(token_env: dict[str, str]) -> dict[str, str]:
+    return {**token_env, "UNICORE_PW": "not-used-in-these-tests"}
 
 
 def vo_site(tmp_path: Path, database_url: str, vos: dict[str, Any], **extra: Any) -> Settings:

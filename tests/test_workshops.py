@@ -38,12 +38,8 @@ ORGANIZER_ONLY = {"owner", "tutors", "participants", "code", "invite_path", "joi
 
 
 @pytest.fixture
-def token_env(tokens: dict[str, str]) -> dict[str, str]:
-    return {
-        site.HUB_TOKEN_ENV: tokens["hub"],
-        site.ADMIN_TOKEN_ENV: tokens["admin"],
-        "UNICORE_PW": "not-used-in-these-tests",
-    }
+def token_env(token_env: dict[str, str]) -> dict[str, str]:
+    return {**token_env, "UNICORE_PW": "not-used-in-these-tests"}
 
 
 def ws_site(
