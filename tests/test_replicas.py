@@ -392,16 +392,25 @@ async def test_a_replica_killed_in_a_burst_of_fifty_starts_fails_none(
 ) -> None:
     rs = replicas
     users = [f"burst{i:02d}" for i in range(50)]
+    victim = await rs.replica_id(1)
     async with rs.client(None, connections=60) as client:
 
         async def one(i: int) -> httpx.Response:
-            await asyncio.sleep(i * 0.02)  # 50 starts in a second
+            await asyncio.sleep(i * 0.04)  # 50 starts in two seconds
             return await start_lab(client, tagged_request(users[i]))
 
         starts = [asyncio.create_task(one(i)) for i in range(50)]
-        await asyncio.sleep(0.4)
+        # killed once it follows a few of the burst's labs, while the burst goes on
+        sql = "SELECT count(*) AS n FROM labs WHERE owner = $1 AND user_name LIKE 'burst%'"
+        deadline = time.monotonic() + 1.5
+        owned = 0
+        while owned < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            owned = (await rs.rows(sql, victim))[0]["n"]
         rs.kill(1)
         answers = await asyncio.gather(*starts)
+        print(f"replica 1 was killed following {owned} of the burst's labs")
+        assert owned > 0, "the replica died before it took any start: nothing was tested"
         failed = [
             (users[i], r.status_code, r.text) for i, r in enumerate(answers) if r.status_code != 202
         ]
