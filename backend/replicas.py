@@ -221,32 +221,36 @@ class Replica:
 
     async def _register(self) -> None:
         """A fresh id and row (the lock first: a row without it looks dead)."""
-        old = self.id
-        self.id = str(uuid.uuid4())
-        self.store.replica_id = self.id
-        if (
-            self.bus is not None
-            and self.postgres
-            and not await self.bus.hold_lock(lock_key(self.id))
-        ):
+        old, new = self.id, str(uuid.uuid4())
+        bus = self.bus if self.postgres else None
+        if bus is not None and not await bus.hold_lock(lock_key(new)):
+            await bus.release_lock(lock_key(new))
             raise ConnectionError("the bus holds no connection to the database")
-        if self.bus is not None and old:
-            await self.bus.release_lock(lock_key(old))
-        async with self._writing() as conn:
-            if old:  # its labs become orphans, claimed again by the next scan
-                await conn.execute(delete(replicas).where(replicas.c.id == old))
-            now = utcnow()
-            await conn.execute(
-                insert(replicas).values(
-                    id=self.id,
-                    host=socket.gethostname()[:255],
-                    pid=os.getpid(),
-                    started=now,
-                    expires=now + timedelta(seconds=self.lease),
+        try:
+            async with self._writing() as conn:
+                if old:  # its labs become orphans, claimed again by the next scan
+                    await conn.execute(delete(replicas).where(replicas.c.id == old))
+                now = utcnow()
+                await conn.execute(
+                    insert(replicas).values(
+                        id=new,
+                        host=socket.gethostname()[:255],
+                        pid=os.getpid(),
+                        started=now,
+                        expires=now + timedelta(seconds=self.lease),
+                    )
                 )
-            )
-            if self.postgres:
-                await conn.execute(self._renewal())
+                self.id = new
+                if self.postgres:
+                    await conn.execute(self._renewal())
+        except BaseException:
+            self.id = old
+            if bus is not None:
+                await bus.release_lock(lock_key(new))
+            raise
+        if bus is not None and old:
+            await bus.release_lock(lock_key(old))
+        self.store.replica_id = new
         self._last_ok = time.monotonic()
         log.info("replica %s registered (lease %.3g s)", self.id, self.lease)
 
