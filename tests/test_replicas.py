@@ -637,7 +637,7 @@ async def test_a_replica_that_loses_its_database_answers_503_and_its_labs_move(
             states = await wait_states(rs, admin, lab_ids, {"running"}, timeout=5)
             assert {lab["state"] for lab in states.values()} == {"running"}
         assert_one_process_each(users)
-        assert rs.haproxy_status(2).startswith("DOWN")
+        rs.wait_haproxy_status(2, "DOWN")
     finally:
         rs.restore_database(2)
     deadline = time.monotonic() + 20

@@ -339,6 +339,14 @@ class ReplicaSet:
                 return row.get("status", "")
         raise AssertionError(f"HAProxy has no server {proxy}/{name}")
 
+    def wait_haproxy_status(self, i: int, status: str, timeout: float = 5) -> None:
+        """Until HAProxy's view of replica ``i`` is ``status`` (``UP``, ``DOWN``): its
+        checks run every 0.5 s and it takes two failed ones to mark a replica down."""
+        deadline = time.monotonic() + timeout
+        while not (now := self.haproxy_status(i)).startswith(status):
+            assert time.monotonic() < deadline, f"HAProxy has replica {i} {now}, not {status}"
+            time.sleep(0.1)
+
     def cut_database(self, i: int) -> None:
         """Replica ``i`` loses PostgreSQL: its connections are cut and new ones refused."""
         proxy = f"pg_{self.replicas[i].name}"
