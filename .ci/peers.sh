@@ -3,6 +3,7 @@
 #   bash .ci/peers.sh start|stop              PostgreSQL + Slurm (+ the OpenSSH programs, Chromium)
 #   bash .ci/peers.sh slurm-start|slurm-stop  only the Slurm cluster (and its slurmrestd)
 #   bash .ci/peers.sh chromium                only Chromium (installed if it is missing)
+#   bash .ci/peers.sh haproxy                 only HAProxy (installed if it is missing)
 # PostgreSQL: the machine's own server on 127.0.0.1:5432 (started if it is down,
 # installed if it is missing). It is left running on stop: it is the machine's.
 # Slurm: a one-node cluster (munged, slurmctld, slurmd) that lives entirely in
@@ -16,6 +17,8 @@
 # (tests/helpers/sshd.py) run their own sshd on 127.0.0.1, one per test.
 # Chromium: start only makes sure Debian's chromium is installed; the browser tests
 # (tests/plugins/browser.py) launch it through Playwright (never `playwright install`).
+# HAProxy: start only makes sure Debian's haproxy is installed; the replicas tests
+# (tests/helpers/replicas.py) run their own, in the foreground, one per test module.
 set -euo pipefail
 
 apt_ready=""
@@ -75,6 +78,16 @@ chromium_install() {
   echo "peers: installing Chromium"
   apt_install chromium || return 1
   [ -x /usr/bin/chromium ] || { echo "peers: /usr/bin/chromium is missing after the install" >&2; return 1; }
+}
+
+# -- HAProxy: Debian's, the load balancer the replicas tests put in front of backends --
+haproxy_install() {
+  if command -v haproxy >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "peers: installing HAProxy"
+  apt_install haproxy || return 1
+  command -v haproxy >/dev/null 2>&1 || { echo "peers: haproxy is missing after the install" >&2; return 1; }
 }
 
 # -- Slurm: a one-node cluster for the tests ---------------------------------------
@@ -412,6 +425,7 @@ case "${1:-}" in
     slurm_start || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without Slurm (its tests will skip)"; }
     openssh_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without OpenSSH (its tests will skip)"; }
     chromium_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without Chromium (its tests will skip)"; }
+    haproxy_install || { [ "${CI:-}" = "true" ] && exit 1; echo "peers: continuing without HAProxy (its tests will skip)"; }
     ;;
   stop)
     slurm_stop
@@ -425,8 +439,11 @@ case "${1:-}" in
   chromium)
     chromium_install
     ;;
+  haproxy)
+    haproxy_install
+    ;;
   *)
-    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium" >&2
+    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium|haproxy" >&2
     exit 2
     ;;
 esac

@@ -5,11 +5,15 @@ It serves HTTP at the address in JUPYTERHUB_SERVICE_URL, like the real one,
 answering 200 on every GET, and behaves as FAKELAB_MODE says:
 ``serve`` (default), ``crash`` (print some lines and exit 3 at once),
 ``exit-later`` (serve, then exit 0 after FAKELAB_SECONDS), ``never-ready``
-(run without listening).
+(run without listening). ``--start-delay=S`` on its command line (or FAKELAB_START_DELAY)
+makes it wait S seconds before it listens (a lab that is slow to start), and
+FAKELAB_IGNORE_TERM=1 makes it ignore SIGTERM (a lab that is slow to stop: the backend
+kills it after its system's stop_grace).
 """
 
 import http.server
 import os
+import signal
 import sys
 import time
 from urllib.parse import urlparse
@@ -38,6 +42,12 @@ def main() -> None:
         sys.exit(3)
     if mode == "never-ready":
         time.sleep(3600)
+    if os.environ.get("FAKELAB_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    delays = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--start-delay=")]
+    delay = float(delays[-1] if delays else os.environ.get("FAKELAB_START_DELAY", "0"))
+    if delay > 0:
+        time.sleep(delay)
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     server = http.server.ThreadingHTTPServer((url.hostname or "127.0.0.1", url.port or 80), Handler)
     if mode == "exit-later":
