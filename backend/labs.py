@@ -34,6 +34,7 @@ import httpx
 from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
+from .health import db_unreachable
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Admission, Lab, NotOwner, Store, Usage, UserRecord, clean_text
@@ -94,6 +95,8 @@ class LabManager:
         }
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Task[None]] = {}
+        # labs handed back after the database failed under their task (see _owned)
+        self._hand_backs: set[asyncio.Task[None]] = set()
         # set to try a failed stop again at once (a person asked to stop again)
         self._stop_now: dict[str, asyncio.Event] = {}
         # waits between tries of a stop the system did not confirm, in seconds
@@ -285,10 +288,50 @@ class LabManager:
             await work
         except NotOwner:
             log.info("lab %s: another replica follows it now; this one lets go", lab_id)
-            if self._runs.get(lab_id) is asyncio.current_task():
-                del self._runs[lab_id]
-            self._stop_now.pop(lab_id, None)
-            self._access_tokens.pop(lab_id, None)
+            self._let_go(lab_id)
+        except Exception as exc:
+            if not db_unreachable(exc):
+                raise
+            # the database failed under the lab's task (it refused a connection, one
+            # was cut): the lab must not stay half-followed (a stop done but not
+            # recorded), so it goes back to be claimed again, here or by another replica
+            log.warning(
+                "lab %s: the database failed while following it (%s); it is handed back "
+                "to be taken up again",
+                lab_id,
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+            )
+            self._let_go(lab_id)
+            if self.me is not None:
+                task = asyncio.create_task(self._hand_back(lab_id, self.me), name=f"back-{lab_id}")
+                self._hand_backs.add(task)
+                task.add_done_callback(self._hand_backs.discard)
+
+    def _let_go(self, lab_id: str) -> None:
+        """Forget a lab this process no longer follows (its task is ending)."""
+        if self._runs.get(lab_id) is asyncio.current_task():
+            del self._runs[lab_id]
+        if self._stops.get(lab_id) is asyncio.current_task():
+            del self._stops[lab_id]
+        self._stop_now.pop(lab_id, None)
+        self._access_tokens.pop(lab_id, None)
+
+    async def _hand_back(self, lab_id: str, me: str) -> None:
+        """Give up the ownership of a lab whose task the database failed, once the
+        database answers again (tries for up to a minute; if it never answers, this
+        replica's lease lapses and the others take the lab anyway)."""
+        delay = 0.5
+        for _attempt in range(12):
+            try:
+                if await self.store.release(lab_id, me) and self.bus is not None:
+                    await self.bus.send("orphans", me)
+                return
+            except Exception as exc:
+                if not db_unreachable(exc):
+                    log.warning("lab %s: could not be handed back: %s", lab_id, exc)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     async def _admission(
         self,
@@ -441,7 +484,7 @@ class LabManager:
         self._access_tokens.clear()
 
     async def _cancel_all(self) -> None:
-        tasks = [*self._runs.values(), *self._stops.values()]
+        tasks = [*self._runs.values(), *self._stops.values(), *self._hand_backs]
         self._runs.clear()
         for task in tasks:
             task.cancel()

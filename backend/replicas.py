@@ -183,7 +183,9 @@ class Replica:
         await self.scan()
         if not self.postgres:
             # the only replica (hold_sqlite): nobody to take labs from or hand them to,
-            # so no heartbeat to fail and no fence (which would only leave labs unfollowed)
+            # so no heartbeat to fail and no fence (which would only leave labs unfollowed);
+            # it scans only when told (a lab handed back after a database error)
+            self._tasks = [asyncio.create_task(self._scans(None), name="replica-scan")]
             return
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="replica-heartbeat"),
@@ -318,10 +320,13 @@ class Replica:
     def _orphans(self, _replica_id: str) -> None:
         self._wake.set()
 
-    async def _scans(self) -> None:
+    async def _scans(self, every: float | None = -1.0) -> None:
+        """Scan every ``every`` seconds (default: a heartbeat's) and when woken; None:
+        only when woken."""
+        period = self.beat if every is not None and every < 0 else every
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.beat)
+                await asyncio.wait_for(self._wake.wait(), period)
             self._wake.clear()
             if not self.healthy:
                 continue

@@ -847,6 +847,15 @@ class Store:
             )
         return bool(done.rowcount)
 
+    async def release(self, lab_id: str, owner: str) -> bool:
+        """Give up ``owner``'s following of the lab (its owner becomes NULL, so a scan of
+        any replica claims it); whether it was ``owner``'s."""
+        async with self.writing() as conn:
+            done = await conn.execute(
+                update(labs).where(labs.c.id == lab_id, labs.c.owner == owner).values(owner=None)
+            )
+        return bool(done.rowcount)
+
     async def record(
         self,
         lab_id: str,

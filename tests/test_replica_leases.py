@@ -412,3 +412,42 @@ async def test_of_two_replicas_ending_a_workshop_one_stops_its_labs(
         assert ended is not None and ended.ended is not None
     finally:
         await engine.dispose()
+
+
+async def test_a_lab_whose_task_the_database_fails_is_handed_back_and_finished(
+    no_leftover_processes: None,
+    start_backend: BackendFactory,
+    tmp_path: Path,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database refuses the write that records a stopped lab (PostgreSQL at its
+    connection limit did so in a burst): the lab is not left 'stopping' with its process
+    gone; it goes back to be claimed, and the stop is recorded."""
+    from sqlalchemy.exc import OperationalError
+
+    settings = replica_settings(tmp_path, database_url)
+    a = await start_backend(settings)
+    [lab_id] = await start_labs(a, 1, "d")
+    process = await lab_process(settings, lab_id)
+    store = a.server.config.app.state.store
+    real = store.record
+    refused = []
+
+    async def record(lab: str, state: Any, message: str, **kw: Any) -> Any:
+        if state.value == "stopped" and not refused:
+            refused.append(lab)
+            raise OperationalError("INSERT", {}, Exception("sorry, too many clients already"))
+        return await real(lab, state, message, **kw)
+
+    store.record = record
+    async with a.client() as hub:
+        assert (await hub.delete(f"/labs/{lab_id}")).status_code == 202
+        lab = await wait_state(hub, lab_id, {"stopped", "failed"}, timeout=20)
+    assert lab["state"] == "stopped", lab
+    assert refused == [lab_id]
+    assert not alive(process)
+    lines = [r for r in caplog.records if "handed back" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    # claimed again (here: the only replica), then stopped there
+    assert (await owners(settings.resolved_database_url))[lab_id] == replica_id(a)
