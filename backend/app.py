@@ -53,7 +53,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         private_dir(settings.state_dir)
         # SQLite: one backend per database file (lablink backend checked it already)
         sqlite_file = hold_sqlite(settings.resolved_database_url)
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, settings.replicas.connections)
         await migrate(engine)
         bus = Bus(engine)
         store = Store(engine, sealer=sealer, bus=bus)

@@ -165,13 +165,14 @@ def as_utc(value: datetime) -> datetime:
 IMMEDIATE = "lablink_immediate"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, connections: int = 15) -> AsyncEngine:
     """The async engine; on SQLite, transactions are begun by us (see ``IMMEDIATE``).
 
     A connection with the execution option ``lablink_immediate`` begins its
     transaction with ``BEGIN IMMEDIATE`` on SQLite, which takes the write lock
     at once: reads in that transaction see every write before it and no other
-    writer can slip in (what admission needs). PostgreSQL uses locks instead.
+    writer can slip in (what admission needs). PostgreSQL uses locks instead;
+    ``connections`` is the most it opens to PostgreSQL (see ``replicas.connections``).
     """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
@@ -195,7 +196,11 @@ def create_engine(url: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # ``connections`` at most: a third kept open, the rest opened when a burst needs them
+    kept = max(1, connections // 3)
+    return create_async_engine(
+        url, pool_size=kept, max_overflow=connections - kept, pool_pre_ping=True
+    )
 
 
 def _alembic_config(connection: Connection) -> Config:

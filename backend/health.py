@@ -120,7 +120,8 @@ def db_unreachable(exc: BaseException) -> bool:
             asyncpg.PostgresConnectionError
             | asyncpg.ConnectionDoesNotExistError
             | asyncpg.CannotConnectNowError
-            | asyncpg.AdminShutdownError,
+            | asyncpg.AdminShutdownError
+            | asyncpg.TooManyConnectionsError,  # refused: the server is at max_connections
         ):
             return True
         if isinstance(current, OSError) and _raised_in_db_driver(current):

@@ -84,6 +84,7 @@ class LabManager:
         if bus is not None:
             bus.on("stop", self._stop_asked)
             bus.on("token", self._token_changed)
+            bus.on("resync", self._stops_missed)
         self.system_secrets = dict(system_secrets or {})
         self.peers = peers or Peers()
         # the person's OIDC access token per lab (stored only sealed, in lab_secrets)
@@ -409,19 +410,26 @@ class LabManager:
             return lab
         if lab.state not in (LabState.STOPPING, LabState.STOP_FAILED):
             try:
-                lab = await self.store.record(lab.id, LabState.STOPPING, "Stopping the lab.")
+                # the owner is told in the same transaction: a stop recorded is a stop
+                # its follower hears of (unless the bus is down: see _stops_missed)
+                lab = await self.store.record(
+                    lab.id, LabState.STOPPING, "Stopping the lab.", notify=("stop",)
+                )
             except InvalidTransition:
                 current = await self.store.get_lab(lab.id)
                 assert current is not None
                 if current.state not in (LabState.STOPPING, LabState.STOP_FAILED):
                     return current  # it ended meanwhile
                 lab = current
+            told = True
+        else:
+            told = False  # asked again: its follower tries again at once
         me = self.me
         if me is None or lab.owner == me or await self.store.claim(lab.id, me):
             if lab.owner != me:
                 lab = await self.store.get_lab(lab.id) or lab
             self._stop_here(lab)
-        elif self.bus is not None:
+        elif self.bus is not None and not told:
             await self.bus.send("stop", lab.id)  # its owner stops it
         return lab
 
@@ -441,6 +449,16 @@ class LabManager:
             return
         if lab.state in (LabState.STOPPING, LabState.STOP_FAILED):
             self._stop_here(lab)
+
+    async def _stops_missed(self, _argument: str = "") -> None:
+        """The bus was down (notifications sent meanwhile are lost): stop the labs this
+        replica follows that were asked to stop."""
+        me = self.me
+        if me is None:
+            return
+        for lab in await self.store.stopping_of(me):
+            if lab.id not in self._stops:
+                self._stop_here(lab)
 
     def _forget_stop(self, task: asyncio.Task[None]) -> None:
         for lab_id, t in list(self._stops.items()):

@@ -101,6 +101,15 @@ class ReplicaSettings(Strict):
         "lease, and the labs of a replica that has not renewed it (it died, or lost the "
         "database) are taken over by the others after about this long",
     )
+    connections: int = Field(
+        default=15,
+        ge=2,
+        le=500,
+        description="most connections one backend process opens to PostgreSQL for requests "
+        "and labs (a third kept open); it opens up to four more for its lease and "
+        "notifications, so N replicas need N times (this + 4) below the server's "
+        "max_connections (PostgreSQL's default is 100)",
+    )
     key_env: str = Field(
         default="LABLINK_STATE_KEY",
         pattern=r"^[A-Z_][A-Z0-9_]*$",

@@ -847,6 +847,15 @@ class Store:
             )
         return bool(done.rowcount)
 
+    async def stopping_of(self, owner: str) -> list[Lab]:
+        """The labs ``owner`` follows that are to be stopped (stopping, stop_failed)."""
+        query = select(labs).where(
+            labs.c.owner == owner,
+            labs.c.state.in_([LabState.STOPPING.value, LabState.STOP_FAILED.value]),
+        )
+        async with self.engine.connect() as conn:
+            return [_lab(r) for r in (await conn.execute(query)).all()]
+
     async def release(self, lab_id: str, owner: str) -> bool:
         """Give up ``owner``'s following of the lab (its owner becomes NULL, so a scan of
         any replica claims it); whether it was ``owner``'s."""
@@ -867,13 +876,15 @@ class Store:
         url: str | None = None,
         allowed_from: Collection[LabState] | None = None,
         owner: str | None = None,
+        notify: Collection[str] = (),
     ) -> Lab:
         """Move a lab to ``state`` (or stay in it) and store the event.
 
         Raises InvalidTransition if the state machine forbids the move, or if
         ``allowed_from`` is given and the lab is in none of those states. ``owner``
         (a write of the task that follows the lab): only while that replica follows
-        it, else NotOwner.
+        it, else NotOwner. ``notify``: bus kinds sent about the lab with the write (in
+        its transaction: they leave only if it commits), besides ``event``.
         """
         message, detail = clean_text(message), clean_text(detail)
         url = clean_text(url) if url is not None else None
@@ -925,7 +936,8 @@ class Store:
                     )
                 )
                 if self.bus is not None:
-                    await self.bus.in_transaction(conn, "event", lab_id)
+                    for kind in ("event", *notify):
+                        await self.bus.in_transaction(conn, kind, lab_id)
             self.notifier.publish(lab_id)
             return _lab(moved)
         raise RuntimeError(f"lab {lab_id}: could not record {state} after repeated conflicts")

@@ -252,7 +252,7 @@ class ReplicaSet:
             else ""
         )
         servers = "".join(
-            f"  server {r.name} 127.0.0.1:{r.port} check inter 500ms fall 2 rise 1\n"
+            f"  server {r.name} 127.0.0.1:{r.port} check inter 500ms fall 3 rise 1\n"
             for r in self.replicas
         )
         databases = "".join(
@@ -276,6 +276,9 @@ class ReplicaSet:
             "  timeout client 10m\n"
             "  timeout server 10m\n"
             "  timeout http-request 30s\n"
+            # a replica busy with a burst answers its health check late, not never:
+            # the check waits 2 s (not the 0.5 s between checks) and 3 must fail
+            "  timeout check 2s\n"
             "frontend api\n"
             "  mode http\n"
             "  option httplog\n"
