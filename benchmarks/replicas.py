@@ -1,0 +1,451 @@
+"""Replicas of the backend: start throughput, takeover, re-attach, the cost of following.
+
+    make bench-replicas ARGS="--parts follow --labs 1000"
+
+Parts (``--parts``, comma-separated; all by default):
+
+``follow``
+    The cost of following: ONE ``lablink backend`` process follows ``--labs``
+    running labs while nothing changes; its CPU (user + system, from
+    ``/proc/<pid>/stat``, what psutil's ``cpu_times`` reads) over ``--seconds``
+    seconds once all run, its resident memory, threads and open files. Two
+    kinds, one after the other (``--kinds``):
+
+    - ``local``: each lab is a process on this machine;
+    - ``unicore``: each lab is a job of the UNICORE development site
+      (``lablink unicore-devsite``, jobs as local processes), followed through
+      its REST API with the system's default ``watch_interval`` (10 s).
+
+    A thousand JupyterLabs (or tests/fakelab.py, ~25 MiB each) would not fit
+    beside the backend on a 2-core machine, so every lab is
+    ``benchmarks/tinylab.c`` (built here with ``cc``): it listens at the port of
+    ``JUPYTERHUB_SERVICE_URL`` and answers every request 200, ~1.4 MiB each —
+    to the backend it is a lab like any other (its probe of ``<url><prefix>api``
+    answers). For ``local`` the measure is taken twice: with the labs the
+    backend started (its children), and again after a restart of the backend
+    (the labs are no longer its children: it re-attaches by pid).
+
+``throughput``
+    Start throughput: ``--starts`` start requests (``POST /api/v1/labs``, 50 at a
+    time) against 1, 2 and 3 replicas (``--replicas``) behind HAProxy on a fresh
+    PostgreSQL database (tests/helpers/replicas.py), and against one replica
+    directly (no HAProxy) in the same run; labs/s and p50/p99 of the POST.
+
+The last line is machine-readable (``key=value`` pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend.procs import free_port  # noqa: E402
+from benchmarks.workshop import cpu_seconds  # noqa: E402
+from tests.helpers import site  # noqa: E402
+from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, run_devsite  # noqa: E402
+from tests.helpers.stack import end_process, launch  # noqa: E402
+
+TINYLAB_SOURCE = REPO / "benchmarks" / "tinylab.c"
+CONCURRENCY = 50  # start and stop requests in flight at once
+PAGE = 4096
+
+
+# -- processes (pure reads of /proc) --------------------------------------------------
+
+
+def memory(pid: int) -> dict[str, float]:
+    """Resident memory (MiB), threads and open files of a process."""
+    out = {"rss_mib": 0.0, "threads": 0.0, "fds": 0.0}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss_mib"] = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                out["threads"] = float(line.split()[1])
+        out["fds"] = float(len(os.listdir(f"/proc/{pid}/fd")))
+    return out
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass
+class Follow:
+    """What one measure of following gave."""
+
+    kind: str
+    labs: int
+    seconds: float
+    cpu_s: float
+    rss_mib: float
+    threads: float
+    fds: float
+    peer_cpu_s: float | None = None  # the development site's CPU over the same time
+    load: str = ""
+    note: str = ""
+
+    @property
+    def core_percent(self) -> float:
+        return 100 * self.cpu_s / self.seconds
+
+    def line(self) -> str:
+        peer = (
+            f", the development site {100 * self.peer_cpu_s / self.seconds:.1f} % of a core"
+            if self.peer_cpu_s is not None
+            else ""
+        )
+        return (
+            f"{self.kind}{self.note}: {self.labs} labs, "
+            f"backend {self.core_percent:.2f} % of a core "
+            f"({self.cpu_s:.2f} CPU s in {self.seconds:.0f} s), RSS {self.rss_mib:.0f} MiB, "
+            f"{self.threads:.0f} threads, {self.fds:.0f} open files{peer} (load {self.load})"
+        )
+
+
+# -- a backend of our own --------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """One ``lablink backend`` process on a free port."""
+
+    workdir: Path
+    document: dict[str, Any]
+    environ: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        site_file = site.write(self.document, self.workdir / "site.yaml")
+        argv = [sys.executable, "-m", "backend.cli", "backend", "--site", str(site_file),
+                "--port", str(self.port)]  # fmt: skip
+        token = self.environ[site.HUB_TOKEN_ENV]
+
+        def ready() -> bool:
+            resp = httpx.get(
+                f"{self.url}/api/v1/health",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=2,
+                trust_env=False,
+            )
+            return resp.status_code == 200
+
+        self.proc = launch(argv, self.environ, self.workdir / "backend.log", ready, "backend", 60)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        end_process(self.proc, sig, 30)
+
+    def client(self, user: str | None = "alice") -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.environ[site.HUB_TOKEN_ENV]}"}
+        if user is None:
+            headers = {"Authorization": f"Bearer {self.environ[site.ADMIN_TOKEN_ENV]}"}
+        else:
+            headers["X-Lablink-User"] = user
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        return httpx.AsyncClient(
+            base_url=f"{self.url}/api/v1",
+            headers=headers,
+            timeout=60,
+            trust_env=False,
+            limits=limits,
+        )
+
+
+def token_environ() -> dict[str, str]:
+    env = dict(os.environ)
+    env[site.HUB_TOKEN_ENV] = secrets.token_urlsafe(24)
+    env[site.ADMIN_TOKEN_ENV] = secrets.token_urlsafe(24)
+    env.setdefault("LABLINK_STATE_KEY", secrets.token_urlsafe(48))
+    return env
+
+
+def build_tinylab(workdir: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("bench-replicas: benchmarks/tinylab.c needs a C compiler (cc)")
+    binary = workdir / "tinylab"
+    subprocess.run([cc, "-O2", "-o", str(binary), str(TINYLAB_SOURCE)], check=True)
+    return binary
+
+
+# -- starting and stopping many labs -----------------------------------------------------
+
+
+async def gather_limited(jobs: Sequence[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await job()
+
+    return await asyncio.gather(*(one(job) for job in jobs))
+
+
+def start_body(i: int, options: dict[str, Any]) -> dict[str, Any]:
+    name = f"b{i:04d}"
+    return {
+        "user": {"name": "alice", "groups": [], "admin": False},
+        "server_name": name,
+        "options": dict(options),
+        "env": {
+            "JUPYTERHUB_API_TOKEN": secrets.token_urlsafe(16),
+            "JUPYTERHUB_SERVICE_PREFIX": f"/user/alice/{name}/",
+        },
+    }
+
+
+async def start_labs(backend: Backend, count: int, options: dict[str, Any]) -> list[str]:
+    async with backend.client() as client:
+
+        def job(i: int) -> Callable[[], Awaitable[str]]:
+            async def post() -> str:
+                resp = await client.post("/labs", json=start_body(i, options))
+                if resp.status_code != 202:
+                    raise RuntimeError(f"start {i}: {resp.status_code} {resp.text[:300]}")
+                return str(resp.json()["id"])
+
+            return post
+
+        return await gather_limited([job(i) for i in range(count)], CONCURRENCY)
+
+
+async def wait_settled(backend: Backend, count: int, timeout: float) -> tuple[float, int]:
+    """Wait until no lab is starting any more: (seconds, labs running). A start that
+    failed is counted out (a port taken by another process between the backend
+    choosing it and the lab binding it); raises when time runs out."""
+    t0 = time.monotonic()
+    async with backend.client(None) as admin:
+        while True:
+            labs = (await admin.get("/labs", params={"active": "true"})).json()
+            running = sum(1 for lab in labs if lab["state"] == "running")
+            if running == len(labs):
+                if running < count:
+                    print(f"  {count - running} of {count} starts failed", flush=True)
+                return time.monotonic() - t0, running
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"{running} of {count} labs run after {timeout:g} s")
+            await asyncio.sleep(1.0)
+
+
+async def stop_all(backend: Backend, timeout: float = 600) -> None:
+    async with backend.client(None) as admin:
+        labs = (await admin.get("/labs", params={"active": "true"})).json()
+
+        def job(lab_id: str) -> Callable[[], Awaitable[None]]:
+            async def delete() -> None:
+                await admin.delete(f"/labs/{lab_id}")
+
+            return delete
+
+        await gather_limited([job(lab["id"]) for lab in labs], CONCURRENCY)
+        deadline = time.monotonic() + timeout
+        while (await admin.get("/labs", params={"active": "true"})).json():
+            if time.monotonic() > deadline:
+                raise RuntimeError("labs still active after the stop")
+            await asyncio.sleep(1.0)
+
+
+def end_labs(backend: Backend) -> None:
+    """Stop every lab through the backend (also after a failure: the labs outlive the
+    backend by design), then the backend."""
+    try:
+        if backend.proc is not None and backend.proc.poll() is None:
+            asyncio.run(stop_all(backend, timeout=900))
+    except Exception as exc:  # the backend is stopped below whatever happened
+        print(f"bench-replicas: stopping the labs failed: {exc}", file=sys.stderr)
+    finally:
+        backend.stop()
+
+
+def measure(
+    kind: str,
+    backend: Backend,
+    labs: int,
+    seconds: float,
+    peer: int | None = None,
+    note: str = "",
+) -> Follow:
+    load = load_average()
+    cpu0 = cpu_seconds(backend.pid)
+    peer0 = cpu_seconds(peer) if peer else 0.0
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(backend.pid) - cpu0
+    mem = memory(backend.pid)
+    return Follow(
+        kind=kind,
+        labs=labs,
+        seconds=wall,
+        cpu_s=cpu,
+        rss_mib=mem["rss_mib"],
+        threads=mem["threads"],
+        fds=mem["fds"],
+        peer_cpu_s=(cpu_seconds(peer) - peer0) if peer else None,
+        load=load,
+        note=note,
+    )
+
+
+# -- part: follow ------------------------------------------------------------------------
+
+
+def follow_local(args: argparse.Namespace, workdir: Path, tinylab: Path) -> list[Follow]:
+    environ = token_environ()
+    system = site.local_system(command=[str(tinylab)], args=[], start_timeout=120)
+    document = site.doc(
+        workdir / "state",
+        args.database_url or f"sqlite+aiosqlite:///{workdir}/backend.sqlite",
+        systems={"local": system},
+    )
+    backend = Backend(workdir, document, environ)
+    backend.start()
+    results = []
+    try:
+        t0 = time.monotonic()
+        asyncio.run(start_labs(backend, args.labs, {}))
+        took, running = asyncio.run(wait_settled(backend, args.labs, 600))
+        took += time.monotonic() - t0
+        print(f"local: {running} labs running after {took:.1f} s", flush=True)
+        time.sleep(args.settle)
+        results.append(measure("local", backend, running, args.seconds))
+        print(results[-1].line(), flush=True)
+        backend.stop()  # the labs keep running: the next backend re-attaches by pid
+        t0 = time.monotonic()
+        backend.start()
+        took, running = asyncio.run(wait_settled(backend, running, 600))
+        took += time.monotonic() - t0
+        print(f"local: a restarted backend re-attached {running} labs in {took:.1f} s")
+        time.sleep(args.settle)
+        results.append(
+            measure("local", backend, running, args.seconds, note=" (re-attached by pid)")
+        )
+        print(results[-1].line(), flush=True)
+    finally:
+        end_labs(backend)
+    return results
+
+
+def follow_unicore(args: argparse.Namespace, workdir: Path, tinylab: Path) -> list[Follow]:
+    environ = token_environ()
+    devsite: Devsite = run_devsite(workdir, environ, "--queues", "batch,devel")
+    environ[PASSWORD_ENV] = PASSWORD
+    system = site.unicore_system(
+        devsite.url,
+        lab_command=[str(tinylab)],
+        lab_args=[],
+        poll_interval=1.0,
+        watch_interval=args.watch_interval,
+        retry_for=60,
+        request_timeout=20,
+        start_timeout=300,
+        stop_timeout=60,
+    )
+    document = site.doc(
+        workdir / "state",
+        args.database_url or f"sqlite+aiosqlite:///{workdir}/backend.sqlite",
+        systems={"hpc": system},
+    )
+    backend = Backend(workdir, document, environ)
+    backend.start()
+    options = {"partition": "batch", "account": "alice", "project": "p1", "runtime": 60,
+               "nodes": 1}  # fmt: skip
+    results = []
+    try:
+        t0 = time.monotonic()
+        asyncio.run(start_labs(backend, args.labs, options))
+        took, running = asyncio.run(wait_settled(backend, args.labs, 900))
+        took += time.monotonic() - t0
+        print(f"unicore: {running} labs running after {took:.1f} s", flush=True)
+        time.sleep(args.settle)
+        assert devsite.proc is not None
+        results.append(measure("unicore", backend, running, args.seconds, peer=devsite.proc.pid))
+        print(results[-1].line(), flush=True)
+    finally:
+        end_labs(backend)
+        devsite.stop()
+    return results
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="follow", help="follow,throughput (comma-separated)")
+    parser.add_argument("--labs", type=int, default=1000, help="labs to follow (follow)")
+    parser.add_argument("--kinds", default="local,unicore", help="kinds to follow (follow)")
+    parser.add_argument("--seconds", type=float, default=60, help="seconds measured (follow)")
+    parser.add_argument("--settle", type=float, default=15, help="seconds before measuring")
+    parser.add_argument(
+        "--watch-interval", type=float, default=10.0, help="the unicore system's watch_interval"
+    )
+    parser.add_argument("--database-url", default="", help="another backend database (follow)")
+    parser.add_argument("--keep", type=Path, help="keep the work directory (logs) here")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="lablink-bench-replicas-"))
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    figures: dict[str, Any] = {"load_before": load_average(), "cpus": os.cpu_count()}
+    summary: list[str] = []
+    try:
+        if "follow" in parts:
+            tinylab = build_tinylab(workdir)
+            found: list[Follow] = []
+            for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
+                kind_dir = workdir / kind
+                kind_dir.mkdir()
+                if kind == "local":
+                    found += follow_local(args, kind_dir, tinylab)
+                elif kind == "unicore":
+                    found += follow_unicore(args, kind_dir, tinylab)
+                else:
+                    raise SystemExit(f"bench-replicas: no kind {kind!r} (local, unicore)")
+            figures["follow"] = [vars(f) | {"core_percent": f.core_percent} for f in found]
+            for f in found:
+                tag = f.kind + ("_reattached" if "re-attached" in f.note else "")
+                summary.append(f"follow_{tag}_core_pct={f.core_percent:.2f}")
+                summary.append(f"follow_{tag}_rss_mib={f.rss_mib:.0f}")
+    finally:
+        if args.keep:
+            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(" ".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
