@@ -60,7 +60,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from backend.procs import free_port  # noqa: E402
-from benchmarks.workshop import cpu_seconds  # noqa: E402
+from benchmarks.workshop import cpu_seconds, percentile  # noqa: E402
 from tests.helpers import site  # noqa: E402
 from tests.helpers.devsite import PASSWORD, PASSWORD_ENV, Devsite, run_devsite  # noqa: E402
 from tests.helpers.stack import end_process, launch  # noqa: E402
@@ -196,6 +196,19 @@ def build_tinylab(workdir: Path) -> Path:
     binary = workdir / "tinylab"
     subprocess.run([cc, "-O2", "-o", str(binary), str(TINYLAB_SOURCE)], check=True)
     return binary
+
+
+def end_own_labs(binary: Path) -> int:
+    """SIGKILL every process that runs this run's own ``tinylab`` build (labs left by
+    a backend that failed: they outlive it by design); how many there were."""
+    ended = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "exe") == str(binary):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    ended += 1
+    return ended
 
 
 # -- starting and stopping many labs -----------------------------------------------------
@@ -397,12 +410,166 @@ def follow_unicore(args: argparse.Namespace, workdir: Path, tinylab: Path) -> li
     return results
 
 
+# -- part: throughput -------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """A burst of start requests against one address."""
+
+    path: str
+    replicas: int
+    starts: int
+    seconds: float
+    latencies_ms: list[float]
+    failures: int
+    running_s: float
+    load: str
+
+    @property
+    def per_second(self) -> float:
+        return self.starts / self.seconds
+
+    def line(self) -> str:
+        lat = self.latencies_ms
+        return (
+            f"{self.path}: {self.starts} starts in {self.seconds:.2f} s = "
+            f"{self.per_second:.1f} labs/s accepted, POST p50 {percentile(lat, 50):.0f} ms / "
+            f"p99 {percentile(lat, 99):.0f} ms, {self.failures} failed, all running after "
+            f"{self.running_s:.1f} s (load {self.load})"
+        )
+
+
+async def burst(
+    url: str, tokens: dict[str, str], starts: int, tag: str
+) -> tuple[float, list[float], list[str], int]:
+    """``starts`` POST /labs, CONCURRENCY at a time: (seconds, latencies ms, lab ids,
+    failures)."""
+    headers = {"Authorization": f"Bearer {tokens['hub']}", "X-Lablink-User": "alice"}
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    latencies: list[float] = []
+    ids: list[str] = []
+    failures = 0
+    async with httpx.AsyncClient(
+        base_url=f"{url}/api/v1", headers=headers, timeout=60, trust_env=False, limits=limits
+    ) as client:
+
+        def job(i: int) -> Callable[[], Awaitable[None]]:
+            async def post() -> None:
+                nonlocal failures
+                body = start_body(i, {})
+                body["server_name"] = f"{tag}{i:04d}"
+                body["env"]["JUPYTERHUB_SERVICE_PREFIX"] = f"/user/alice/{tag}{i:04d}/"
+                t0 = time.perf_counter()
+                resp = await client.post(
+                    "/labs", json=body, headers={"Idempotency-Key": secrets.token_hex(8)}
+                )
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if resp.status_code == 202:
+                    ids.append(str(resp.json()["id"]))
+                else:
+                    failures += 1
+                    print(f"  start {i}: {resp.status_code} {resp.text[:200]}", flush=True)
+
+            return post
+
+        t0 = time.perf_counter()
+        await gather_limited([job(i) for i in range(starts)], CONCURRENCY)
+        return time.perf_counter() - t0, latencies, ids, failures
+
+
+async def active_labs(admin: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The active labs; a balancer's 502/503 or a timeout under load is asked again."""
+    for _attempt in range(20):
+        with contextlib.suppress(httpx.TransportError):
+            resp = await admin.get("/labs", params={"active": "true"})
+            if resp.status_code == 200:
+                return resp.json()  # type: ignore[no-any-return]
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the backend did not list its labs")
+
+
+async def settle_and_stop(url: str, tokens: dict[str, str], timeout: float = 300) -> float:
+    """Seconds until no lab is starting, then every lab stopped (not timed)."""
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=f"{url}/api/v1", headers=headers, timeout=60, trust_env=False
+    ) as admin:
+        while True:
+            labs = await active_labs(admin)
+            if all(lab["state"] == "running" for lab in labs):
+                break
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError("labs still starting after the burst")
+            await asyncio.sleep(0.2)
+        took = time.monotonic() - t0
+
+        def job(lab_id: str) -> Callable[[], Awaitable[None]]:
+            async def delete() -> None:
+                for _attempt in range(10):
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await admin.delete(f"/labs/{lab_id}")).status_code < 500:
+                            return
+                    await asyncio.sleep(0.5)
+
+            return delete
+
+        await gather_limited([job(lab["id"]) for lab in labs], CONCURRENCY)
+        while await active_labs(admin):
+            if time.monotonic() - t0 > 2 * timeout:
+                raise RuntimeError("labs still active after the stop")
+            await asyncio.sleep(0.5)
+    return took
+
+
+def throughput(args: argparse.Namespace, workdir: Path, tinylab: Path) -> list[Throughput]:
+    from tests.helpers.replicas import ReplicaSet, haproxy_program
+
+    if haproxy_program() is None:
+        raise SystemExit("bench-replicas: HAProxy is needed (bash .ci/peers.sh haproxy)")
+    admin_url = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    system = site.local_system(command=[str(tinylab)], args=[], start_timeout=120)
+    results: list[Throughput] = []
+    for count in [int(c) for c in args.replicas.split(",")]:
+        rs = ReplicaSet(workdir / f"set{count}", admin_url, count=count, systems={"local": system})
+        try:
+            rs.start_all()
+            paths = (
+                [("direct", rs.replica_url(0)), ("HAProxy", rs.url)]
+                if count == 1
+                else [("HAProxy", rs.url)]
+            )
+            for rnd in range(args.rounds):
+                for name, url in paths:
+                    asyncio.run(burst(url, rs.tokens, 10, f"w{rnd}{name[0]}"))  # warm-up
+                    asyncio.run(settle_and_stop(url, rs.tokens))
+                    load = load_average()
+                    took, lat, _ids, failed = asyncio.run(
+                        burst(url, rs.tokens, args.starts, f"r{rnd}{name[0]}")
+                    )
+                    running = asyncio.run(settle_and_stop(url, rs.tokens))
+                    found = Throughput(
+                        f"{count} replica{'s' if count > 1 else ''}, {name}",
+                        count, args.starts, took, lat, failed, running + took, load,
+                    )  # fmt: skip
+                    results.append(found)
+                    print(found.line(), flush=True)
+        finally:
+            with contextlib.suppress(Exception):  # the labs outlive their backends
+                asyncio.run(settle_and_stop(rs.replica_url(0), rs.tokens, timeout=60))
+            rs.close()
+    return results
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="follow", help="follow,throughput (comma-separated)")
+    parser.add_argument(
+        "--parts", default="follow,throughput", help="follow,throughput (comma-separated)"
+    )
     parser.add_argument("--labs", type=int, default=1000, help="labs to follow (follow)")
     parser.add_argument("--kinds", default="local,unicore", help="kinds to follow (follow)")
     parser.add_argument("--seconds", type=float, default=60, help="seconds measured (follow)")
@@ -411,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         "--watch-interval", type=float, default=10.0, help="the unicore system's watch_interval"
     )
     parser.add_argument("--database-url", default="", help="another backend database (follow)")
+    parser.add_argument("--starts", type=int, default=200, help="starts per burst (throughput)")
+    parser.add_argument("--replicas", default="1,2,3", help="replica counts (throughput)")
+    parser.add_argument("--rounds", type=int, default=2, help="bursts per path (throughput)")
     parser.add_argument("--keep", type=Path, help="keep the work directory (logs) here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
@@ -437,9 +607,26 @@ def main(argv: list[str] | None = None) -> int:
                 tag = f.kind + ("_reattached" if "re-attached" in f.note else "")
                 summary.append(f"follow_{tag}_core_pct={f.core_percent:.2f}")
                 summary.append(f"follow_{tag}_rss_mib={f.rss_mib:.0f}")
+        if "throughput" in parts:
+            tinylab = build_tinylab(workdir)
+            runs = throughput(args, workdir, tinylab)
+            figures["throughput"] = [
+                vars(r) | {"per_second": r.per_second, "p50_ms": percentile(r.latencies_ms, 50),
+                           "p99_ms": percentile(r.latencies_ms, 99)}
+                for r in runs
+            ]  # fmt: skip
+            for r in runs:
+                tag = f"r{r.replicas}_{'direct' if 'direct' in r.path else 'haproxy'}"
+                summary.append(f"{tag}_labs_per_s={r.per_second:.1f}")
+                summary.append(f"{tag}_p99_ms={percentile(r.latencies_ms, 99):.0f}")
     finally:
+        left = end_own_labs(workdir / "tinylab")
+        if left:
+            print(f"bench-replicas: ended {left} labs left behind", file=sys.stderr)
         if args.keep:
-            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+            shutil.copytree(
+                workdir, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock")
+            )
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
