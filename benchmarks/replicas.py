@@ -31,6 +31,14 @@ Parts (``--parts``, comma-separated; all by default):
     PostgreSQL database (tests/helpers/replicas.py), and against one replica
     directly (no HAProxy) in the same run; labs/s and p50/p99 of the POST.
 
+Takeover after SIGKILL and a restarted replica re-attaching its labs wait for the
+ownership work (``backend/replicas.py``); a single backend's re-attach is the
+``follow`` part's second measure ("re-attached ... in N s").
+
+HAProxy and PostgreSQL are the tests' peers (``.ci/peers.sh``); labs the bench
+started and a failed backend left behind are ended at the end (only processes of
+this run's own ``tinylab`` build).
+
 The last line is machine-readable (``key=value`` pairs).
 """
 
@@ -428,7 +436,7 @@ class Throughput:
 
     @property
     def per_second(self) -> float:
-        return self.starts / self.seconds
+        return (self.starts - self.failures) / self.seconds
 
     def line(self) -> str:
         lat = self.latencies_ms
