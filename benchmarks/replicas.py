@@ -570,13 +570,151 @@ def throughput(args: argparse.Namespace, workdir: Path, tinylab: Path) -> list[T
     return results
 
 
+# -- parts: takeover and restart -----------------------------------------------------------
+
+
+async def owned_by(rs: Any, lab_ids: list[str]) -> dict[str, str | None]:
+    conn = await asyncpg_connect(rs.database_url)
+    try:
+        rows = await conn.fetch("SELECT id, owner FROM labs WHERE id = ANY($1)", lab_ids)
+        return {row["id"]: row["owner"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def asyncpg_connect(url: str) -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(url, timeout=10)
+
+
+async def until_owned(
+    rs: Any, lab_ids: list[str], gone: set[str], t0: float, timeout: float = 60
+) -> list[float]:
+    """Seconds from ``t0`` until each lab is owned by a replica not in ``gone`` and
+    alive (the database read every 20 ms, on one connection)."""
+    conn = await asyncpg_connect(rs.database_url)
+    taken: dict[str, float] = {}
+    try:
+        while len(taken) < len(lab_ids):
+            now = time.monotonic()
+            if now - t0 > timeout:
+                raise RuntimeError(
+                    f"{len(lab_ids) - len(taken)} labs not taken over in {timeout} s"
+                )
+            live = {r["id"] for r in await conn.fetch("SELECT id FROM replicas")} - gone
+            rows = await conn.fetch("SELECT id, owner FROM labs WHERE id = ANY($1)", lab_ids)
+            for row in rows:
+                if row["id"] not in taken and row["owner"] in live:
+                    taken[row["id"]] = now - t0
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+    return sorted(taken.values())
+
+
+def replica_set(workdir: Path, tinylab: Path, count: int, name: str) -> Any:
+    from tests.helpers.replicas import ReplicaSet, haproxy_program
+
+    if haproxy_program() is None:
+        raise SystemExit("bench-replicas: HAProxy is needed (bash .ci/peers.sh haproxy)")
+    admin_url = os.environ.get("LABLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    system = site.local_system(command=[str(tinylab)], args=[], start_timeout=120)
+    return ReplicaSet(workdir / name, admin_url, count=count, systems={"local": system})
+
+
+def takeover(args: argparse.Namespace, workdir: Path, tinylab: Path) -> dict[str, Any]:
+    """3 replicas, ``--running`` labs; SIGKILL the replica that owns the most: seconds
+    until each of its labs is owned by a live one."""
+    rs = replica_set(workdir, tinylab, 3, "takeover")
+    try:
+        rs.start_all()
+        _took, _lat, ids, _failed = asyncio.run(burst(rs.url, rs.tokens, args.running, "t"))
+        asyncio.run(wait_all_running(rs.url, rs.tokens))
+        owners = asyncio.run(owned_by(rs, ids))
+        live = asyncio.run(rs.live_replica_ids())
+        counts = {rid: sum(1 for o in owners.values() if o == rid) for rid in live}
+        victim_id = max(counts, key=lambda rid: counts[rid])
+        victim = live[victim_id]
+        theirs = [lab for lab, owner in owners.items() if owner == victim_id]
+        load = load_average()
+        t0 = time.monotonic()
+        rs.kill(victim)
+        times = asyncio.run(until_owned(rs, theirs, {victim_id}, t0))
+        found = {
+            "labs": len(ids), "killed_owned": len(theirs), "lease_s": rs.lease,
+            "p50_s": percentile(times, 50), "max_s": max(times), "load": load,
+        }  # fmt: skip
+        print(
+            f"takeover: replica {victim} (of 3, lease {rs.lease:g} s) killed with "
+            f"{len(theirs)} of {len(ids)} running labs; taken over p50 {found['p50_s']:.2f} s, "
+            f"max {found['max_s']:.2f} s (load {load})",
+            flush=True,
+        )
+        return found
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(settle_and_stop(rs.url, rs.tokens, timeout=60))
+        rs.close()
+
+
+def restart(args: argparse.Namespace, workdir: Path, tinylab: Path) -> dict[str, Any]:
+    """1 replica, ``--running`` labs; SIGKILL it and start it again: seconds until the
+    new process owns every lab, and until it has re-attached each (its log)."""
+    rs = replica_set(workdir, tinylab, 1, "restart")
+    try:
+        rs.start_all()
+        _took, _lat, ids, _failed = asyncio.run(burst(rs.url, rs.tokens, args.running, "s"))
+        asyncio.run(wait_all_running(rs.url, rs.tokens))
+        old_id = asyncio.run(rs.replica_id(0))
+        load = load_average()
+        t0 = time.monotonic()
+        rs.kill(0)
+        rs.start(0, wait=False)
+        times = asyncio.run(until_owned(rs, ids, {old_id}, t0))
+        healthy_s = None
+        with contextlib.suppress(Exception):
+            rs.wait_healthy(0, 60)
+            healthy_s = time.monotonic() - t0
+        found = {
+            "labs": len(ids), "owned_p50_s": percentile(times, 50), "owned_all_s": max(times),
+            "healthy_s": healthy_s, "load": load,
+        }  # fmt: skip
+        print(
+            f"restart: one replica killed and started again with {len(ids)} running labs; "
+            f"all owned by the new process after {found['owned_all_s']:.2f} s (p50 "
+            f"{found['owned_p50_s']:.2f} s), healthy in HAProxy after "
+            f"{healthy_s if healthy_s is not None else float('nan'):.2f} s (load {load})",
+            flush=True,
+        )
+        return found
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(settle_and_stop(rs.url, rs.tokens, timeout=60))
+        rs.close()
+
+
+async def wait_all_running(url: str, tokens: dict[str, str], timeout: float = 120) -> None:
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=f"{url}/api/v1", headers=headers, timeout=60, trust_env=False
+    ) as admin:
+        while not all(lab["state"] == "running" for lab in await active_labs(admin)):
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError("labs still starting")
+            await asyncio.sleep(0.2)
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--parts", default="follow,throughput", help="follow,throughput (comma-separated)"
+        "--parts",
+        default="follow,throughput,takeover,restart",
+        help="follow,throughput,takeover,restart (comma-separated)",
     )
     parser.add_argument("--labs", type=int, default=1000, help="labs to follow (follow)")
     parser.add_argument("--kinds", default="local,unicore", help="kinds to follow (follow)")
@@ -588,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="", help="another backend database (follow)")
     parser.add_argument("--starts", type=int, default=200, help="starts per burst (throughput)")
     parser.add_argument("--replicas", default="1,2,3", help="replica counts (throughput)")
+    parser.add_argument("--running", type=int, default=100, help="running labs (takeover, restart)")
     parser.add_argument("--rounds", type=int, default=2, help="bursts per path (throughput)")
     parser.add_argument("--keep", type=Path, help="keep the work directory (logs) here")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -627,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
                 tag = f"r{r.replicas}_{'direct' if 'direct' in r.path else 'haproxy'}"
                 summary.append(f"{tag}_labs_per_s={r.per_second:.1f}")
                 summary.append(f"{tag}_p99_ms={percentile(r.latencies_ms, 99):.0f}")
+        for part, run in (("takeover", takeover), ("restart", restart)):
+            if part in parts:
+                found_part = run(args, workdir, build_tinylab(workdir))
+                figures[part] = found_part
+                for key in ("p50_s", "max_s", "owned_all_s"):
+                    if key in found_part:
+                        summary.append(f"{part}_{key}={found_part[key]:.2f}")
     finally:
         left = end_own_labs(workdir / "tinylab")
         if left:
