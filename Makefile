@@ -17,7 +17,7 @@ LINTED := spawner backend tunnel userlab_manager devsite tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel bench-workshop venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel bench-workshop bench-replicas venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -62,6 +62,11 @@ bench-tunnel: venv test-deps
 ## bench-workshop: a workshop's first minute: N people log in and press Start at once (ARGS="--participants 100")
 bench-workshop: venv proxy test-deps
 	$(VENV)/bin/python benchmarks/workshop.py $(ARGS)
+
+## bench-replicas: start throughput with 1, 2, 3 backend replicas behind HAProxy on PostgreSQL, and what following 1000 running labs costs one backend (ARGS="--parts follow --labs 1000")
+bench-replicas: venv test-deps
+	@bash .ci/peers.sh postgres && bash .ci/peers.sh haproxy
+	$(VENV)/bin/python benchmarks/replicas.py $(ARGS)
 
 venv: $(VENV)/.stamp
 

@@ -442,8 +442,11 @@ case "${1:-}" in
   haproxy)
     haproxy_install
     ;;
+  postgres)
+    postgres_start
+    ;;
   *)
-    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium|haproxy" >&2
+    echo "usage: $0 start|stop|slurm-start|slurm-stop|chromium|haproxy|postgres" >&2
     exit 2
     ;;
 esac

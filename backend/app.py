@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from . import health
 from .api import router
 from .auth import TokenChecker
+from .bounded import turn_taking_client
 from .bus import Bus
 from .db import create_engine, migrate
 from .files import private_dir
@@ -63,16 +64,15 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         bus.on("resync", store.notifier.publish_all)
         await bus.start()
         app.state.bus = bus
-        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
+        http = turn_taking_client(timeout=httpx.Timeout(10.0))
         own: list[httpx.AsyncClient] = []  # clients with a site's CA bundle
 
         def client_for(ca_bundle: str) -> httpx.AsyncClient:
             if not ca_bundle:
                 return http
             own.append(
-                httpx.AsyncClient(
+                turn_taking_client(
                     timeout=httpx.Timeout(10.0),
-                    trust_env=False,
                     verify=ssl.create_default_context(cafile=ca_bundle),
                 )
             )

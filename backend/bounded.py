@@ -12,6 +12,7 @@ The other way round, every service refuses a request body over 1 MiB
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,6 +20,39 @@ import httpx
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 IDENTITY = {"Accept-Encoding": "identity"}
+
+# requests of one client let into httpx's connection pool at once (below its 100
+# connections, so no request waits inside the pool)
+REQUESTS_AT_ONCE = 32
+
+
+class TakingTurns(httpx.AsyncBaseTransport):
+    """httpx's transport, with at most ``limit`` requests in it at once; the others wait
+    here for their turn, in order.
+
+    httpx's pool takes time that grows with the square of the requests waiting in it:
+    a backend that re-attached 1000 labs sent 1000 readiness probes at once, every one
+    ran into its timeout and the retries kept the pool full (no lab re-attached in a
+    minute). Waiting here costs nothing per waiter; the timeouts of a request count
+    from its turn. A streamed response holds its connection until it is closed, not
+    its turn."""
+
+    def __init__(self, limit: int = REQUESTS_AT_ONCE, **transport: Any):
+        self._inner = httpx.AsyncHTTPTransport(**transport)
+        self._turns = asyncio.Semaphore(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._turns:
+            return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def turn_taking_client(*, verify: Any = True, **client: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` (no proxies from the environment) whose requests take
+    turns (:class:`TakingTurns`); ``verify`` as httpx takes it."""
+    return httpx.AsyncClient(transport=TakingTurns(verify=verify), trust_env=False, **client)
 
 
 async def read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -133,7 +133,11 @@ class BatchSystem(SystemSettings, Generic[P]):
         default=1.0, ge=0.1, le=60, description="seconds between looks at a starting job"
     )
     watch_interval: float = Field(
-        default=10.0, ge=0.1, le=600, description="seconds between looks at a running lab's job"
+        default=10.0,
+        ge=0.1,
+        le=600,
+        description="seconds between looks at a running lab's job (kind slurm: one listing "
+        "of an account's jobs per interval serves all its running labs)",
     )
     queue_timeout: float = Field(
         default=86400, gt=0, description="seconds a job may wait in the queue before it is given up"

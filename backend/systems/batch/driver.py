@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Hashable
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -29,6 +30,7 @@ from ..driver import Driver, LabContext, LabEnded, LabFailed, LabStatus, service
 from . import script
 from .config import BatchSystem
 from .session import JobSession, JobView, SiteRefused, SiteUnavailable
+from .watch import SharedWatch, close_all
 
 B = TypeVar("B", bound=BatchSystem[Any])
 
@@ -63,6 +65,7 @@ class BatchDriver(Driver[B]):
     def __init__(self, http: httpx.AsyncClient):
         super().__init__(http)
         self._misses: dict[str, int] = {}  # looks in a row at a lab that did not answer
+        self._watches: dict[Hashable, SharedWatch] = {}  # running labs sharing a listing
 
     # -- what a kind supplies -----------------------------------------------------------
 
@@ -402,11 +405,25 @@ class BatchDriver(Driver[B]):
         )
 
     async def wait_ended(self, ctx: LabContext[B]) -> LabStatus:
+        st = await self.status(ctx)
+        if not st.alive:
+            return st
+        jobs = self.session(ctx)
+        key = jobs.listing_key() if jobs is not None else None
+        if key is not None:
+            # one listing per interval for every lab of this system and credential
+            key = (ctx.system_name, ctx.system.watch_interval, key)
+            watch = self._watches.get(key)
+            if watch is None:
+                watch = self._watches[key] = SharedWatch(
+                    key, ctx.system.watch_interval, self.session, self.status
+                )
+            return await watch.wait(ctx)
         while True:
+            await asyncio.sleep(ctx.system.watch_interval)
             st = await self.status(ctx)
             if not st.alive:
                 return st
-            await asyncio.sleep(ctx.system.watch_interval)
 
     async def stop(self, ctx: LabContext[B]) -> str:
         await self._close_tunnel(ctx)
@@ -431,6 +448,9 @@ class BatchDriver(Driver[B]):
                 "sooner."
             ) from None
         return output
+
+    async def close(self) -> None:
+        close_all(self._watches)
 
     async def _wait_for_session(self, ctx: LabContext[B]) -> JobSession | None:
         """After a restart, credentials may come later (see ``credentials_wait``)."""

@@ -5,6 +5,7 @@ two ways a request fails (pure interfaces, no I/O)."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,3 +68,15 @@ class JobSession(abc.ABC):
     @abc.abstractmethod
     async def output(self, job: JobView) -> str:
         """The end of the job's output (``[stdout]``/``[stderr]``), '' if none."""
+
+    def listing_key(self) -> Hashable | None:
+        """Sessions with the same key see the same jobs in :meth:`look_all` (the system
+        and the credential); None when the system lists no jobs with their state, so
+        each running lab's job is looked at on its own."""
+        return None
+
+    async def look_all(self) -> dict[str, JobView]:
+        """Every job this credential sees, by ref, in one request (only called when
+        :meth:`listing_key` is not None). A job missing from it is looked at on its own
+        before its lab counts as ended."""
+        raise NotImplementedError

@@ -18,6 +18,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -127,12 +128,21 @@ def lab_account(system: LocalSystem, person: str) -> pwd.struct_passwd | None:
     return account
 
 
+async def reap(child: subprocess.Popen[bytes], timeout: float | None = None) -> int | None:
+    """Wait (through a pidfd, no thread) until the lab's process ends and reap it; its
+    exit code, or None if it still runs after ``timeout`` seconds. Until it is reaped
+    its pid cannot be reused, so the pidfd is always the child's own."""
+    if child.poll() is None:
+        await procs.wait_exit(child.pid, None, timeout)
+    return child.poll()
+
+
 class LocalDriver(Driver[LocalSystem]):
     log = logging.getLogger("lablink.backend.local")
 
     def __init__(self, http: httpx.AsyncClient):
         super().__init__(http)
-        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
         # ports handed to labs of this backend that may not listen yet (by lab id)
         self._ports: dict[str, int] = {}
 
@@ -201,13 +211,17 @@ class LocalDriver(Driver[LocalSystem]):
         await ctx.report(LabState.SUBMITTED, "Starting the lab as a process on this machine.")
         with log_path.open("ab") as out:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                # subprocess, not asyncio's: on Python 3.11 asyncio keeps a thread per
+                # child to wait for it (1000 labs, 1000 threads); the end is awaited
+                # with a pidfd instead (``reap``). The fork and exec are as short as
+                # asyncio's own, which makes them in the event loop's thread too.
+                proc = subprocess.Popen(  # noqa: ASYNC220
+                    argv,
                     cwd=home,
                     env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                     **as_account,
                 )
@@ -255,7 +269,7 @@ class LocalDriver(Driver[LocalSystem]):
                 exit_code = st.exit_code
                 child = self._children.get(ctx.lab_id)
                 if exit_code is None and child is not None:
-                    exit_code = await child.wait()  # ended, maybe not yet reaped
+                    exit_code = await reap(child)  # ended, maybe not yet reaped
                 code = f" with exit code {exit_code}" if exit_code is not None else ""
                 await self.stop(ctx)
                 raise LabFailed(
@@ -280,7 +294,7 @@ class LocalDriver(Driver[LocalSystem]):
 
     async def status(self, ctx: LabContext[LocalSystem]) -> LabStatus:
         child = self._children.get(ctx.lab_id)
-        if child is not None and child.returncode is not None:
+        if child is not None and child.poll() is not None:
             return LabStatus(alive=False, exit_code=child.returncode)
         pid = ctx.handle.get("pid")
         if pid is None:
@@ -292,7 +306,7 @@ class LocalDriver(Driver[LocalSystem]):
     async def wait_ended(self, ctx: LabContext[LocalSystem]) -> LabStatus:
         child = self._children.get(ctx.lab_id)
         if child is not None:
-            await child.wait()
+            await reap(child)
         elif ctx.handle.get("pid"):
             await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"))
         return await self.status(ctx)
@@ -316,18 +330,14 @@ class LocalDriver(Driver[LocalSystem]):
             procs.kill_exact(family, signal.SIGKILL)
         self._children.pop(ctx.lab_id, None)
         self._ports.pop(ctx.lab_id, None)
-        if child is not None and child.returncode is None:
-            await child.wait()
+        if child is not None:
+            await reap(child)
         return self._output(ctx)
 
     async def _wait_gone(self, ctx: LabContext[LocalSystem], timeout: float) -> bool:
         child = self._children.get(ctx.lab_id)
         if child is not None:
-            try:
-                await asyncio.wait_for(child.wait(), timeout)
-                return True
-            except TimeoutError:
-                return False
+            return await reap(child, timeout) is not None
         return await procs.wait_exit(ctx.handle["pid"], ctx.handle.get("started"), timeout)
 
     async def recover(self, ctx: LabContext[LocalSystem]) -> str | None:

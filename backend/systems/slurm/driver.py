@@ -12,6 +12,7 @@ cluster's JWT key (as ``scontrol token`` does).
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import httpx
@@ -73,6 +74,16 @@ class SlurmSession(JobSession):
 
     async def cancel(self, job: JobView) -> None:
         await self.client.cancel(job.ref)
+
+    def listing_key(self) -> Hashable | None:
+        return (self.client.base, self.client.user)
+
+    async def look_all(self) -> dict[str, JobView]:
+        return {
+            str(j["job_id"]): self._view(str(j["job_id"]), j)
+            for j in await self.client.jobs()
+            if j.get("user_name") == self.client.user and "job_id" in j
+        }
 
     async def address(self, job: JobView) -> bytes | None:
         return jobs.parse_comment(job.raw.get("comment")).address

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from ...bounded import turn_taking_client
 from ..batch.driver import BatchDriver
 from ..batch.script import LAB_FILE, job_tag
 from ..batch.session import JobSession, JobView
@@ -115,7 +116,7 @@ class UnicoreDriver(BatchDriver[UnicoreSystem]):
         client = self._tls_clients.get(system.ca_bundle)
         if client is None:
             context = ssl.create_default_context(cafile=system.ca_bundle)
-            client = httpx.AsyncClient(verify=context, trust_env=False)
+            client = turn_taking_client(verify=context)
             self._tls_clients[system.ca_bundle] = client
         return client
 
@@ -154,6 +155,7 @@ class UnicoreDriver(BatchDriver[UnicoreSystem]):
         return super().summary(ctx)
 
     async def close(self) -> None:
+        await super().close()
         for client in self._tls_clients.values():
             with contextlib.suppress(Exception):
                 await client.aclose()
