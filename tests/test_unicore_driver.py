@@ -65,12 +65,16 @@ def hpc_backend(
     """Start a backend (SQLite) whose system ``hpc`` submits to the development site."""
 
     async def start(
-        url: str | None = None, lab_env: dict[str, str] | None = None, **overrides: Any
+        url: str | None = None,
+        lab_env: dict[str, str] | None = None,
+        site_extra: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> tuple[Settings, RunningBackend]:
         system = site.unicore_system(url or devsite.url, **overrides)
         system["environment"].update(lab_env or {})
         db = f"sqlite+aiosqlite:///{tmp_path}/b.sqlite"
-        settings = site.settings(site.doc(tmp_path / "state", db, systems={"hpc": system}))
+        doc = site.doc(tmp_path / "state", db, systems={"hpc": system}, **(site_extra or {}))
+        settings = site.settings(doc)
         return settings, await start_backend(settings)
 
     return start
@@ -402,6 +406,10 @@ class HubUserWithToken:
         return {"access_token": self.token} if self.token else {}
 
 
+# without the site's key (SQLite allows it) the access token lives in memory only
+UNSEALED = {"replicas": {"key_env": "LABLINK_TEST_NO_SUCH_KEY"}}
+
+
 @pytest.mark.parametrize("hub_polls", [True, False], ids=["hub-hands-token", "no-token"])
 async def test_a_bearer_lab_is_followed_after_a_restart_once_the_hub_polls(
     hpc_backend: HpcBackend,
@@ -409,7 +417,9 @@ async def test_a_bearer_lab_is_followed_after_a_restart_once_the_hub_polls(
     start_backend: BackendFactory,
     hub_polls: bool,
 ) -> None:
-    settings, backend = await hpc_backend(auth={"method": "bearer"}, token_wait=4)
+    settings, backend = await hpc_backend(
+        auth={"method": "bearer"}, token_wait=4, site_extra=UNSEALED
+    )
     spawner = LablinkSpawner(
         user=HubUserWithToken("alice", devsite.token),
         backend_url=backend.url,
@@ -435,5 +445,28 @@ async def test_a_bearer_lab_is_followed_after_a_restart_once_the_hub_polls(
         assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "running"
         await spawner.stop()
         assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "stopped"
+    assert (await job_of(settings, lab_id, devsite, "alice"))["status"] == "FAILED"  # aborted
+    assert job_processes(devsite) == []
+
+
+async def test_a_bearer_lab_is_followed_after_a_restart_with_its_sealed_token(
+    hpc_backend: HpcBackend, devsite: Devsite, start_backend: BackendFactory
+) -> None:
+    """With the site's key the access token is stored sealed: a restarted backend (or
+    another replica) follows the lab's job without waiting for the hub's next poll."""
+    settings, backend = await hpc_backend(auth={"method": "bearer"}, token_wait=1)
+    async with backend.client("alice") as alice:
+        body = hpc_request()
+        body["user"]["access_token"] = devsite.token
+        lab_id = (await alice.post("/labs", json=body)).json()["id"]
+        await wait_state(alice, lab_id, {"running"})
+    await backend.stop()
+    backend = await start_backend(settings, port=int(backend.url.rsplit(":", 1)[1]))
+    async with backend.client("alice") as alice:
+        await asyncio.sleep(2.5)  # past token_wait, and no poll handed a token
+        assert (await alice.get(f"/labs/{lab_id}")).json()["state"] == "running"
+        assert (await alice.delete(f"/labs/{lab_id}")).status_code == 202
+        lab = await wait_state(alice, lab_id, {"stopped", "failed"})
+    assert lab["state"] == "stopped", lab
     assert (await job_of(settings, lab_id, devsite, "alice"))["status"] == "FAILED"  # aborted
     assert job_processes(devsite) == []
