@@ -93,6 +93,14 @@ class UnicoreSystem(BatchSystem[UnicorePartition]):
         pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
         description="the name of the site's GPUs-per-node resource in job descriptions",
     )
+    watch_interval: float = Field(
+        default=30.0,
+        ge=0.1,
+        le=600,
+        description="seconds between looks at a running lab's job; UNICORE lists jobs without "
+        "their states, so each running lab costs one request per interval (30 s: a lab that "
+        "ended by itself is noticed about when the hub's own poll would notice it)",
+    )
     token_wait: float = Field(
         default=120,
         ge=0,
