@@ -39,6 +39,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .health import error_line
+
 log = logging.getLogger("lablink.bus")
 
 CHANNEL = "lablink"
@@ -173,7 +175,7 @@ class Bus:
             async with self._use:
                 await conn.execute("SELECT pg_advisory_unlock($1)", key)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.info("could not release an advisory lock: %s", _why(exc))
+            log.info("could not release an advisory lock: %s", error_line(exc))
 
     # -- the listening connection -------------------------------------------------------
 
@@ -186,7 +188,7 @@ class Bus:
                 await conn.execute("SELECT pg_advisory_lock($1)", key)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning(
-                "could not take an advisory lock on the listening connection: %s", _why(exc)
+                "could not take an advisory lock on the listening connection: %s", error_line(exc)
             )
             return False
         return True
@@ -201,7 +203,8 @@ class Bus:
                 conn = await self._connect(dsn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 if not failing:  # one line per outage, not one per attempt
-                    log.warning("cannot listen for notifications (%s); trying again", _why(exc))
+                    why = error_line(exc)
+                    log.warning("cannot listen for notifications (%s); trying again", why)
                     failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
@@ -268,7 +271,7 @@ class Bus:
             try:
                 result = handler(argument)
             except Exception as exc:
-                log.warning("a %s notification's handler failed: %s", kind, _why(exc))
+                log.warning("a %s notification's handler failed: %s", kind, error_line(exc))
                 continue
             if inspect.isawaitable(result):
                 task = asyncio.ensure_future(self._run(kind, result))
@@ -280,13 +283,8 @@ class Bus:
         try:
             await result
         except Exception as exc:
-            log.warning("a %s notification's handler failed: %s", kind, _why(exc))
+            log.warning("a %s notification's handler failed: %s", kind, error_line(exc))
 
 
 def _params(message: str) -> dict[str, str]:
     return {"channel": CHANNEL, "payload": message}
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -66,7 +66,7 @@ async def healthz(request: Request) -> Any:
     except Exception as exc:
         if not db_unreachable(exc):
             raise
-        log.warning("healthz: the database does not answer: %s", _why(exc))
+        log.warning("healthz: the database does not answer: %s", error_line(exc))
         return _unavailable(UNREACHABLE)
     return HealthzOut(status="ok")
 
@@ -158,7 +158,7 @@ def install(app: FastAPI) -> None:
             "%s %s: the database cannot be reached: %s",
             request.method,
             request.url.path,
-            _why(exc),
+            error_line(exc),
         )
         return JSONResponse(
             {"detail": UNREACHABLE}, status_code=503, headers={"Retry-After": RETRY_AFTER}
@@ -170,6 +170,7 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _database_failed)
 
 
-def _why(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """An exception as one log line: its type and the first line of its message."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -34,7 +34,7 @@ import httpx
 from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
-from .health import db_unreachable
+from .health import db_unreachable, error_line
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Admission, Lab, NotOwner, Store, Usage, UserRecord, clean_text
@@ -300,7 +300,7 @@ class LabManager:
                 "lab %s: the database failed while following it (%s); it is handed back "
                 "to be taken up again",
                 lab_id,
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+                error_line(exc)[:200],
             )
             self._let_go(lab_id)
             if self.me is not None:

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .bus import Bus
 from .db import labs, replicas, utcnow
+from .health import error_line
 from .store import ACTIVE_STATES, Lab, Store, lab_from_row
 
 log = logging.getLogger("lablink.backend.replicas")
@@ -288,7 +289,7 @@ class Replica:
                         "replica %s: no heartbeat for %.1f s (%s); it stops following labs",
                         self.id,
                         late,
-                        _why(exc),
+                        error_line(exc),
                     )
                     await self._fence()
                 continue
@@ -301,7 +302,7 @@ class Replica:
             try:
                 await self._register()
             except DB_ERRORS as exc:
-                log.info("replica %s: cannot register again yet: %s", self.id, _why(exc))
+                log.info("replica %s: cannot register again yet: %s", self.id, error_line(exc))
                 continue
             self.healthy = True
             log.info("replica %s follows labs again", self.id)
@@ -335,7 +336,7 @@ class Replica:
             except asyncio.CancelledError:
                 raise
             except DB_ERRORS as exc:
-                log.info("replica %s: a scan failed: %s", self.id, _why(exc))
+                log.info("replica %s: a scan failed: %s", self.id, error_line(exc))
 
     async def scan(self) -> list[Lab]:
         """Delete the rows of dead replicas, then claim this replica's share of the labs
@@ -429,8 +430,3 @@ class Replica:
                 "replica %s took over %d labs of %d nobody followed", self.id, len(claimed), count
             )
         return claimed
-
-
-def _why(exc: BaseException) -> str:
-    text_ = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text_[0]}" if text_ else type(exc).__name__
