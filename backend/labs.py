@@ -35,6 +35,7 @@ from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
 from .health import db_unreachable, error_line
+from .retry import Backoff
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
 from .store import Admission, Lab, NotOwner, Store, Usage, UserRecord, clean_text
@@ -321,8 +322,8 @@ class LabManager:
         """Give up the ownership of a lab whose task the database failed, once the
         database answers again (tries for up to a minute; if it never answers, this
         replica's lease lapses and the others take the lab anyway)."""
-        delay = 0.5
-        for _attempt in range(12):
+        backoff = Backoff(60.0, first=0.5, most=8.0)
+        while True:
             try:
                 if await self.store.release(lab_id, me) and self.bus is not None:
                     await self.bus.send("orphans", me)
@@ -331,8 +332,8 @@ class LabManager:
                 if not db_unreachable(exc):
                     log.warning("lab %s: could not be handed back: %s", lab_id, exc)
                     return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 8.0)
+            if not await backoff.wait():
+                return
 
     async def _admission(
         self,
