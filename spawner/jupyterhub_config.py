@@ -9,6 +9,7 @@ from pathlib import Path
 
 from backend.files import private_dir
 from spawner.branding import SiteFace
+from spawner.extraconfig import run_extra_config
 from spawner.home import named_server_limit
 from spawner.hubdb import use_wal
 
@@ -18,19 +19,39 @@ state = Path(os.environ.get("LABLINK_STATE_DIR", ".lablink")).resolve()
 hub_dir = private_dir(state / "hub")
 
 c.JupyterHub.bind_url = os.environ.get("LABLINK_HUB_URL", "http://127.0.0.1:8000")
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{os.environ.get('LABLINK_HUB_API_PORT', '8081')}"
-c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
-use_wal(hub_dir / "jupyterhub.sqlite")  # a commit is an append, not a journal's sync
+# the hub's own API: where it listens, and how labs and the proxy reach it (in a
+# cluster it listens on every address and is reached by its Service's name)
+c.JupyterHub.hub_bind_url = os.environ.get("LABLINK_HUB_BIND_URL") or (
+    f"http://127.0.0.1:{os.environ.get('LABLINK_HUB_API_PORT', '8081')}"
+)
+if os.environ.get("LABLINK_HUB_CONNECT_URL"):
+    c.JupyterHub.hub_connect_url = os.environ["LABLINK_HUB_CONNECT_URL"]
+# the address people use (behind an ingress): links, and the OIDC callback below
+public_url = os.environ.get("LABLINK_PUBLIC_URL", "").rstrip("/")
+if public_url:
+    c.JupyterHub.public_url = public_url
+# the hub's database: SQLite in the state directory, or a database of the admin's
+if os.environ.get("LABLINK_HUB_DB_URL"):
+    c.JupyterHub.db_url = os.environ["LABLINK_HUB_DB_URL"]
+else:
+    c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
+    use_wal(hub_dir / "jupyterhub.sqlite")  # a commit is an append, not a journal's sync
 c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(hub_dir / "jupyterhub.pid")
 
-c.ConfigurableHTTPProxy.api_url = (
-    f"http://127.0.0.1:{os.environ.get('LABLINK_PROXY_API_PORT', '8001')}"
-)
-c.ConfigurableHTTPProxy.command = [
-    os.environ.get("LABLINK_PROXY_COMMAND", "configurable-http-proxy")
-]
-c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "jupyterhub-proxy.pid")
+# the proxy: started by the hub, or (LABLINK_PROXY_API_URL) one running apart that the
+# hub only configures, with the token in CONFIGPROXY_AUTH_TOKEN
+if os.environ.get("LABLINK_PROXY_API_URL"):
+    c.ConfigurableHTTPProxy.api_url = os.environ["LABLINK_PROXY_API_URL"]
+    c.ConfigurableHTTPProxy.should_start = False
+else:
+    c.ConfigurableHTTPProxy.api_url = (
+        f"http://127.0.0.1:{os.environ.get('LABLINK_PROXY_API_PORT', '8001')}"
+    )
+    c.ConfigurableHTTPProxy.command = [
+        os.environ.get("LABLINK_PROXY_COMMAND", "configurable-http-proxy")
+    ]
+    c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "jupyterhub-proxy.pid")
 
 c.JupyterHub.authenticator_class = "lablink-demo"
 # the VO switcher in the header, the VO page, the home page of labs, the login page
@@ -47,7 +68,9 @@ if os.environ.get("LABLINK_OIDC_ISSUER"):
     oidc.issuer = os.environ["LABLINK_OIDC_ISSUER"]
     oidc.client_id = os.environ.get("LABLINK_OIDC_CLIENT_ID", "")
     oidc.client_secret = os.environ.get("LABLINK_OIDC_CLIENT_SECRET", "")
-    oidc.oauth_callback_url = c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
+    oidc.oauth_callback_url = (public_url or c.JupyterHub.bind_url.rstrip("/")) + (
+        "/hub/oauth_callback"
+    )
     oidc.login_service = os.environ.get("LABLINK_OIDC_NAME", "your institution")
     # the entitlements this hub trusts: urn:<namespace>:group:<group>#<authority>
     oidc.entitlement_namespace = os.environ.get("LABLINK_OIDC_ENTITLEMENT_NAMESPACE", "")
@@ -56,6 +79,10 @@ if os.environ.get("LABLINK_OIDC_ISSUER"):
         oidc.refresh_margin = int(os.environ["LABLINK_OIDC_REFRESH_MARGIN"])
     if os.environ.get("LABLINK_OIDC_AUTH_REFRESH_AGE"):
         oidc.auth_refresh_age = int(os.environ["LABLINK_OIDC_AUTH_REFRESH_AGE"])
+# JupyterHub admins (they may act on others' labs through the hub), comma-separated
+admins = {name.strip() for name in os.environ.get("LABLINK_HUB_ADMINS", "").split(",")}
+if admins - {""}:
+    c.Authenticator.admin_users = admins - {""}
 c.JupyterHub.spawner_class = "lablink"
 c.JupyterHub.allow_named_servers = True
 # named servers follow the active VO's labs_per_user (stopped ones do not count)
@@ -101,3 +128,9 @@ if idle_timeout > 0:
             "services": ["idle-culler"],
         },
     ]
+
+# the admin's own snippets (the Helm chart's hub.extraConfig): every *.py of this
+# directory, in name order, run last with `c` in scope
+extra_dir = os.environ.get("LABLINK_HUB_EXTRA_CONFIG", "")
+if extra_dir:
+    run_extra_config(Path(extra_dir), c)
