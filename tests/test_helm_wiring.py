@@ -218,3 +218,110 @@ def test_names_ports_and_paths_are_mapped_per_pod(tmp_path: Path) -> None:
     manager_site = manager.root / chart.SITE_PATH.lstrip("/")
     assert str(manager.root) in manager_site.read_text()
     assert str(backend.root) not in manager_site.read_text()  # each pod its own files
+
+
+def a_pod(container: dict[str, Any], volumes: list[dict[str, Any]]) -> list[chart.Obj]:
+    """A Deployment ``web`` (one container), its Service, a ConfigMap and a Secret."""
+    labels = {"app.kubernetes.io/name": "web"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, "tier": "front"}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]},
+    }
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "conf"},
+        "data": {"a.yaml": "url: http://web.lablink.svc/x\ndir: /var/lib/lablink/db\n", "b": "B"},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "keys"},
+        "stringData": {"ssh-privatekey": "KEY", "known_hosts": "HOSTS", "other": "O"},
+    }
+    return [deployment, service, config, secret]
+
+
+def test_volumes_items_subpaths_and_the_downward_api_are_as_the_kubelet_makes_them(
+    tmp_path: Path,
+) -> None:
+    container = {
+        "name": "web",
+        "command": ["lablink", "serve", "--port=8080", "--conf", "/etc/web/a.yaml"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}},
+            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "b"}}},
+            {"name": "SELF", "value": "http://web:80/ and $(B)"},
+        ],
+        "volumeMounts": [
+            {"name": "conf", "mountPath": "/etc/web"},
+            {"name": "ssh", "mountPath": "/etc/lablink/ssh", "readOnly": True},
+            {"name": "conf", "mountPath": "/srv/only-b", "subPath": "b"},
+            {"name": "state", "mountPath": "/var/lib/lablink"},
+        ],
+    }
+    volumes = [
+        {"name": "conf", "configMap": {"name": "conf"}},
+        {
+            "name": "ssh",
+            "secret": {
+                "secretName": "keys",
+                "defaultMode": 0o440,
+                "items": [
+                    {"key": "ssh-privatekey", "path": "id"},
+                    {"key": "known_hosts", "path": "kh"},
+                ],
+            },
+        },
+        {"name": "state", "emptyDir": {}},
+    ]
+    cluster = Cluster(a_pod(container, volumes), tmp_path, programs={"lablink": "/bin/true"})
+    pod = cluster.pods["web"]
+    web = cluster.container("web")
+    port = pod.ports[8080]
+    assert web.argv == ["/bin/true", "serve", f"--port={port}", "--conf",
+                        f"{pod.root}/etc/web/a.yaml"]  # fmt: skip
+    assert web.env["POD"].startswith("web-") and web.env["NS"] == chart.NAMESPACE
+    assert (web.env["IP"], web.env["TIER"], web.env["B"]) == ("127.0.0.1", "front", "B")
+    assert web.env["SELF"] == f"http://127.0.0.1:{port}/ and B"
+    conf = (pod.root / "etc/web/a.yaml").read_text()
+    assert conf == f"url: http://127.0.0.1:{port}/x\ndir: {pod.root}/var/lib/lablink/db\n"
+    ssh = pod.root / "etc/lablink/ssh"
+    assert sorted(p.name for p in ssh.iterdir()) == ["id", "kh"]
+    assert (ssh / "id").read_text() == "KEY" and (ssh / "id").stat().st_mode & 0o777 == 0o440
+    assert (pod.root / "srv/only-b").read_text() == "B"
+    assert (pod.root / "var/lib/lablink").is_dir()
+
+
+def test_a_container_that_keeps_exiting_fails_the_start_with_its_log(tmp_path: Path) -> None:
+    container = {
+        "name": "web",
+        "command": ["lablink", "-c", "echo the web server broke; exit 3"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}},
+    }
+    cluster = Cluster(a_pod(container, []), tmp_path, programs={"lablink": "/bin/sh"}, restarts=1)
+    try:
+        with pytest.raises(PodRunnerError, match=r"container web of web-.* exited with 3 2 times"):
+            cluster.start(timeout=20)
+    finally:
+        cluster.stop()
+    assert "the web server broke" in cluster.tails()

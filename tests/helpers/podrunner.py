@@ -14,7 +14,8 @@ filesystem and network make necessary:
   files is rewritten to that root;
 * network: every container port gets a free port on 127.0.0.1; ``<svc>``,
   ``<svc>.<ns>``, ``<svc>.<ns>.svc``, ``<svc>.<ns>.svc.cluster.local`` and the pod DNS
-  names of StatefulSets (``<sts>-<i>.<serviceName>...``) become 127.0.0.1, and the
+  names of StatefulSets (``<sts>-<i>.<serviceName>...``) become 127.0.0.1 (a bare
+  ``<svc>`` only after ``scheme://`` or before ``:port``: else it is a word), and the
   port after such a name (or the scheme's default port in a URL without one) becomes
   the local port of the Service's target; a bind address 0.0.0.0 becomes 127.0.0.1, and
   a port flag's value (``--port N``, ``--port=N``, ``--api-port=N``) that is one of
@@ -254,7 +255,7 @@ class Cluster:
         hosts = sorted([*self.hosts, BIND_ANY, "localhost", LOCALHOST], key=len, reverse=True)
         alternatives = "|".join(re.escape(h) for h in hosts)
         return re.compile(
-            rf"(?P<scheme>\b[a-z][a-z0-9+.-]*://)?(?<![\w.-])(?P<host>{alternatives})"
+            rf"(?:(?P<scheme>\b[a-z][a-z0-9+.-]*://)|(?<![\w./-]))(?P<host>{alternatives})"
             rf"(?::(?P<port>\d+))?(?![\w-]|\.[\w-])"
         )
 
@@ -266,6 +267,8 @@ class Cluster:
         def host(match: re.Match[str]) -> str:
             scheme, name, port = match["scheme"] or "", match["host"], match["port"]
             target = self.hosts.get(name)
+            if not scheme and not port and "." not in name:
+                return match.group(0)  # a bare word: a name only with a scheme or a port
             if target is None:  # 0.0.0.0, localhost, 127.0.0.1: this pod's own ports
                 mapped = pod.ports.get(int(port)) if port else None
                 if port and mapped is None and name == BIND_ANY:
