@@ -291,6 +291,13 @@ key in values.site fails with one sentence.
 {{- fail (printf "system %s uses tunnel: ssh, so the tunnel service runs and needs its SSH key; set tunnel.sshKeySecret to a Secret with the keys ssh-privatekey and known_hosts." $name) -}}
 {{- end -}}
 {{- end -}}
+{{- if not .Values.userlabManager.enabled -}}
+{{- range $name, $system := $site.systems -}}
+{{- if eq (toString $system.kind) "kubernetes" -}}
+{{- fail (printf "system %s is of kind kubernetes, whose lab pods the UserLab Manager starts; set userlabManager.enabled to true or remove the system." $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := include "lablink.site" . -}}
 {{- end -}}
 
