@@ -62,8 +62,12 @@ REPO = Path(__file__).resolve().parent.parent.parent
 log = logging.getLogger("lablink.tests.kube")
 
 # Namespaced core/v1 resources that exist (and list empty) before any object does.
-CORE_RESOURCES = ("pods", "services", "configmaps", "secrets", "events",
-                  "persistentvolumeclaims", "serviceaccounts", "endpoints")  # fmt: skip
+# Their kinds go into discovery (kmock would say "Secrets"): Helm's ``lookup`` finds a
+# resource by its kind there.
+CORE_RESOURCES = {"pods": "Pod", "services": "Service", "configmaps": "ConfigMap",
+                  "secrets": "Secret", "events": "Event",
+                  "persistentvolumeclaims": "PersistentVolumeClaim",
+                  "serviceaccounts": "ServiceAccount", "endpoints": "Endpoints"}  # fmt: skip
 
 
 class KubeError(RuntimeError):
@@ -209,11 +213,16 @@ def _emulator_class() -> type[Any]:
 
         def __attrs_post_init__(self) -> None:
             super().__attrs_post_init__()
-            for plural in CORE_RESOURCES:
+            for plural, kind in CORE_RESOURCES.items():
                 self.resources[f"v1/{plural}"] = kmock.ResourceInfo(
-                    namespaced=True, subresources={"status"} if plural == "pods" else set()
+                    namespaced=True,
+                    kind=kind,
+                    singular=kind.lower(),
+                    subresources={"status"} if plural == "pods" else set(),
                 )
-            self.resources["v1/namespaces"] = kmock.ResourceInfo(namespaced=False)
+            self.resources["v1/namespaces"] = kmock.ResourceInfo(
+                namespaced=False, kind="Namespace", singular="namespace"
+            )
             self.fallback["get /version/"] << self._serve_server_version  # VersionApi's path
 
         async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -429,7 +438,9 @@ class KubeApi:
         return kubernetes.client.ApiClient(configuration)
 
     def _http(self) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        # token "": an emulator without the token check (helm_python's cluster-aware
+        # render sends no credentials); an empty bearer header is not valid HTTP
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=10, trust_env=False)
 
     # -- the kubelet's part and inspection ------------------------------------------
