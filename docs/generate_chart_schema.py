@@ -7,7 +7,7 @@
 The site's schema is the one ``lablink backend`` validates against (the registered
 kinds' systems, told apart by ``kind``), made for Helm's validator: every ``$ref``
 inlined, every object with keys of its own closed (``additionalProperties: false``),
-systems a ``oneOf`` whose branches each fix ``kind``, no top-level key required (the
+a system's keys those of its ``kind`` (if/then), no top-level key required (the
 chart adds the hub's token, and an empty site is its demo), descriptions kept, titles
 and Python-only formats dropped. The output is deterministic: sorted keys, indent 2, a
 trailing newline.
@@ -63,10 +63,31 @@ def _inline(node: Any, defs: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
     return out
 
 
+def _by_kind(system: dict[str, Any]) -> dict[str, Any]:
+    """A union of systems (``oneOf``, one branch per kind) as ``kind`` + if/then: a
+    wrong key is then reported against its own kind alone, not against every kind."""
+    branches = system.get("oneOf")
+    if not branches:
+        return system  # one kind only: its schema as it is
+    kinds = [b["properties"]["kind"]["const"] for b in branches]
+    return {
+        "type": "object",
+        "description": "a system; `kind` says which package runs its labs",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": kinds, "description": "the kind of system"}},
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": b}
+            for k, b in zip(kinds, branches, strict=True)
+        ],
+    }
+
+
 def site_schema() -> dict[str, Any]:
     """The site file's JSON schema, Helm-friendly (see the module's docstring)."""
     raw = settings_model().model_json_schema(mode="validation")
     schema: dict[str, Any] = _inline(raw, raw.get("$defs", {}))
+    systems = schema["properties"]["systems"]
+    systems["additionalProperties"] = _by_kind(systems["additionalProperties"])
     # nothing required at the top: the chart adds the hub's token, and an empty site
     # is the chart's demo (its default system); what is inside stays required
     schema.pop("required", None)
