@@ -36,10 +36,13 @@ test: venv proxy test-deps
 lint: test-deps
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+	$(PY) docs/generate_reference.py --check
+	$(PY) docs/generate_chart_schema.py --check
 
-## docs: regenerate docs/config-reference.md from the code
+## docs: regenerate docs/config-reference.md and helm/lablink/values.schema.json from the code
 docs: venv
 	$(PY) docs/generate_reference.py
+	$(PY) docs/generate_chart_schema.py
 
 ## screenshots: redo docs/images/*.png (login, hub-home, spawn-form, spawn-pending, jupyterlab, vo, workshop-*) with the browser tests
 screenshots: venv proxy test-deps

@@ -119,6 +119,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return Embedded(args, args.site, Path(str(EMBEDDED_SITE))).run()
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a site file as the services do; nothing is started, nothing reached."""
+    from .check import run
+
+    return run(args.site, secrets=not args.no_secrets)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print a lab, its handle and its events from the backend's database."""
     import asyncio
@@ -239,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--site", help="the site file (its database_url is read)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(func=cmd_inspect, log_level="warning")
+
+    check = sub.add_parser(
+        "check",
+        help="validate a site file as the services read it (no process started, no network)",
+    )
+    check.add_argument("--site", required=True, help="the site file (YAML)")
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="only the file: do not check that the variables and files it names are there",
+    )
+    check.set_defaults(func=cmd_check, log_level="warning")
 
     backend = sub.add_parser("backend", help="the backend service")
     common(backend, 8010)

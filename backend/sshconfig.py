@@ -6,6 +6,8 @@ Example::
     tunnel_service:
       url: http://127.0.0.1:8020
       token_env: LABLINK_TUNNEL_TOKEN
+      bind: 127.0.0.1            # where forwards listen
+      advertise: ""              # how the proxy reaches them (empty: bind)
       ports: {min: 9000, max: 9999}
     systems:
       hpc:
@@ -187,6 +189,13 @@ class TunnelService(Strict):
     bind: str = Field(
         default="127.0.0.1", description="the address local forwards listen on (the hub's side)"
     )
+    advertise: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)?$",
+        description="the host the service hands out for a forward (`local_host`: where the "
+        "proxy reaches the lab), when that is not `bind`, e.g. the tunnel pod's stable DNS "
+        "name in a cluster where it binds 0.0.0.0; empty: `bind`",
+    )
     ports: PortRange = Field(
         default_factory=_default_ports, description="the ports local forwards may use"
     )
@@ -196,6 +205,11 @@ class TunnelService(Strict):
         description="the hub's API as the tunnel service reaches it (JupyterHub's hub_bind_url); "
         "the target of the login nodes' reverse forwards",
     )
+
+    @property
+    def local_host(self) -> str:
+        """The host a forward is reached at: ``advertise``, else ``bind``."""
+        return self.advertise or self.bind
 
     def hub_address(self) -> tuple[str, int]:
         parts = urlsplit(self.hub_api)

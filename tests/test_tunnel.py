@@ -24,7 +24,7 @@ import pytest
 
 from backend.certs import hub_forward_tls
 from backend.procs import free_port
-from backend.settings import Settings
+from backend.settings import Settings, SettingsError
 from tests.helpers import site
 from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_state
 from tests.helpers.devsite import (
@@ -112,6 +112,40 @@ def test_a_tunnel_reaches_the_compute_node_and_goes_away(
         assert client.delete("/tunnels/lab-1").status_code == 204  # gone is fine
         assert client.get("/tunnels").json() == []
     assert not answers(port), "the port still listens after its tunnel was removed"
+
+
+def test_a_tunnel_is_handed_out_at_the_advertised_host(
+    tmp_path: Path, sshd: Sshd, http_backend: HttpBackend
+) -> None:
+    """In a cluster the forwards listen on every address of the tunnel pod and the
+    proxy reaches them by the pod's name: `local_host` is `advertise`, not `bind`."""
+    ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1)
+    doc = site.tunnel_service_doc(tmp_path / "state", ssh)
+    doc["tunnel_service"].update(bind="127.0.0.1", advertise="lablink-tunnel-0.forwards.test")
+    svc = TunnelService(tmp_path / "tunnel", doc)
+    svc.start()
+    try:
+        port = open_tunnel(svc, http_backend)
+        assert http_get("127.0.0.1", port) == (200, http_backend.body)  # listens on bind
+        with svc.client() as client:
+            [listed] = client.get("/tunnels").json()
+        assert (listed["local_host"], listed["local_port"]) == (
+            "lablink-tunnel-0.forwards.test",
+            port,
+        )
+    finally:
+        svc.stop()
+
+
+def test_advertise_defaults_to_bind_and_must_be_a_host() -> None:
+    def service_of(**tunnel_service: str) -> Settings:
+        return site.settings(site.doc(None, tunnel_service=tunnel_service))
+
+    assert service_of(bind="0.0.0.0").tunnel_service.local_host == "0.0.0.0"
+    advertised = service_of(bind="0.0.0.0", advertise="tunnel-0.forwards.ns.svc")
+    assert advertised.tunnel_service.local_host == "tunnel-0.forwards.ns.svc"
+    with pytest.raises(SettingsError, match=r"tunnel_service\.advertise: String should match"):
+        service_of(advertise="http://tunnel:9000")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 ``POST /api/v1/tunnels {lab_id, system, host, port}`` opens a local forward
 (on the configured bind address, a port from the configured range) through
 the system's login node to the compute node's ``host:port`` and answers
-``{local_host, local_port}``; ``DELETE /api/v1/tunnels/{lab_id}`` closes it.
+``{local_host, local_port}`` (``local_host``: ``tunnel_service.advertise``, else the
+bind address); ``DELETE /api/v1/tunnels/{lab_id}`` closes it.
 Destinations are checked against the system's allow-list before anything is
 opened: the host in its canonical spelling, patterns matching whole DNS labels
 (:mod:`backend.addresses`), its name resolved once here and the login node
@@ -77,7 +78,8 @@ class Tunnels:
     def __init__(self, settings: Settings, path: Path):
         self.settings = settings
         self.path = path
-        self.bind = settings.tunnel_service.bind
+        self.bind = settings.tunnel_service.bind  # where forwards listen
+        self.local_host = settings.tunnel_service.local_host  # where they are reached
         self.links: dict[str, SystemLink] = {}
         self.nodes: dict[tuple[str, int], NodeLink] = {}
         self.hub_tls: dict[tuple[str, str], HubTls] = {}  # by (cert_file, key_file)
@@ -233,13 +235,15 @@ def tunnels_of(request: Request) -> Tunnels:
     return request.app.state.tunnels  # type: ignore[no-any-return]
 
 
-def out(fwd: Forward, bind: str) -> TunnelOut:
+def out(fwd: Forward, local_host: str) -> TunnelOut:
+    """A forward as the backend sees it: reached at ``local_host`` (``advertise`` or
+    ``bind``), on its own port."""
     return TunnelOut(
         lab_id=fwd.lab_id,
         system=fwd.system,
         host=fwd.host,
         port=fwd.port,
-        local_host=bind,
+        local_host=local_host,
         local_port=fwd.local_port,
         up=fwd.listener is not None,
     )
@@ -290,7 +294,7 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
         _, fwd = existing
         if (fwd.system, fwd.host, fwd.port) == (body.system, host, body.port):
             response.status_code = 200
-            return out(fwd, tunnels.bind)
+            return out(fwd, tunnels.local_host)
         raise HTTPException(
             409, f"Lab {body.lab_id} already has a tunnel to another place; delete it first."
         )
@@ -316,14 +320,14 @@ async def open_tunnel(request: Request, body: TunnelIn, who: Auth, response: Res
         tunnels.save()
         log.info("lab %s: %s:%s (%s) via %s on port %s", body.lab_id, host, body.port, address,
                  fwd.node.name if fwd.node else "?", fwd.local_port)  # fmt: skip
-        return out(fwd, tunnels.bind)
+        return out(fwd, tunnels.local_host)
     raise HTTPException(503, "No free port could be bound for the tunnel; try again.")
 
 
 @router.get("/tunnels", response_model=list[TunnelOut])
 async def list_tunnels(request: Request, who: Auth) -> list[TunnelOut]:
     tunnels = tunnels_of(request)
-    return [out(f, tunnels.bind) for f in tunnels.all()]
+    return [out(f, tunnels.local_host) for f in tunnels.all()]
 
 
 @router.delete("/tunnels/{lab_id}", status_code=204)

@@ -48,28 +48,18 @@ helm.sh/chart: {{ include "lablink.chart" $root }}
 {{- define "lablink.imagePullSecrets" -}}
 {{- $root := index . 0 -}}
 {{- $names := concat ($root.Values.imagePullSecrets | default list) ((index . 1) | default list) | uniq -}}
-{{- if $names }}
-imagePullSecrets:
-{{- range $names }}
-  - name: {{ . | quote }}
-{{- end }}
-{{- end }}
+{{- $list := list -}}
+{{- range $names -}}{{- $list = append $list (dict "name" .) -}}{{- end -}}
+{{- if $list -}}{{- toYaml (dict "imagePullSecrets" $list) -}}{{- end -}}
 {{- end -}}
 
 {{/* nodeSelector, tolerations and affinity of a component's values */}}
 {{- define "lablink.scheduling" -}}
-{{- with .nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- $out := dict -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" -}}
+{{- with index $ $key -}}{{- $_ := set $out $key . -}}{{- end -}}
+{{- end -}}
+{{- if $out -}}{{- toYaml $out -}}{{- end -}}
 {{- end -}}
 
 {{/* The pod's securityContext: include "lablink.podSecurityContext" 10001 */}}
@@ -222,10 +212,11 @@ key in values.site fails with one sentence.
 {{- define "lablink.site" -}}
 {{- $ns := .Release.Namespace -}}
 {{- $site := include "lablink.userSite" . | fromYaml -}}
-{{- range $key := list "state_dir" "database_url" -}}
-{{- if hasKey $site $key -}}
-{{- fail (printf "site.%s is set by the chart (%s); remove it from site%s." $key (ternary "/var/lib/lablink" "the backend reads database.url or database.existingSecret from a Secret" (eq $key "state_dir")) (ternary "" " and set database.url or database.existingSecret" (eq $key "state_dir"))) -}}
+{{- if hasKey $site "state_dir" -}}
+{{- fail "site.state_dir is set by the chart (/var/lib/lablink, the state volume); remove it from site." -}}
 {{- end -}}
+{{- if hasKey $site "database_url" -}}
+{{- fail "site.database_url must not be in the site: a database URL holds a password and the site is a ConfigMap; set database.url or database.existingSecret instead." -}}
 {{- end -}}
 {{- $tunnel := $site.tunnel_service | default dict -}}
 {{- range $key := list "url" "bind" "advertise" "hub_api" -}}
@@ -298,6 +289,13 @@ key in values.site fails with one sentence.
 {{- range $name, $system := $site.systems -}}
 {{- if and (eq (toString (dig "tunnel" "none" $system)) "ssh") (not $.Values.tunnel.sshKeySecret) -}}
 {{- fail (printf "system %s uses tunnel: ssh, so the tunnel service runs and needs its SSH key; set tunnel.sshKeySecret to a Secret with the keys ssh-privatekey and known_hosts." $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if not .Values.userlabManager.enabled -}}
+{{- range $name, $system := $site.systems -}}
+{{- if eq (toString $system.kind) "kubernetes" -}}
+{{- fail (printf "system %s is of kind kubernetes, whose lab pods the UserLab Manager starts; set userlabManager.enabled to true or remove the system." $name) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $_ := include "lablink.site" . -}}

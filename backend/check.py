@@ -1,0 +1,126 @@
+"""``lablink check --site FILE [--no-secrets]``: the site file as the services read it,
+without starting anything or reaching the network.
+
+First the file is loaded and validated exactly as ``lablink backend`` loads it (every
+key, every reference). Then, unless ``--no-secrets``, what the services check when
+they start: every variable the site names holds its secret (the tokens' ``secret_env``,
+``replicas.key_env`` with PostgreSQL, each system's own secret, the tunnel service's and
+the UserLab Manager's tokens when a system needs them) and every file it names can be
+read (SSH keys and known_hosts, the hub forward's certificate, key and CA, CA bundles).
+Each problem is one sentence that names its key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from .sealed import sealer_from
+from .settings import (
+    Settings,
+    SettingsError,
+    hub_forward_cas,
+    load_settings,
+    tunnel_token,
+    userlab_manager_token,
+)
+from .systems.base import SecretMissing
+
+
+def _readable(key: str, path: str, what: str) -> str | None:
+    """A sentence when ``path`` cannot be read, else None."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return f"{key}: the {what} {path} cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def _files(settings: Settings) -> list[str]:
+    problems = []
+    for key, path, what in (
+        ("tunnel_service.ca_bundle", settings.tunnel_service.ca_bundle, "CA bundle"),
+        ("userlab_manager.ca_bundle", settings.userlab_manager.ca_bundle, "CA bundle"),
+    ):
+        if path:
+            problems.append(_readable(key, path, what))
+    for name, system in settings.systems.items():
+        ca_bundle = getattr(system, "ca_bundle", "")
+        if isinstance(ca_bundle, str) and ca_bundle:
+            problems.append(_readable(f"systems.{name}.ca_bundle", ca_bundle, "CA bundle"))
+        ssh = getattr(system, "ssh", None)
+        if getattr(system, "tunnel", "none") != "ssh" or ssh is None:
+            continue
+        where = f"systems.{name}.ssh"
+        problems.append(_readable(f"{where}.key_file", ssh.key_file, "SSH key"))
+        problems.append(_readable(f"{where}.known_hosts", ssh.known_hosts, "known_hosts file"))
+        if ssh.hub_forward is not None:
+            tls = ssh.hub_forward.tls
+            for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+                what = "certificate" if key == "cert_file" else "private key"
+                problems.append(_readable(f"{where}.hub_forward.tls.{key}", path, what))
+    return [p for p in problems if p is not None]
+
+
+def _secrets(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    problems = []
+    for tok in settings.tokens:
+        if len(env.get(tok.secret_env, "")) < 16:
+            problems.append(
+                f"tokens.{tok.name}: the environment variable {tok.secret_env} must hold a "
+                "secret of at least 16 characters"
+            )
+    for name, system in settings.systems.items():
+        try:
+            system.secret(env)
+        except SecretMissing as exc:
+            problems.append(f"systems.{name}.{exc.key}: {exc.message}")
+    checks: list[Callable[[], object]] = [
+        lambda: tunnel_token(settings, dict(env)),
+        lambda: userlab_manager_token(settings, dict(env)),
+        lambda: sealer_from(settings, env),
+        lambda: hub_forward_cas(settings),
+    ]
+    for check in checks:
+        try:
+            check()
+        except SettingsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def check_site(
+    path: str | os.PathLike[str], secrets: bool = True, environ: Mapping[str, str] | None = None
+) -> tuple[Settings | None, list[str]]:
+    """The settings (None when the file is not valid) and every problem, one sentence
+    each."""
+    try:
+        settings = load_settings(path)
+    except SettingsError as exc:
+        return None, str(exc).splitlines()
+    if not secrets:
+        return settings, []
+    env = os.environ if environ is None else environ
+    problems = _secrets(settings, env) + _files(settings)
+    return settings, list(dict.fromkeys(problems))  # the same sentence once
+
+
+def run(path: str, secrets: bool = True) -> int:
+    """Print the verdict: one line on stdout (exit 0) or a sentence per problem on
+    stderr (exit 2)."""
+    import sys
+
+    settings, problems = check_site(path, secrets)
+    if problems or settings is None:
+        for problem in problems:
+            sentence = problem.rstrip(".")
+            print(f"lablink check: {sentence}.", file=sys.stderr)
+        return 2
+    names = ", ".join(settings.systems)
+    count = len(settings.systems)
+    checked = "; secrets and files present" if secrets else "; secrets and files not checked"
+    plural = "system" if count == 1 else "systems"
+    print(f"site {Path(path)} is valid: {count} {plural} ({names}){checked}")
+    return 0
