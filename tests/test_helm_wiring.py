@@ -212,6 +212,12 @@ def test_names_ports_and_paths_are_mapped_per_pod(tmp_path: Path) -> None:
     assert site["state_dir"] == str(backend.root / "var/lib/lablink")
     manager = cluster.pods["lablink-userlab-manager"]
     assert site["userlab_manager"]["url"] == f"http://127.0.0.1:{manager.ports[8030]}"
+    tunnel = cluster.pods["lablink-tunnel"]
+    hub_port = cluster.pods["lablink-hub"].ports[8081]
+    assert site["tunnel_service"]["url"] == f"http://127.0.0.1:{tunnel.ports[8020]}"
+    assert site["tunnel_service"]["hub_api"] == f"http://127.0.0.1:{hub_port}"
+    assert site["tunnel_service"]["advertise"] == "127.0.0.1"  # the tunnel pod's DNS name
+    assert site["tunnel_service"]["bind"] == "127.0.0.1"
     argv = cluster.container("lablink-backend").argv
     assert argv[argv.index("--port") + 1] == str(backend.ports[8010])
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
