@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +332,33 @@ def test_a_container_that_keeps_exiting_fails_the_start_with_its_log(tmp_path: P
     finally:
         cluster.stop()
     assert "the web server broke" in cluster.tails()
+
+
+def test_each_pod_takes_its_configuration_with_the_cluster_s_own_names(tmp_path: Path) -> None:
+    """The runner maps Service names to 127.0.0.1, which the services trust more than a
+    cluster name; so each pod's site (paths mapped, names as rendered) must pass
+    `lablink check` with the pod's environment, and the hub's backend URL as rendered
+    must pass the spawner's check, as they would in the cluster."""
+    from backend.config_base import https_url
+
+    objects = chart.render(wiring_values())
+    cluster = Cluster(objects, tmp_path, programs=programs())
+    text = chart.site_text(objects)
+    problems = []
+    for pod in cluster.pods.values():
+        for container in pod.containers:
+            if "--site" not in container.argv:
+                continue
+            site_file = tmp_path / f"{pod.workload_name}.site.yaml"
+            site_file.write_text(cluster.rewrite_paths(pod, text))
+            argv = [container.argv[0], "check", "--site", str(site_file)]
+            done = subprocess.run(argv, env=container.env, capture_output=True, text=True)
+            if done.returncode != 0:
+                problems.append(f"{container.what}: {(done.stdout + done.stderr).strip()}")
+    hub = chart.container_of(chart.one(objects, "Deployment", "lablink-hub"))
+    rendered_url = chart.literal_env(hub)["LABLINK_BACKEND_URL"]
+    try:
+        https_url(rendered_url)
+    except ValueError as exc:
+        problems.append(f"the hub's LABLINK_BACKEND_URL {rendered_url}: {exc}")
+    assert not problems, "\n".join(problems)
