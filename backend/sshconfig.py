@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from .config_base import Strict, https_url
+from .config_base import Strict, service_url
 
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$"
 
@@ -176,7 +176,8 @@ class TunnelService(Strict):
     url: str = Field(
         default="http://127.0.0.1:8020",
         pattern=r"^https?://[^\s/]+/?$",
-        description="the tunnel service's base URL: https://, or http:// on this machine only",
+        description="the tunnel service's base URL: https://, or http:// on this machine or "
+        "to a Kubernetes Service of the cluster (`name`, `name.namespace.svc`)",
     )
     ca_bundle: str = Field(
         default="", description="a CA file for the service's TLS certificate; unset: the system's"
@@ -218,4 +219,4 @@ class TunnelService(Strict):
     @field_validator("url")
     @classmethod
     def _remote_is_tls(cls, url: str) -> str:
-        return https_url(url)
+        return service_url(url)

@@ -40,7 +40,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from sqlalchemy.orm import object_session
 from traitlets import Float, List, TraitError, Unicode, default, validate
 
-from backend.config_base import https_url
+from backend.config_base import service_url
 
 from .client import FINAL, BackendClient, BackendError
 from .follow import SharedFollow
@@ -103,7 +103,7 @@ class LablinkSpawner(Spawner):
     @validate("backend_url")
     def _backend_url_is_tls(self, proposal: dict[str, Any]) -> str:
         try:
-            return https_url(str(proposal["value"]))
+            return service_url(str(proposal["value"]))
         except ValueError as exc:
             raise TraitError(f"LablinkSpawner.backend_url: {exc}") from None
 

@@ -76,3 +76,23 @@ def test_a_wrong_key_fails(change: Any, words: list[str]) -> None:
     assert problem is not None
     for word in words:
         assert word in problem
+
+
+@pytest.mark.parametrize("name", ["values-minimal", "values-full", "values-wiring", None])
+def test_the_rendered_site_passes_lablink_check(
+    name: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The site file the chart renders is one the services accept (`--no-secrets`: the
+    secrets are the pods')."""
+    from backend.cli import main
+
+    path = ROOT / "tests" / "helm" / f"{name}.yaml"
+    if name is not None and not path.exists():
+        pytest.skip(f"tests/helm/{name}.yaml is not there yet")
+    values = yaml.safe_load(path.read_text()) if name else {}
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render(values, name="lablink", namespace="lablink", is_install=True)
+    [configmap] = [t for p, t in rendered.items() if p.endswith("site-configmap.yaml")]
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_load(configmap)["data"]["site.yaml"])
+    assert main(["check", "--site", str(site_file), "--no-secrets"]) == 0, capsys.readouterr().err

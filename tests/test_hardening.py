@@ -217,10 +217,35 @@ def test_a_remote_service_must_be_reached_over_tls(tmp_path: Path, key: str) -> 
     assert site.settings(document)
 
 
+@pytest.mark.parametrize("key", ["tunnel_service", "userlab_manager"])
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("lablink-tunnel", True),  # a Service of the namespace (the Helm chart's)
+        ("lablink-tunnel.lablink.svc", True),
+        ("lablink-tunnel.lablink.svc.cluster.local", True),
+        ("tunnel.example.org", False),
+        ("lablink-tunnel.lablink", False),
+        ("svc.example.org", False),
+        ("Tunnel_1", False),
+    ],
+)
+def test_plain_http_to_a_service_of_the_cluster(
+    tmp_path: Path, key: str, host: str, allowed: bool
+) -> None:
+    document = site.doc(tmp_path, **{key: {"url": f"http://{host}:8020"}})
+    if allowed:
+        assert site.settings(document)
+    else:
+        with pytest.raises(SettingsError, match=f"{key}.url: .*use https://"):
+            site.settings(document)
+
+
 def test_the_hub_reaches_the_backend_and_the_provider_over_tls() -> None:
     with pytest.raises(TraitError, match="use https://"):
         LablinkSpawner(backend_url="http://backend.example.org:8010")
     assert LablinkSpawner(backend_url="https://backend.example.org").backend_url
+    assert LablinkSpawner(backend_url="http://lablink-backend:8010").backend_url  # in-cluster
     with pytest.raises(TraitError, match="use https://"):
         LablinkOIDCAuthenticator(issuer="http://login.example.org/oauth2")
     assert LablinkOIDCAuthenticator(issuer="http://127.0.0.1:9000").issuer

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config_base import Strict, https_url
+from ...config_base import Strict, service_url
 from ..base import SystemSettings
 
 # a minute more than the backend's own limits: its sentence reaches the person first
@@ -161,7 +161,8 @@ class UserlabManager(Strict):
     url: str = Field(
         default="http://127.0.0.1:8030",
         pattern=r"^https?://[^\s/]+/?$",
-        description="the UserLab Manager's base URL: https://, or http:// on this machine only",
+        description="the UserLab Manager's base URL: https://, or http:// on this machine or "
+        "to a Kubernetes Service of the cluster (`name`, `name.namespace.svc`)",
     )
     ca_bundle: str = Field(
         default="", description="a CA file for the manager's TLS certificate; unset: the system's"
@@ -170,7 +171,7 @@ class UserlabManager(Strict):
     @field_validator("url")
     @classmethod
     def _remote_is_tls(cls, url: str) -> str:
-        return https_url(url)
+        return service_url(url)
 
     token_env: str = Field(
         default="LABLINK_USERLAB_MANAGER_TOKEN",
