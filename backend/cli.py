@@ -123,7 +123,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate a site file as the services do; nothing is started, nothing reached."""
     from .check import run
 
-    return run(args.site, secrets=not args.no_secrets)
+    return run(args.site, secrets=not args.no_secrets, service=args.service)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-secrets",
         action="store_true",
         help="only the file: do not check that the variables and files it names are there",
+    )
+    check.add_argument(
+        "--service",
+        choices=["backend", "tunnel", "userlab-manager"],
+        help="only the secrets and files this service reads (default: those of every one; "
+        "the tunnel's and the manager's own tokens only here)",
     )
     check.set_defaults(func=cmd_check, log_level="warning")
 

@@ -110,3 +110,33 @@ def test_a_missing_site_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         f"lablink check: site file {tmp_path / 'nope.yaml'}: cannot be read: No such file "
         "or directory.\n"
     )
+
+
+def test_one_service_checks_what_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tunnel's pod has its own token and the SSH files, not the backend's tokens."""
+    monkeypatch.delenv(site.HUB_TOKEN_ENV, raising=False)
+    monkeypatch.delenv("LABLINK_TUNNEL_TOKEN", raising=False)
+    key, known_hosts = tmp_path / "key", tmp_path / "known_hosts"
+    key.write_text("")
+    known_hosts.write_text("")
+    ssh = {
+        "login_nodes": [{"host": "login1.example.org"}],
+        "user": "lablink",
+        "key_file": str(key),
+        "known_hosts": str(known_hosts),
+        "destinations": [{"hosts": "*"}],
+    }
+    doc = site.doc(tmp_path / "state", systems={"hpc": site.tunnel_system(ssh)})
+    path = site.write(doc, tmp_path / "site.yaml")
+    assert check(path, "--service", "tunnel") == 2
+    assert capsys.readouterr().err == (
+        "lablink check: tunnel_service.token_env: the environment variable "
+        "LABLINK_TUNNEL_TOKEN must hold the tunnel service's token (16 characters or more).\n"
+    )
+    monkeypatch.setenv("LABLINK_TUNNEL_TOKEN", "t" * 32)
+    assert check(path, "--service", "tunnel") == 0
+    assert capsys.readouterr().out.endswith("secrets and files of the tunnel present\n")
+    assert check(path, "--service", "backend") == 2  # the backend's hub token is missing
+    assert "tokens.hub:" in capsys.readouterr().err
