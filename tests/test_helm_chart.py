@@ -8,7 +8,7 @@ key; an upgrade keeps the generated secrets that ``lookup`` finds; and ``lablink
 accepts the site file the chart renders.
 
 Each values file is rendered once per module (``rendered``); the names, ports and keys
-checked here are those of /work/notes/contract17.md (docs/reference.md, "Helm chart").
+checked here are those of docs/reference.md, "The Helm chart".
 """
 
 from __future__ import annotations
