@@ -114,10 +114,7 @@ PRESENT: dict[str, list[tuple[str, ...]]] = {
         ("Deployment", "lablink-hub"), ("Deployment", "lablink-backend"),
         ("Deployment", "lablink-userlab-manager"), ("PersistentVolumeClaim", "lablink-backend"),
     ],
-    "centre": [
-        ("Deployment", "lablink-backend"), ("Ingress", "lablink"),
-        ("Secret", "lablink-secrets"),
-    ],
+    "centre": [("Deployment", "lablink-backend"), ("Ingress", "lablink")],
 }  # fmt: skip
 ABSENT: dict[str, list[tuple[str, str]]] = {
     "default": [
@@ -133,8 +130,7 @@ ABSENT: dict[str, list[tuple[str, str]]] = {
     "full": [("PersistentVolumeClaim", "lablink-backend")],
     "wiring": [("StatefulSet", "lablink-tunnel"), ("Deployment", "lablink-devsite"),
                ("Secret", "lablink-database")],
-    "centre": [("Deployment", "lablink-devsite"), ("PersistentVolumeClaim", "lablink-backend"),
-               ("Secret", "lablink-database")],
+    "centre": [("Deployment", "lablink-devsite"), ("PersistentVolumeClaim", "lablink-backend")],
 }  # fmt: skip
 
 
