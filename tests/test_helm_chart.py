@@ -56,7 +56,7 @@ PORTS = {"hub": 8081, "backend": 8010, "tunnel": 8020, "userlab-manager": 8030,
 CALLERS = {
     "hub": {"proxy", "tunnel", "hub", "labs"},
     "backend": {"hub", "backend"},
-    "tunnel": {"backend", "proxy"},
+    "tunnel": {"backend", "proxy", "hub"},  # the hub checks a new lab at its forward
     "userlab-manager": {"backend"},
     "devsite": {"backend"},
     "labs": {"proxy", "hub"},

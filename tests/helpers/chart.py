@@ -42,7 +42,7 @@ SITE_KEY = "site.yaml"
 SITE_PATH = "/etc/lablink/site/site.yaml"
 COMPONENTS = ("hub", "proxy", "backend", "tunnel", "userlab-manager", "devsite")
 LAB_SELECTOR = {"app.kubernetes.io/managed-by": "lablink-userlab-manager"}
-METADATA_ADDRESS = ipaddress.ip_address("169.254.169.254")
+METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod")
 
