@@ -87,7 +87,10 @@ c.JupyterHub.spawner_class = "lablink"
 c.JupyterHub.allow_named_servers = True
 # named servers follow the active VO's labs_per_user (stopped ones do not count)
 c.JupyterHub.named_server_limit_per_user = named_server_limit
-c.JupyterHub.cleanup_servers = True
+# a hub that starts its own proxy (`lablink up`) stops the labs when it stops; a hub with
+# a proxy apart (the Helm chart) is restarted by upgrades and leaves them running, as
+# the proxy keeps their routes and the backend keeps following them
+c.JupyterHub.cleanup_servers = not os.environ.get("LABLINK_PROXY_API_URL")
 # starts pending at once before the hub answers 429 "Too many users trying to log in
 # right now" (JupyterHub's default is 100: a workshop of 100 starting together sits
 # right at it); a spawn costs the hub little, the backend admits each lab against its

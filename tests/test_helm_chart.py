@@ -8,7 +8,7 @@ key; an upgrade keeps the generated secrets that ``lookup`` finds; and ``lablink
 accepts the site file the chart renders.
 
 Each values file is rendered once per module (``rendered``); the names, ports and keys
-checked here are those of /work/notes/contract17.md (docs/reference.md, "Helm chart").
+checked here are those of docs/reference.md, "The Helm chart".
 """
 
 from __future__ import annotations
@@ -114,10 +114,7 @@ PRESENT: dict[str, list[tuple[str, ...]]] = {
         ("Deployment", "lablink-hub"), ("Deployment", "lablink-backend"),
         ("Deployment", "lablink-userlab-manager"), ("PersistentVolumeClaim", "lablink-backend"),
     ],
-    "centre": [
-        ("Deployment", "lablink-backend"), ("Ingress", "lablink"),
-        ("Secret", "lablink-secrets"),
-    ],
+    "centre": [("Deployment", "lablink-backend"), ("Ingress", "lablink")],
 }  # fmt: skip
 ABSENT: dict[str, list[tuple[str, str]]] = {
     "default": [
@@ -133,8 +130,7 @@ ABSENT: dict[str, list[tuple[str, str]]] = {
     "full": [("PersistentVolumeClaim", "lablink-backend")],
     "wiring": [("StatefulSet", "lablink-tunnel"), ("Deployment", "lablink-devsite"),
                ("Secret", "lablink-database")],
-    "centre": [("Deployment", "lablink-devsite"), ("PersistentVolumeClaim", "lablink-backend"),
-               ("Secret", "lablink-database")],
+    "centre": [("Deployment", "lablink-devsite"), ("PersistentVolumeClaim", "lablink-backend")],
 }  # fmt: skip
 
 

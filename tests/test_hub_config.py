@@ -59,6 +59,7 @@ def test_unset_is_todays_configuration(hub_env: Path) -> None:
     assert c.ConfigurableHTTPProxy.command == ["configurable-http-proxy"]
     assert "admin_users" not in c.Authenticator
     assert c.JupyterHub.authenticator_class == "lablink-demo"
+    assert c.JupyterHub.cleanup_servers is True  # Ctrl-C of `lablink up` stops the labs
 
 
 def test_a_cluster_hub(hub_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +80,7 @@ def test_a_cluster_hub(hub_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.ConfigurableHTTPProxy.api_url == "http://lablink-proxy-api:8001"
     assert c.ConfigurableHTTPProxy.should_start is False
     assert "command" not in c.ConfigurableHTTPProxy
+    assert c.JupyterHub.cleanup_servers is False  # an upgrade restarts the hub, not the labs
     assert c.Authenticator.admin_users == {"alice", "bob"}
     assert c.LablinkOIDCAuthenticator.oauth_callback_url == (
         "https://hub.example.org/hub/oauth_callback"

@@ -22,7 +22,10 @@ subclass built by ``_emulator_class`` adds what our tests rely on:
   streams never end by themselves);
 * the paths of Namespace objects, on which kmock fails, and ``watch=True``;
 * core/v1 pods, services, ... declared up front: kmock answers a list of a
-  resource it has never stored an object of with 404.
+  resource it has never stored an object of with 404; discovery (``/api/v1``) names
+  their kinds (``Secret``, not kmock's ``Secrets``), which Helm's ``lookup`` needs;
+* ``KubeApi(directory, token="")``: no token check, for helm_python's cluster-aware
+  render, which sends no credentials (tests/test_helm_chart.py).
 
 The emulator has no kubelet and no controllers: a pod's status changes only when
 a test patches it (``KubeApi.set_pod_status``), a deleted pod is gone at once
