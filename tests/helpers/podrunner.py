@@ -54,8 +54,9 @@ from typing import Any
 
 import httpx
 
-from backend.procs import free_ports, start_time, tail
+from backend.procs import free_ports, tail
 from tests.helpers import chart
+from tests.helpers.stack import marked_processes
 
 LOCALHOST = "127.0.0.1"
 BIND_ANY = "0.0.0.0"
@@ -609,17 +610,7 @@ class Cluster:
     def leftovers(self) -> list[int]:
         """Processes whose command line or working directory is in a pod's root."""
         mark = str(self.workdir / "pods")
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if start_time(int(entry.name)) is None:
-                    continue
-                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-                if mark in cmd or os.readlink(entry / "cwd").startswith(mark):
-                    found.append(int(entry.name))
-        return found
+        return [pid for pid, _ in marked_processes([mark], mark)]
 
     def tails(self, lines: int = 40) -> str:
         """The end of every container's log, for a failed test's report."""

@@ -58,6 +58,22 @@ def launch(
     raise RuntimeError(f"{what} did not come up:\n{log.read_text(errors='replace')[-6000:]}")
 
 
+def marked_processes(marks: list[str], under: str) -> list[tuple[int, str]]:
+    """Live processes (not this one) whose command line holds one of ``marks`` or whose
+    working directory is below ``under``: (pid, command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if start_time(int(entry.name)) is None:
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(m in cmd for m in marks) or os.readlink(entry / "cwd").startswith(under):
+                found.append((int(entry.name), cmd))
+    return found
+
+
 @dataclass
 class Stack:
     state_dir: Path
@@ -143,18 +159,7 @@ class Stack:
     def processes(self) -> list[tuple[int, str]]:
         """Live processes that belong to this stack (by state directory or ports)."""
         marks = [str(self.state_dir)] + [f"127.0.0.1:{p}" for p in self.ports.values()]
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if start_time(int(entry.name)) is None:
-                    continue
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                cwd = os.readlink(entry / "cwd")
-                if any(m in cmd for m in marks) or cwd.startswith(str(self.state_dir)):
-                    found.append((int(entry.name), cmd))
-        return found
+        return marked_processes(marks, str(self.state_dir))
 
     def lab_pids(self, user: str) -> list[int]:
         """The jupyterhub-singleuser processes running in a user's directory."""
