@@ -170,3 +170,28 @@ def test_a_restarted_manager_reconciles_with_the_cluster(
         states = {lab["lab_id"]: lab["state"] for lab in client.get("/labs").json()}
         assert states == {"lab-keep": "scheduling", "lab-lost": "gone"}
     assert "no lab of ours owns it" in manager.log_text()
+
+
+def test_a_delete_during_or_before_the_create_leaves_nothing(
+    manager: UserlabManager, kube: KubeApi
+) -> None:
+    """A lab stopped in the same breath as it was started: its delete may reach the
+    manager while the pod is being made, or even before the create (two requests on
+    two connections). Either way no pod, service or Secret is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with manager.client() as a, manager.client() as b, ThreadPoolExecutor(2) as pool:
+        for i in range(12):
+            lab_id = f"race-{i:04d}"
+            made = pool.submit(a.post, "/labs", json=lab_body(lab_id))
+            time.sleep(0.002 * (i % 4))
+            gone = pool.submit(b.delete, f"/labs/{lab_id}")
+            assert made.result().status_code in (201, 409), made.result().text
+            assert gone.result().status_code in (200, 204), gone.result().text
+        late = a.post("/labs", json=lab_body("race-0000"))
+        assert_error(late, 409)  # deleted: a late create makes nothing
+        assert "stopped before its pod was made" in late.json()["detail"]
+        b.delete("/labs/early-0001")
+        assert_error(a.post("/labs", json=lab_body("early-0001")), 409)
+    for what in ("pods", "services", "secrets"):
+        assert kube.objects(what, NAMESPACE) == [], what

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,6 +53,7 @@ log = logging.getLogger("lablink.userlab_manager")
 DEFAULT_PORT = 8030
 OUTPUT_LINES = 20
 MAX_WAIT = 30.0
+DELETED_KEPT = 600.0  # seconds a deleted lab id refuses a late create
 
 router = APIRouter(prefix="/api/v1")
 Auth = Annotated[Principal, Depends(authenticate)]
@@ -102,6 +104,24 @@ class Labs:
         self.known: dict[str, dict[str, str]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.changed = asyncio.Condition()
+        # a create and a delete of one lab take turns: a delete that came while the pod
+        # was being made waits for it and then removes it
+        self.turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # labs deleted lately (id -> when): a create that arrives after its own delete
+        # (two requests on two connections) makes nothing
+        self.deleted: dict[str, float] = {}
+
+    def turn(self, lab_id: str) -> asyncio.Lock:
+        lock = self.turns.get(lab_id)
+        if lock is None:
+            lock = self.turns[lab_id] = asyncio.Lock()
+        return lock
+
+    def mark_deleted(self, lab_id: str) -> None:
+        now = time.monotonic()
+        for old in [k for k, t in self.deleted.items() if now - t > DELETED_KEPT]:
+            del self.deleted[old]
+        self.deleted[lab_id] = now
 
     # -- the file ---------------------------------------------------------------
 
@@ -258,6 +278,13 @@ async def create_lab(request: Request, body: LabIn, who: Auth, response: Respons
     """Create the lab's service and pod (a repeated request answers 200)."""
     labs = labs_of(request)
     pod = labs.pod_for(body)
+    async with labs.turn(body.lab_id):
+        return await _create(labs, body, pod, response)
+
+
+async def _create(labs: Labs, body: LabIn, pod: LabPod, response: Response) -> LabOut:
+    if body.lab_id in labs.deleted:
+        raise HTTPException(409, "This lab was stopped before its pod was made; start a new one.")
     if body.lab_id in labs.known:
         response.status_code = 200
         return labs.out(body.lab_id)
@@ -310,7 +337,13 @@ async def delete_lab(request: Request, lab_id: str, who: Auth, response: Respons
     """Delete the lab's pod and service; answers the pod's last output lines.
     A lab that is gone answers 204."""
     labs = labs_of(request)
-    record = labs.known.get(lab_id[:64])
+    async with labs.turn(lab_id[:64]):
+        return await _delete(labs, lab_id[:64], response)
+
+
+async def _delete(labs: Labs, lab_id: str, response: Response) -> Any:
+    labs.mark_deleted(lab_id)
+    record = labs.known.get(lab_id)
     if record is None:
         response.status_code = 204
         return None
