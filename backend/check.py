@@ -22,10 +22,11 @@ from .settings import (
     SettingsError,
     hub_forward_cas,
     load_settings,
+    system_secret,
+    token_problem,
     tunnel_token,
     userlab_manager_token,
 )
-from .systems.base import SecretMissing
 
 
 def _readable(key: str, path: str, what: str) -> str | None:
@@ -52,19 +53,12 @@ def _token(env: Mapping[str, str], var: str, key: str, who: str) -> str | None:
 
 def _backend(settings: Settings, env: Mapping[str, str]) -> list[str | None]:
     """What `lablink backend` checks at start, every problem rather than the first."""
-    problems: list[str | None] = []
-    for tok in settings.tokens:
-        if len(env.get(tok.secret_env, "")) < 16:
-            problems.append(
-                f"tokens.{tok.name}: the environment variable {tok.secret_env} must hold a "
-                "secret of at least 16 characters"
-            )
-    for name, system in settings.systems.items():
-        try:
-            system.secret(env)
-        except SecretMissing as exc:
-            problems.append(f"systems.{name}.{exc.key}: {exc.message}")
+    problems: list[str | None] = [token_problem(tok, env) for tok in settings.tokens]
     checks: list[Callable[[], object]] = [
+        *(
+            lambda name=name, system=system: system_secret(name, system, env)
+            for name, system in settings.systems.items()
+        ),
         lambda: tunnel_token(settings, dict(env)),
         lambda: userlab_manager_token(settings, dict(env)),
         lambda: sealer_from(settings, env),

@@ -532,14 +532,21 @@ def token_secrets(
     env = os.environ if environ is None else environ
     out: dict[str, TokenSettings] = {}
     for tok in settings.tokens:
-        secret = env.get(tok.secret_env, "")
-        if len(secret) < 16:
-            raise SettingsError(
-                f"tokens.{tok.name}: the environment variable {tok.secret_env} must hold "
-                "a secret of at least 16 characters"
-            )
-        out[secret] = tok
+        problem = token_problem(tok, env)
+        if problem:
+            raise SettingsError(problem)
+        out[env[tok.secret_env]] = tok
     return out
+
+
+def token_problem(tok: TokenSettings, env: Mapping[str, str]) -> str | None:
+    """The sentence when the token's variable does not hold a usable secret, else None."""
+    if len(env.get(tok.secret_env, "")) < 16:
+        return (
+            f"tokens.{tok.name}: the environment variable {tok.secret_env} must hold "
+            "a secret of at least 16 characters"
+        )
+    return None
 
 
 def system_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -551,13 +558,18 @@ def system_secrets(settings: Settings, environ: Mapping[str, str] | None = None)
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
     for name, system in settings.systems.items():
-        try:
-            secret = system.secret(env)
-        except SecretMissing as exc:
-            raise SettingsError(f"systems.{name}.{exc.key}: {exc.message}") from None
+        secret = system_secret(name, system, env)
         if secret is not None:
             out[name] = secret
     return out
+
+
+def system_secret(name: str, system: SystemSettings, env: Mapping[str, str]) -> str | None:
+    """One system's own secret (None: it has none); SettingsError naming its key."""
+    try:
+        return system.secret(env)
+    except SecretMissing as exc:
+        raise SettingsError(f"systems.{name}.{exc.key}: {exc.message}") from None
 
 
 def hub_forward_cas(settings: Settings) -> None:

@@ -192,7 +192,7 @@ class TunnelService(Strict):
     )
     advertise: str = Field(
         default="",
-        pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)?$",
+        pattern=rf"^$|{HOST_PATTERN}",
         description="the host the service hands out for a forward (`local_host`: where the "
         "proxy reaches the lab), when that is not `bind`, e.g. the tunnel pod's stable DNS "
         "name in a cluster where it binds 0.0.0.0; empty: `bind`",
