@@ -128,6 +128,49 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def listening_inodes(port: int) -> set[int]:
+    """The socket inodes listening on TCP ``port`` (any address, IPv4 or IPv6) in this
+    network namespace."""
+    inodes: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "ADDR:PORT" in hex, state 0A is LISTEN, inode is field 9
+            if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool | None:
+    """Whether the process ``pid`` or one of its descendants holds the socket that
+    listens on ``port``: True, False (someone else's, or nobody's), or None when that
+    cannot be told (another account's file descriptors are not readable, or no
+    listener is seen here)."""
+    inodes = listening_inodes(port)
+    if not inodes:  # gone meanwhile, or in another network namespace
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    unknown = False
+    for p in [pid, *(d for d, _ in descendants(pid))]:
+        fd_dir = PROC / str(p) / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except PermissionError:
+            unknown = True
+            continue
+        except OSError:  # ended meanwhile
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd_dir / fd) in wanted:
+                    return True
+    return None if unknown else False
+
+
 def tail(path: Path, lines: int, max_bytes: int = 16384) -> str:
     """The last ``lines`` lines of a file (reads at most ``max_bytes`` from its end)."""
     try:

@@ -1,12 +1,16 @@
 """What a burst of starts (a workshop's first minute) relies on, without timing
 anything: the workshop bench's figures and log parsing (benchmarks/workshop.py),
-the ports the local kind hands to labs that start together, and the spawner's one
+the ports the local kind hands to labs that start together (and what it does when
+another process takes one first), and the spawner's one
 reading of start limits for many starts at once."""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
 import math
+import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,10 +18,13 @@ import pytest
 
 from backend import procs
 from backend.store import WriteTurns
+from backend.systems.driver import LabContext, LabFailed
+from backend.systems.local.config import LocalSystem
 from backend.systems.local.driver import LocalDriver
 from benchmarks.workshop import accepted_ms, backend_own_ms, hub_requests, percentile
 from spawner import spawner as spawner_module
 from spawner.spawner import LablinkSpawner, _backend_decides
+from tests.helpers import site
 from tests.helpers.fakes import FakeHubUser
 
 HUB_LOG = """\
@@ -173,3 +180,96 @@ async def test_a_persons_write_goes_before_the_background_writes_that_wait() -> 
     assert order == ["first", "start0", "start1", "event0", "event1", "event2"]
     async with turns.turn():  # free again
         pass
+
+
+class Squatter(http.server.ThreadingHTTPServer):
+    """Another program at a port: it answers 200 to everything, as a lab would."""
+
+    def __init__(self) -> None:
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Answer)
+        self.port = int(self.server_address[1])
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def local_context(tmp_path: Path, **system: Any) -> LabContext[LocalSystem]:
+    async def report(state: Any, message: str, detail: str = "") -> None:
+        return None
+
+    async def save(handle: dict[str, Any]) -> None:
+        return None
+
+    return LabContext(
+        lab_id="5e1f0000-0000-4000-8000-000000000001",
+        user_name="alice",
+        server_name="",
+        system_name="local",
+        system=LocalSystem.model_validate(site.local_system(**system)),
+        options={},
+        handle={},
+        state_dir=tmp_path,
+        report=report,
+        save_handle=save,
+    )
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+async def test_a_lab_whose_port_another_process_took_starts_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay: int
+) -> None:
+    """Until the lab binds the port it was handed, any process here may take it (on CI a
+    second replica's lab did). That process answered the probe, the lab counted as
+    running at its address and then "ended by itself (exit code 1)" when it could not
+    bind. Now only the lab's own listener makes it ready, and a lab that could not bind
+    starts again on another port."""
+    squatter = Squatter()
+    free = procs.free_ports(1)[0]
+    handed = iter([squatter.port, free])
+    monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": next(handed))
+    ctx = local_context(tmp_path, args=[f"--start-delay={delay}"])
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http_client:
+            driver = LocalDriver(http_client)
+            url = await driver.start(ctx)
+            try:
+                assert url == f"http://127.0.0.1:{free}"
+                assert ctx.handle["port"] == free
+                assert procs.listens(ctx.handle["pid"], free) is True
+                assert procs.listens(ctx.handle["pid"], squatter.port) is False
+                output = (tmp_path / "labs" / ctx.lab_id / "output.log").read_text()
+                assert output.count("fakelab starting") == 2, output
+                assert "Address already in use" in output
+            finally:
+                await driver.stop(ctx)
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+    assert not procs.is_alive(ctx.handle["pid"], ctx.handle["started"])
+
+
+async def test_a_lab_that_cannot_bind_three_times_fails_with_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    squatter = Squatter()
+    monkeypatch.setattr(procs, "free_port", lambda host="127.0.0.1": squatter.port)
+    ctx = local_context(tmp_path)
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http_client:
+            with pytest.raises(LabFailed) as failed:
+                await LocalDriver(http_client).start(ctx)
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+    assert failed.value.message.startswith("The lab process ended during start with exit code 1")
+    assert "Address already in use" in failed.value.detail
+    output = (tmp_path / "labs" / ctx.lab_id / "output.log").read_text()
+    assert output.count("fakelab starting") == 3, output

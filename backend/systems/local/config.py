@@ -19,7 +19,8 @@ class LocalSystem(SystemSettings):
         default_factory=lambda: ["jupyterhub-singleuser"],
         min_length=1,
         description="the lab's command; a bare name is looked up beside the backend's Python "
-        "first, then on PATH",
+        "first, then on PATH. The command or a process it starts listens at the port in "
+        "JUPYTERHUB_SERVICE_URL itself (the lab is ready when its own listener answers)",
     )
     args: list[str] = Field(
         default_factory=lambda: list(QUIET_LAB_ARGS),

@@ -77,6 +77,17 @@ def lab_environment(
 
 
 LAUNCHED = "launched.json"  # in the lab's run directory: the process as launched
+# launches of one lab when another process takes its port before the lab binds it
+PORT_TRIES = 3
+
+
+class PortTaken(LabFailed):
+    """The lab process ended during its start, and another process was listening at
+    its port: it could not bind it (a new port may do)."""
+
+    def __init__(self, port: int, message: str, detail: str = "") -> None:
+        super().__init__(message, detail=detail)
+        self.port = port
 
 
 def note_launched(path: Path, handle: dict[str, Any]) -> None:
@@ -196,10 +207,7 @@ class LocalDriver(Driver[LocalSystem]):
                 LabState.STARTING, "The lab process is running; waiting for JupyterLab to answer."
             )
             return await self._wait_ready(ctx, system.start_timeout)
-        port = self._free_port(ctx.lab_id)
         prefix = service_prefix(ctx)
-        argv = lab_command(system, port)
-        env = lab_environment(ctx.env, home, port, prefix, account)
         as_account: dict[str, Any] = {}
         if account is not None and account.pw_uid != os.geteuid():
             as_account = {
@@ -209,53 +217,70 @@ class LocalDriver(Driver[LocalSystem]):
             }
         log_path = run_dir / "output.log"
         await ctx.report(LabState.SUBMITTED, "Starting the lab as a process on this machine.")
-        with log_path.open("ab") as out:
+        for attempt in range(1, PORT_TRIES + 1):
+            port = self._free_port(ctx.lab_id)
+            argv = lab_command(system, port)
+            env = lab_environment(ctx.env, home, port, prefix, account)
+            with log_path.open("ab") as out:
+                try:
+                    # subprocess, not asyncio's: on Python 3.11 asyncio keeps a thread per
+                    # child to wait for it (1000 labs, 1000 threads); the end is awaited
+                    # with a pidfd instead (``reap``). The fork and exec are as short as
+                    # asyncio's own, which makes them in the event loop's thread too.
+                    proc = subprocess.Popen(  # noqa: ASYNC220
+                        argv,
+                        cwd=home,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        **as_account,
+                    )
+                except OSError as exc:
+                    self._ports.pop(ctx.lab_id, None)
+                    log.error("%s: cannot run %s: %s", ctx.log_name, argv[0], exc)
+                    raise LabFailed(
+                        f"The lab command {system.command[0]!r} could not be run on this "
+                        "system; ask the site's admins to check its configuration."
+                    ) from None
+            self.step(ctx, "started %s as process %s", argv[0], proc.pid)
+            self._children[ctx.lab_id] = proc
+            handle = {
+                "pid": proc.pid,
+                "started": procs.start_time(proc.pid),
+                "port": port,
+                "prefix": prefix,
+                "log": str(log_path),
+            }
+            # on this machine at once, before the database hears of it: a backend that
+            # takes the start over after this one died finds the process here
+            note_launched(launched, handle)
             try:
-                # subprocess, not asyncio's: on Python 3.11 asyncio keeps a thread per
-                # child to wait for it (1000 labs, 1000 threads); the end is awaited
-                # with a pidfd instead (``reap``). The fork and exec are as short as
-                # asyncio's own, which makes them in the event loop's thread too.
-                proc = subprocess.Popen(  # noqa: ASYNC220
-                    argv,
-                    cwd=home,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    **as_account,
+                await ctx.save(handle)
+            except BaseException:
+                # not recorded (the backend is shutting down, or the database failed):
+                # nothing could find this process again, so it must not outlive us
+                procs.signal_group(proc.pid, signal.SIGKILL)
+                raise
+            log.info("%s: process %s on port %s", ctx.log_name, proc.pid, port)
+            if attempt == 1:
+                await ctx.report(
+                    LabState.STARTING,
+                    "The lab process is running; waiting for JupyterLab to answer.",
                 )
-            except OSError as exc:
-                self._ports.pop(ctx.lab_id, None)
-                log.error("%s: cannot run %s: %s", ctx.log_name, argv[0], exc)
-                raise LabFailed(
-                    f"The lab command {system.command[0]!r} could not be run on this "
-                    "system; ask the site's admins to check its configuration."
-                ) from None
-        self.step(ctx, "started %s as process %s", argv[0], proc.pid)
-        self._children[ctx.lab_id] = proc
-        handle = {
-            "pid": proc.pid,
-            "started": procs.start_time(proc.pid),
-            "port": port,
-            "prefix": prefix,
-            "log": str(log_path),
-        }
-        # on this machine at once, before the database hears of it: a backend that
-        # takes the start over after this one died finds the process here
-        note_launched(launched, handle)
-        try:
-            await ctx.save(handle)
-        except BaseException:
-            # not recorded (the backend is shutting down, or the database failed):
-            # nothing could find this process again, so it must not outlive us
-            procs.signal_group(proc.pid, signal.SIGKILL)
-            raise
-        log.info("%s: process %s on port %s", ctx.log_name, proc.pid, port)
-        await ctx.report(
-            LabState.STARTING, "The lab process is running; waiting for JupyterLab to answer."
-        )
-        return await self._wait_ready(ctx, system.start_timeout)
+            try:
+                return await self._wait_ready(ctx, system.start_timeout)
+            except PortTaken as exc:
+                if attempt == PORT_TRIES:
+                    raise
+                log.warning(
+                    "%s: port %s was taken by another process before the lab listened on "
+                    "it; starting the lab again on another port",
+                    ctx.log_name,
+                    exc.port,
+                )
+        raise AssertionError("unreachable")  # the last try returns or raises
 
     async def _wait_ready(self, ctx: LabContext[LocalSystem], timeout: float) -> str:
         port = ctx.handle["port"]
@@ -263,6 +288,7 @@ class LocalDriver(Driver[LocalSystem]):
         probe = f"{base}{ctx.handle['prefix']}api"
         deadline = time.monotonic() + timeout
         delay = 0.02
+        taken = False  # someone else answered at the lab's port
         while True:
             st = await self.status(ctx)
             if not st.alive:
@@ -272,15 +298,21 @@ class LocalDriver(Driver[LocalSystem]):
                     exit_code = await reap(child)  # ended, maybe not yet reaped
                 code = f" with exit code {exit_code}" if exit_code is not None else ""
                 await self.stop(ctx)
-                raise LabFailed(
-                    f"The lab process ended during start{code}; its last output is below.",
-                    detail=self._output(ctx),
-                )
+                message = f"The lab process ended during start{code}; its last output is below."
+                if taken or procs.listening_inodes(port):  # someone else holds its port
+                    raise PortTaken(port, message, detail=self._output(ctx))
+                raise LabFailed(message, detail=self._output(ctx))
             try:
                 resp = await self.http.get(probe, timeout=2.0)
                 if resp.status_code == 200:
-                    self.step(ctx, "the lab answers at %s", base)
-                    return base
+                    # the port was free when chosen, but until the lab binds it any process
+                    # here may get it: only the lab's own listener makes it ready
+                    if procs.listens(ctx.handle["pid"], port) is not False:
+                        self.step(ctx, "the lab answers at %s", base)
+                        return base
+                    if not taken:
+                        self.step(ctx, "another process answers at port %s", port)
+                    taken = True
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
