@@ -31,6 +31,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .certs import read_ca
 from .config_base import NAME_PATTERN, Strict
+from .metrics_config import MetricsSettings
 from .sshconfig import TunnelService
 from .systems import registry
 from .systems.base import SecretMissing, SystemSettings
@@ -250,6 +251,11 @@ class Settings(Strict):
         default=None,
         description="who may organize workshops and what one may hand out; unset: only hub "
         "admins may create workshops",
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="Prometheus metrics of the backend, the tunnel service and the UserLab "
+        "Manager: behind a token (default) or on ports of their own",
     )
 
     @field_validator("systems", "vos")
