@@ -19,6 +19,8 @@ from .bus import Bus
 from .db import create_engine, migrate
 from .files import private_dir
 from .labs import LabManager
+from .metrics import install_metrics
+from .observe import BackendMetrics
 from .replicas import Replica, hold_sqlite, let_go_sqlite
 from .sealed import sealer_from
 from .service import service_app
@@ -48,6 +50,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     userlab_secret = userlab_manager_token(settings, env)
     hub_forward_cas(settings)
     sealer = sealer_from(settings, os.environ if env is None else env)
+    metrics = BackendMetrics(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,13 +61,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         await migrate(engine)
         bus = Bus(engine)
         store = Store(engine, sealer=sealer, bus=bus)
+        store.on_moved = metrics.moved
         # events stored by other replicas wake this one's streams; after a lost
         # connection every stream reads the table again (it is the truth)
         bus.on("event", store.notifier.publish)
         bus.on("resync", store.notifier.publish_all)
         await bus.start()
         app.state.bus = bus
-        http = turn_taking_client(timeout=httpx.Timeout(10.0))
+        http = turn_taking_client(timeout=httpx.Timeout(10.0), observe=metrics.call)
         own: list[httpx.AsyncClient] = []  # clients with a site's CA bundle
 
         def client_for(ca_bundle: str) -> httpx.AsyncClient:
@@ -74,6 +78,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
                 turn_taking_client(
                     timeout=httpx.Timeout(10.0),
                     verify=ssl.create_default_context(cafile=ca_bundle),
+                    observe=metrics.call,
                 )
             )
             return own[-1]
@@ -87,6 +92,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             um = settings.userlab_manager
             userlabs = UserlabClient(client_for(um.ca_bundle), um.url, userlab_secret)
         manager = LabManager(settings, store, http, secrets, Peers(tunnels, userlabs), bus)
+        manager.metrics = metrics
         app.state.store = store
         app.state.manager = manager
 
@@ -98,6 +104,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             app.state.healthy = True
 
         replica = Replica(store, settings.replicas.lease, manager.adopt, lost, bus, back)
+        replica.metrics = metrics
         app.state.replica = replica
         await replica.start()  # its first scan claims the labs nobody follows
         app.state.healthy = replica.healthy
@@ -130,4 +137,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     health.install(app)
     app.include_router(router)
     app.include_router(workshops_router)
+
+    async def refresh() -> None:
+        manager = getattr(app.state, "manager", None)
+        if manager is not None:
+            await metrics.refresh(manager.store, manager.workshops, app.state.streams)
+
+    install_metrics(
+        app, metrics.registry, settings.metrics, "backend", os.environ if env is None else env,
+        refresh,
+    )  # fmt: skip
     return app

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 IDENTITY = {"Accept-Encoding": "identity"}
+# told of each request a client made: the request, its seconds, its error or None
+Observer = Callable[[httpx.Request, float, "str | None"], None]
 
 # requests of one client let into httpx's connection pool at once (below its 100
 # connections, so no request waits inside the pool)
@@ -37,22 +41,41 @@ class TakingTurns(httpx.AsyncBaseTransport):
     from its turn. A streamed response holds its connection until it is closed, not
     its turn."""
 
-    def __init__(self, limit: int = REQUESTS_AT_ONCE, **transport: Any):
+    def __init__(
+        self, limit: int = REQUESTS_AT_ONCE, observe: Observer | None = None, **transport: Any
+    ):
         self._inner = httpx.AsyncHTTPTransport(**transport)
         self._turns = asyncio.Semaphore(limit)
+        self._observe = observe
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         async with self._turns:
-            return await self._inner.handle_async_request(request)
+            if self._observe is None:
+                return await self._inner.handle_async_request(request)
+            began = time.perf_counter()
+            try:
+                response = await self._inner.handle_async_request(request)
+            except httpx.TransportError:
+                self._observe(request, time.perf_counter() - began, "transport")
+                raise
+            error = "status_5xx" if response.status_code >= 500 else None
+            self._observe(request, time.perf_counter() - began, error)
+            return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-def turn_taking_client(*, verify: Any = True, **client: Any) -> httpx.AsyncClient:
+def turn_taking_client(
+    *, verify: Any = True, observe: Observer | None = None, **client: Any
+) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` (no proxies from the environment) whose requests take
-    turns (:class:`TakingTurns`); ``verify`` as httpx takes it."""
-    return httpx.AsyncClient(transport=TakingTurns(verify=verify), trust_env=False, **client)
+    turns (:class:`TakingTurns`); ``verify`` as httpx takes it; ``observe`` is told of
+    each request's seconds (from its turn to its answer's head) and its error, if any
+    (``transport``, ``status_5xx``)."""
+    return httpx.AsyncClient(
+        transport=TakingTurns(verify=verify, observe=observe), trust_env=False, **client
+    )
 
 
 async def read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from importlib.resources import files
@@ -12,16 +11,20 @@ from pathlib import Path
 from devsite.cli import add_arguments as add_devsite_arguments
 
 from .files import private_umask
+from .logs import setup_logging
 from .settings import SettingsError, load_settings
 
 EMBEDDED_SITE = files("backend") / "data" / "embedded.yaml"
-LOG_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "alembic", "asyncssh"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _log_format_default() -> str:
+    """LABLINK_LOG_FORMAT (`text` or `json`, as a pod's environment sets it), else text."""
+    given = os.environ.get("LABLINK_LOG_FORMAT", "").strip().lower()
+    return given if given in ("text", "json") else "text"
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)
 
 
 def _serve(app: object, host: str, port: int, log_level: str) -> int:
@@ -189,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1", help="address to listen on")
         p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+        p.add_argument(
+            "--log-format",
+            default=_log_format_default(),
+            choices=["text", "json"],
+            help="text lines (default: $LABLINK_LOG_FORMAT, else text), or one JSON object "
+            "per line for a log stack",
+        )
 
     up = sub.add_parser("up", help="run the whole stack on this machine (the embedded default)")
     up.add_argument(
@@ -232,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="reach the labs of system 'hpc' directly, not through a login node",
     )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    up.add_argument(
+        "--log-format",
+        default=_log_format_default(),
+        choices=["text", "json"],
+        help="the services' logs as text (default) or JSON lines (the hub's stay text)",
+    )
     up.set_defaults(func=cmd_up)
 
     inspect = sub.add_parser(
@@ -322,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "info"))
+    _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     if args.func is not cmd_unicore_devsite:  # its jobs run as other users, in its files
         private_umask()
     return int(args.func(args) or 0)

@@ -36,6 +36,7 @@ from . import loginnode, procs
 from .certs import HubForwardFiles, hub_forward_tls
 from .files import private_dir
 from .loginnode import LoginNodeFiles
+from .metrics_config import MetricsSettings
 from .settings import IdleCuller, SettingsError, load_settings
 from .systems.registry import kinds
 from .systems.slurm.tokens import mint
@@ -292,6 +293,15 @@ def uses_devsite(site: str) -> bool:
     return any(logs_in_to_devsite(s) for s in (doc.get("systems") or {}).values())
 
 
+def site_metrics(site: str) -> MetricsSettings:
+    """The site file's ``metrics`` (its defaults when the file does not say)."""
+    try:
+        doc = yaml.safe_load(Path(site).read_text(encoding="utf-8")) or {}
+        return MetricsSettings.model_validate(doc.get("metrics") or {})
+    except (OSError, yaml.YAMLError, ValueError, AttributeError):
+        return MetricsSettings()
+
+
 def site_idle_culler(site: str) -> IdleCuller:
     """The site file's ``idle_culler`` (its defaults when the file does not say; the
     backend checks the whole file and refuses a bad one with its own sentence)."""
@@ -440,6 +450,8 @@ class Embedded:
         self.tunnels: SiteTunnels | None = None
         self.userlabs: tuple[str, int] | None = None  # the manager's token variable, port
         self.login_node: LoginNodeFiles | None = None
+        self.metrics = MetricsSettings()
+        self.metrics_token_file = self.state / "secrets" / "metrics_token"
 
     def _local_tunnel(self) -> LocalTunnel | None:
         """The login node and tunnel for the embedded ``hpc`` system, when sshd is here."""
@@ -489,6 +501,28 @@ class Embedded:
     def say(self, text: str) -> None:
         print(f"lablink up: {text}", flush=True)
 
+    def say_metrics(self) -> None:
+        """Where each service's metrics are, as a command to run."""
+        ports = {"backend": self.args.backend_port}
+        if self.tunnels is not None:
+            ports["tunnel"] = self.tunnels.port
+        if self.userlabs is not None:
+            ports["userlab_manager"] = self.userlabs[1]
+        m = self.metrics
+        if m.access == "off":
+            return
+        if m.access == "port":
+            shown = [f"http://{m.bind}:{getattr(m.ports, svc)}/metrics" for svc in ports]
+            self.say(f"metrics: curl {' '.join(shown)}")
+            return
+        urls = " ".join(f"http://127.0.0.1:{port}/metrics" for port in ports.values())
+        if os.environ.get(m.token_env):
+            self.say(f'metrics: curl -H "Authorization: Bearer ${m.token_env}" {urls}')
+        else:
+            self.say(
+                f'metrics: curl -H "Authorization: Bearer $(cat {self.metrics_token_file})" {urls}'
+            )
+
     def _services(self) -> dict[str, Service]:
         hub_token = secrets.token_urlsafe(32)
         password = os.environ.get("LABLINK_DEMO_PASSWORD", "")
@@ -503,7 +537,9 @@ class Embedded:
         self.password = password
         # the children get this environment minus every secret; each service then
         # gets only the secrets it needs
+        metrics = site_metrics(self.site)
         hidden = SECRET_VARIABLES | ({self.tunnels.token_env} if self.tunnels else set())
+        hidden |= {metrics.token_env}
         hidden |= {self.userlabs[0]} if self.userlabs else set()
         base = {k: v for k, v in os.environ.items() if k not in hidden}
         base["LABLINK_STATE_DIR"] = str(self.state)
@@ -519,6 +555,15 @@ class Embedded:
         }
         if "LABLINK_DATABASE_URL" in os.environ:
             backend_env["LABLINK_DATABASE_URL"] = os.environ["LABLINK_DATABASE_URL"]
+        # the scraper's token, kept in the state directory: `curl` reads it from there
+        scraper: dict[str, str] = {}
+        if metrics.access == "token":
+            self.metrics_token_file = self.state / "secrets" / "metrics_token"
+            scraper[metrics.token_env] = os.environ.get(metrics.token_env) or crypt_key(
+                self.metrics_token_file
+            )
+        self.metrics = metrics
+        backend_env.update(scraper)
         hub_env = {
             **base,
             "LABLINK_BACKEND_URL": self.backend_url,
@@ -540,6 +585,7 @@ class Embedded:
                 self.state / "secrets" / "crypt_key"
             )
         level = self.args.log_level
+        logs = ["--log-level", level, "--log-format", self.args.log_format]
         services: dict[str, Service] = {}
         if uses_devsite(self.site):
             devsite_password = secrets.token_urlsafe(24)
@@ -553,11 +599,11 @@ class Embedded:
             tunnel_token = secrets.token_urlsafe(32)
             backend_env[self.tunnels.token_env] = tunnel_token
             argv = [*me, "tunnel", "--site", self.site, "--state-dir", str(self.state),
-                    "--port", str(self.tunnels.port), "--log-level", level]  # fmt: skip
+                    "--port", str(self.tunnels.port), *logs]  # fmt: skip
             services["tunnel"] = Service(
                 "tunnel",
                 argv,
-                {**base, self.tunnels.token_env: tunnel_token},
+                {**base, self.tunnels.token_env: tunnel_token, **scraper},
                 self.state,
                 self.logs / "tunnel.log",
             )
@@ -566,11 +612,11 @@ class Embedded:
             manager_token = secrets.token_urlsafe(32)
             backend_env[var] = manager_token
             argv = [*me, "userlab-manager", "--site", self.site, "--state-dir", str(self.state),
-                    "--port", str(port), "--log-level", level]  # fmt: skip
+                    "--port", str(port), *logs]  # fmt: skip
             services["userlab-manager"] = Service(
                 "userlab-manager",
                 argv,
-                {**base, var: manager_token},
+                {**base, var: manager_token, **scraper},
                 self.state,
                 self.logs / "userlab-manager.log",
             )
@@ -586,8 +632,7 @@ class Embedded:
                     str(self.state),
                     "--port",
                     str(self.args.backend_port),
-                    "--log-level",
-                    level,
+                    *logs,
                 ],
                 backend_env,
                 self.state,
@@ -838,6 +883,7 @@ class Embedded:
                     self.say("(set LABLINK_DEMO_PASSWORD to choose it)")
                 else:
                     self.say("log in as 'demo' with the password in LABLINK_DEMO_PASSWORD")
+                self.say_metrics()
                 self.say("press Ctrl-C to stop everything")
                 code = await self._supervise(stop)
         finally:

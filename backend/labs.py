@@ -35,6 +35,7 @@ from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
 from .health import db_unreachable, error_line
+from .observe import BackendMetrics
 from .retry import Backoff
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
@@ -105,6 +106,7 @@ class LabManager:
         self.stop_retry_first = 5.0
         self.stop_retry_most = 300.0
         self.workshops = WorkshopStore(store.engine, store.writing)
+        self.metrics: BackendMetrics | None = None  # set by the app (backend/observe.py)
 
     # -- contexts -----------------------------------------------------------
 
@@ -277,7 +279,17 @@ class LabManager:
             lab_log_name(lab.user_name, lab.server_name, lab.id),
             system_name,
             (time.monotonic() - began) * 1000,
+            extra={
+                "lab": lab.id,
+                "user": lab.user_name,
+                "server": lab.server_name,
+                "system": system_name,
+                "vo": lab.vo or "",
+                "to_state": lab.state.value,
+            },
         )
+        if self.metrics is not None:
+            self.metrics.accepted(lab)
         self._follow(lab.id, self._start_then_watch(lab, env), "lab")
         return lab
 
@@ -486,6 +498,7 @@ class LabManager:
                     LabState.FAILED,
                     f"System {lab.system!r} is no longer offered by this site; the lab was "
                     "given up.",
+                    reason="removed",
                 ),
                 "drop",
             )
@@ -531,7 +544,7 @@ class LabManager:
             log.info("%s: running at %s", ctx.log_name, url)
         except LabFailed as exc:
             log.warning("%s: failed to start: %s", ctx.log_name, exc.message)
-            await self._finish(lab, LabState.FAILED, exc.message, exc.detail)
+            await self._finish(lab, LabState.FAILED, exc.message, exc.detail, reason=exc.reason)
             return
         except InvalidTransition:
             return  # a stop came first; it owns the lab now
@@ -539,7 +552,7 @@ class LabManager:
             log.exception("%s: start broke", ctx.log_name)
             with contextlib.suppress(Exception):
                 await driver.stop(ctx)
-            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
+            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR, reason="internal")
             return
         try:  # it runs: nobody will launch it again, so its hub token need not be kept
             await self.store.secrets.drop_env(lab.id)
@@ -562,11 +575,11 @@ class LabManager:
             await self._finish(lab, LabState.STOPPED, exc.message, exc.detail)
             return
         except LabFailed as exc:
-            await self._finish(lab, LabState.FAILED, exc.message, exc.detail)
+            await self._finish(lab, LabState.FAILED, exc.message, exc.detail, reason=exc.reason)
             return
         except Exception:
             log.exception("%s: recovery broke", ctx.log_name)
-            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR)
+            await self._finish(lab, LabState.FAILED, INTERNAL_ERROR, reason="internal")
             return
         if url is None:
             env = await self.store.secrets.env(lab.id)
@@ -579,6 +592,7 @@ class LabManager:
                 lab,
                 LabState.FAILED,
                 "The backend restarted before the lab was launched; please start it again.",
+                reason="restart",
             )
             return
         log.info("%s: re-attached (%s)", ctx.log_name, url)
@@ -647,7 +661,7 @@ class LabManager:
                 return
         lab = await self.store.get_lab(ctx.lab_id)
         if lab is not None:
-            await self._finish(lab, LabState.FAILED, message, detail)
+            await self._finish(lab, LabState.FAILED, message, detail, reason="lost")
 
     async def _stop(self, lab: Lab) -> None:
         run = self._runs.pop(lab.id, None)
@@ -686,9 +700,11 @@ class LabManager:
                 await asyncio.wait_for(now.wait(), delay * (0.75 + random.random() / 2))  # noqa: S311
             delay = min(delay * 2, self.stop_retry_most)
 
-    async def _finish(self, lab: Lab, state: LabState, message: str, detail: str = "") -> None:
+    async def _finish(
+        self, lab: Lab, state: LabState, message: str, detail: str = "", *, reason: str = ""
+    ) -> None:
         with contextlib.suppress(InvalidTransition):
-            await self._record(lab.id, state, message, detail=detail)
+            await self._record(lab.id, state, message, detail=detail, reason=reason)
         self._runs.pop(lab.id, None)
         self._stop_now.pop(lab.id, None)
         self._access_tokens.pop(lab.id, None)

@@ -62,13 +62,14 @@ class Exposition:
     def __init__(self, registry: CollectorRegistry, refresh: Refresh | None):
         self.registry = registry
         self.refresh = refresh
-        self._last = 0.0
+        self.refresh_every = REFRESH_EVERY
+        self._last = -REFRESH_EVERY
         self._lock = asyncio.Lock()
 
     async def text(self) -> bytes:
         if self.refresh is not None:
             async with self._lock:
-                if time.monotonic() - self._last >= REFRESH_EVERY:
+                if time.monotonic() - self._last >= self.refresh_every:
                     try:
                         await self.refresh()
                     except Exception as exc:  # the figures of the last refresh stay
@@ -98,7 +99,7 @@ def install_metrics(
     name = NAMES[service]
     token = metrics_token(metrics, environ)
     exposition = Exposition(registry, refresh)
-    app.state.metrics_registry = registry
+    app.state.metrics = exposition
 
     if metrics.access == "off":
         off = "Metrics are off on this site (the site file's metrics.access)."

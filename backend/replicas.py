@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .bus import Bus
 from .db import labs, replicas, utcnow
 from .health import error_line
+from .observe import BackendMetrics
 from .store import ACTIVE_STATES, Lab, Store, lab_from_row
 
 log = logging.getLogger("lablink.backend.replicas")
@@ -162,6 +163,7 @@ class Replica:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._last_ok = time.monotonic()
+        self.metrics: BackendMetrics | None = None  # set by the app (backend/observe.py)
 
     # -- life ------------------------------------------------------------------------
 
@@ -295,6 +297,8 @@ class Replica:
                 continue
             if alive and self.healthy:
                 self._last_ok = sent
+                if self.metrics is not None:
+                    self.metrics.renewals.inc()
                 continue
             if self.healthy:  # the others deleted the row: this replica was taken for dead
                 log.warning("replica %s was taken for dead; it stops following labs", self.id)
@@ -312,6 +316,8 @@ class Replica:
 
     async def _fence(self) -> None:
         self.healthy = False
+        if self.metrics is not None:
+            self.metrics.losses.inc()
         result = self.on_lost()
         if result is not None:
             await result
@@ -346,6 +352,8 @@ class Replica:
             for replica_id in dead:  # the others claim their share now too
                 await self.bus.send("orphans", replica_id)
         claimed = await self._claim()
+        if claimed and self.metrics is not None:
+            self.metrics.takeovers.inc(len(claimed))
         for lab in claimed:
             result = self.on_claim(lab)
             if result is not None:

@@ -361,6 +361,9 @@ class Store:
         # other replicas learn of each event through the bus (PostgreSQL NOTIFY, sent in
         # the transaction that stores it); this process wakes its streams after commit
         self.bus = bus
+        # told of each transition this process stores (before, after, reason): the
+        # transition's log line and the metrics (backend/observe.py); never raises
+        self.on_moved: Callable[[Lab, Lab, str], None] | None = None
         self.dialect = engine.dialect.name
         # SQLite has one write lock per database: writers of this process take turns
         # here instead of in SQLite's busy handler, which sleeps in steps of up to
@@ -877,6 +880,7 @@ class Store:
         allowed_from: Collection[LabState] | None = None,
         owner: str | None = None,
         notify: Collection[str] = (),
+        reason: str = "",
     ) -> Lab:
         """Move a lab to ``state`` (or stay in it) and store the event.
 
@@ -884,7 +888,8 @@ class Store:
         ``allowed_from`` is given and the lab is in none of those states. ``owner``
         (a write of the task that follows the lab): only while that replica follows
         it, else NotOwner. ``notify``: bus kinds sent about the lab with the write (in
-        its transaction: they leave only if it commits), besides ``event``.
+        its transaction: they leave only if it commits), besides ``event``. ``reason``:
+        why a lab failed, for the metrics (backend/observe.py's REASONS).
         """
         message, detail = clean_text(message), clean_text(detail)
         url = clean_text(url) if url is not None else None
@@ -939,8 +944,20 @@ class Store:
                     for kind in ("event", *notify):
                         await self.bus.in_transaction(conn, kind, lab_id)
             self.notifier.publish(lab_id)
-            return _lab(moved)
+            after = _lab(moved)
+            if self.on_moved is not None and after.state != lab.state:
+                try:
+                    self.on_moved(lab, after, reason)
+                except Exception:  # an observer never breaks a transition
+                    log.exception("lab %s: reporting its transition broke", lab_id)
+            return after
         raise RuntimeError(f"lab {lab_id}: could not record {state} after repeated conflicts")
+
+    async def replica_count(self) -> int:
+        """The replicas registered now (1 for a backend without replicas' rows)."""
+        async with self.engine.connect() as conn:
+            count = (await conn.execute(select(func.count()).select_from(replicas))).scalar()
+        return int(count or 0)
 
     async def notice(self, lab_id: str, message: str) -> Lab:
         """Store ``message`` for the person as an event of an active lab, in the state it

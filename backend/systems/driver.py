@@ -35,12 +35,15 @@ def lab_log_name(user_name: str, server_name: str, lab_id: str) -> str:
 
 class LabFailed(Exception):
     """The lab could not start (or be stopped). ``message`` is one sentence for the
-    person; ``detail`` the end of the lab's output, if any."""
+    person; ``detail`` the end of the lab's output, if any; ``reason`` the failure's
+    class for the metrics: ``start`` (the system refused or could not start it),
+    ``timeout`` (it did not answer in time), ``ended`` (it ended during its start)."""
 
-    def __init__(self, message: str, detail: str = ""):
+    def __init__(self, message: str, detail: str = "", *, reason: str = "start"):
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.reason = reason
 
 
 class LabEnded(Exception):

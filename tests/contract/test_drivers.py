@@ -2,7 +2,8 @@
 start gives a running lab whose URL answers; stop is idempotent and leaves nothing
 behind; a lab stopped before it launched is stopped cleanly; a running lab is
 followed again after the backend restarts; a lab that dies by itself is reported
-ended; a failure carries a sentence."""
+ended; a failure carries a sentence. The backend's metrics follow each of these
+on every kind (the system's and kind's labels, the peer it calls)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from tests.helpers.api import BackendFactory, RunningBackend, lab_request, wait_
 from tests.helpers.rigs import SYSTEM, Rig
 
 pytestmark = [pytest.mark.contract, pytest.mark.integration]
+
+# the peer the backend calls for each kind's labs (a local lab has none)
+PEER = {"unicore": "unicore", "slurm": "slurmrestd", "kubernetes": "userlab_manager"}
 
 TIMEOUT = 45  # seconds for a lab to reach a state: a queue, a scheduler cycle, a pod
 
@@ -78,7 +82,17 @@ async def test_start_gives_a_running_lab_whose_url_answers(
     assert states[0] == "accepted" and states[-1] == "running" and "submitted" in states
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and progress[-1] == 100
+    ours = {"system": SYSTEM, "kind": rig.kind}
+    running = await backend.metrics()
+    assert running.value("lablink_labs", state="running", **ours) == 1
+    assert running.value("lablink_lab_starts_total", **ours) == 1
+    assert running.value("lablink_lab_start_duration_seconds_count", **ours) == 1
+    if rig.kind in PEER:
+        assert running.value("lablink_driver_call_duration_seconds_count", peer=PEER[rig.kind]) > 0
     await stopped(backend, lab["id"])
+    done = await backend.metrics()
+    assert done.value("lablink_labs") == 0
+    assert done.value("lablink_lab_stops_total", how="requested", **ours) == 1
 
 
 async def test_stop_is_idempotent_and_leaves_nothing_behind(
@@ -148,6 +162,9 @@ async def test_a_lab_that_dies_by_itself_is_reported_ended(
         ended = await wait_state(alice, lab["id"], {"stopped", "failed"}, TIMEOUT)
     assert ended["state"] == "stopped" and ended["exit_status"] == 0
     assert ended["message"].startswith("The lab ended by itself"), ended["message"]
+    got = await backend.metrics()
+    assert got.value("lablink_lab_stops_total", system=SYSTEM, kind=rig.kind, how="ended") == 1
+    assert got.value("lablink_lab_stops_total", how="requested") == 0
     await nothing_left(rig, lab)
 
 
@@ -169,4 +186,9 @@ async def test_a_failure_carries_a_sentence(
     assert "exit code 3" in message, message
     if rig.crash_output:
         assert "no module named 'jupyterlab'" in last["detail"], last
+    got = await backend.metrics()
+    ours = {"system": SYSTEM, "kind": rig.kind}
+    assert got.value("lablink_lab_failures_total", reason="ended", **ours) == 1
+    assert got.value("lablink_lab_failures_total") == 1
+    assert got.value("lablink_lab_start_duration_seconds_count") == 0
     await nothing_left(rig, lab)

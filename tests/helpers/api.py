@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.helpers.metrics import Scrape, scrape
+
 
 @dataclass
 class RunningBackend:
@@ -29,6 +31,11 @@ class RunningBackend:
         return httpx.AsyncClient(
             base_url=f"{self.url}/api/v1", headers=headers, timeout=30, trust_env=False
         )
+
+    async def metrics(self) -> Scrape:
+        """This backend's /metrics, parsed (the figures of the database read afresh)."""
+        self.server.config.app.state.metrics.refresh_every = 0.0  # what the test just did
+        return await scrape(f"{self.url}/metrics", self.tokens["metrics"])
 
     async def stop(self) -> None:
         self.server.should_exit = True

@@ -76,7 +76,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def tokens() -> dict[str, str]:
-    return {"hub": secrets.token_urlsafe(24), "admin": secrets.token_urlsafe(24)}
+    return {
+        "hub": secrets.token_urlsafe(24),
+        "admin": secrets.token_urlsafe(24),
+        "metrics": secrets.token_urlsafe(24),
+    }
 
 
 @pytest.fixture
@@ -86,6 +90,7 @@ def token_env(tokens: dict[str, str]) -> dict[str, str]:
         site.HUB_TOKEN_ENV: tokens["hub"],
         site.ADMIN_TOKEN_ENV: tokens["admin"],
         site.STATE_KEY_ENV: site.STATE_KEY,
+        "LABLINK_METRICS_TOKEN": tokens["metrics"],  # the site's metrics.token_env
     }
 
 

@@ -314,6 +314,7 @@ class BatchDriver(Driver[B]):
                         f"{ended_sentence(job, self.status_name(job))} before JupyterLab was "
                         "ready; the end of its output is below.",
                         detail=detail,
+                        reason="ended",
                     )
                 if job.seen != last_seen:
                     last_seen = job.seen
@@ -329,7 +330,8 @@ class BatchDriver(Driver[B]):
                     raise LabFailed(
                         f"The job waited in the queue for more than "
                         f"{duration(system.queue_timeout)} and was given up; try another "
-                        "partition or a shorter run time."
+                        "partition or a shorter run time.",
+                        reason="timeout",
                     )
                 if job.state == LabState.STARTING:
                     running_at = running_at or now
@@ -344,6 +346,7 @@ class BatchDriver(Driver[B]):
                     f"JupyterLab did not answer within {system.start_timeout:g} seconds of the "
                     "job starting; the job was ended and the end of its output is below.",
                     detail=detail,
+                    reason="timeout",
                 )
             wait = PROBE_INTERVAL if url else max(0.0, next_look - now)
             await asyncio.sleep(min(wait, system.poll_interval))

@@ -118,7 +118,7 @@ class KubernetesDriver(Driver[KubernetesSystem]):
                     await ctx.progress(_lab_state(state), str(lab["message"]))
             if state not in ACTIVE:
                 await self._end_quietly(ctx)
-                raise LabFailed(str(lab["message"]))
+                raise LabFailed(str(lab["message"]), reason="ended")
             if state == "ready" and lab.get("url"):
                 url = str(lab["url"]).rstrip("/")
                 if await self.answers(f"{url}{prefix}api"):
@@ -131,7 +131,8 @@ class KubernetesDriver(Driver[KubernetesSystem]):
                 took = f"{limit / 60:g} minutes" if limit >= 120 else f"{limit:g} seconds"
                 raise LabFailed(
                     f"The lab did not start within {took} ({lab['message'].rstrip('.')}); its pod "
-                    "was deleted. Please try again, perhaps with a smaller flavor."
+                    "was deleted. Please try again, perhaps with a smaller flavor.",
+                    reason="timeout",
                 )
             wait = 0.0 if state == "ready" else LONG_POLL
             try:

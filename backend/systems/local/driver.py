@@ -86,7 +86,7 @@ class PortTaken(LabFailed):
     its port: it could not bind it (a new port may do)."""
 
     def __init__(self, port: int, message: str, detail: str = "") -> None:
-        super().__init__(message, detail=detail)
+        super().__init__(message, detail=detail, reason="ended")
         self.port = port
 
 
@@ -301,7 +301,7 @@ class LocalDriver(Driver[LocalSystem]):
                 message = f"The lab process ended during start{code}; its last output is below."
                 if taken or procs.listening_inodes(port):  # someone else holds its port
                     raise PortTaken(port, message, detail=self._output(ctx))
-                raise LabFailed(message, detail=self._output(ctx))
+                raise LabFailed(message, detail=self._output(ctx), reason="ended")
             try:
                 resp = await self.http.get(probe, timeout=2.0)
                 if resp.status_code == 200:
@@ -320,6 +320,7 @@ class LocalDriver(Driver[LocalSystem]):
                 raise LabFailed(
                     f"JupyterLab did not answer within {timeout:g} seconds; it was stopped.",
                     detail=self._output(ctx),
+                    reason="timeout",
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.1)

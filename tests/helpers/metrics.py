@@ -1,0 +1,52 @@
+"""Reading a service's /metrics the way Prometheus does: the exposition parsed with
+prometheus_client's own parser, and the samples looked up by name and labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Scrape:
+    """The samples of one scrape, and the families' declared types."""
+
+    def __init__(self, text: str):
+        self.samples: list[Sample] = []
+        self.types: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            for s in family.samples:
+                self.samples.append(Sample(s.name, dict(s.labels), s.value))
+
+    def find(self, name: str, **labels: str) -> list[Sample]:
+        return [
+            s
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels`` (0: none)."""
+        return sum(s.value for s in self.find(name, **labels))
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}
+
+
+async def scrape(url: str, token: str | None) -> Scrape:
+    """GET ``url`` (a service's /metrics) with the metrics token; the parsed answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        resp = await http.get(url, headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return Scrape(resp.text)
