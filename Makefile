@@ -17,7 +17,7 @@ LINTED := spawner backend tunnel userlab_manager devsite tests benchmarks docs
 
 export LABLINK_PROXY_COMMAND ?= $(abspath $(CHP))
 
-.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel bench-workshop bench-replicas venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
+.PHONY: up test lint docs screenshots bench-spawn bench-hpc bench-tunnel bench-workshop bench-replicas bench-metrics venv proxy oidc test-deps peers-start peers-stop slurm-up slurm-down clean
 
 ## up: install what the stack needs and run it on one machine (hub at http://127.0.0.1:8000)
 up: venv proxy
@@ -70,6 +70,11 @@ bench-workshop: venv proxy test-deps
 bench-replicas: venv test-deps
 	@bash .ci/peers.sh postgres && bash .ci/peers.sh haproxy
 	$(VENV)/bin/python benchmarks/replicas.py $(ARGS)
+
+## bench-metrics: what a Prometheus scrape of the backend costs with 1000 active labs, against the admin's list of active labs (ARGS="--labs 1000 --scrapes 30")
+bench-metrics: venv test-deps
+	@bash .ci/peers.sh postgres
+	$(VENV)/bin/python benchmarks/metrics.py $(ARGS)
 
 venv: $(VENV)/.stamp
 
