@@ -43,12 +43,14 @@ ADMIN_PASSWORD = "browser-admin-the-admins-own-password-0123"  # 32 characters o
 ADMIN = "ada"
 PEOPLE = ["paula", "rita"]
 OUTSIDER = "nina"
-USERS = [ADMIN, *PEOPLE, OUTSIDER, "felix"]
+USERS = [ADMIN, *PEOPLE, OUTSIDER, "felix", "otto"]
 TEMPLATE = Path(backend.__file__).parent / "data" / "embedded.yaml"
 BROKEN = (
     "import sys; print('loading the lab tools'); "
     "print('ModuleNotFoundError: no module named lab_tools'); sys.exit(3)"
 )
+
+NEVER_READY = "import time; time.sleep(300)"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     broken.update(display_name="Broken machine", command=[sys.executable, "-c", BROKEN])
     broken["start_timeout"] = 20
     doc["systems"]["broken"] = broken
+    never = dict(doc["systems"]["local"])  # a lab that never answers: its start waits
+    never.update(display_name="Slow machine", command=[sys.executable, "-c", NEVER_READY])
+    never["start_timeout"] = 120
+    doc["systems"]["slow"] = never
     s.site = site.write(doc, root / "site.yaml")
     s.start()
     yield s
@@ -235,3 +241,24 @@ async def test_the_admin_page_at_a_phones_width(stack: Stack, browser: Browser) 
             await person.wait_stopped("", timeout=30)
     finally:
         await context.close()
+
+
+async def test_a_start_the_hub_still_waits_for_is_stopped_at_the_backend(stack: Stack) -> None:
+    async with HubUser(stack.url, "otto", PASSWORD) as otto:
+        await otto.login()
+        resp = await otto.start("waiting", {"system": "slow"})
+        assert resp.status_code == 202, resp.text  # pending: the lab does not answer
+        async with HubUser(stack.url, ADMIN, ADMIN_PASSWORD) as ada:
+            await ada.login()
+            found = (await ada.api("GET", "/lablink/admin/overview")).json()
+            lab = next(lab for lab in found["labs"] if lab["user"] == "otto")
+            assert lab["state"] in ("accepted", "submitted", "starting")
+            stop = await ada.api("POST", f"/lablink/admin/labs/{lab['id']}/stop")
+            assert stop.status_code == 200, stop.text
+            assert stop.json()["stopped_by"] == "backend"
+            assert stop.json()["lab"]["state"] in ("stopping", "stopped")
+            # the hub's pending start ends with it
+            await otto.wait_stopped("waiting", timeout=60)
+            assert lab_state(stack, lab["id"]) == "stopped"
+            again = await ada.api("POST", f"/lablink/admin/labs/{lab['id']}/stop")
+            assert again.json()["stopped_by"] == "none"  # ended: nothing to stop
