@@ -127,9 +127,9 @@ async def overview(request: Request, who: Auth) -> Overview:
     shown = []
     for lab in active:
         view = lab_view(settings, lab, times.get(lab.id), admin=True, titles=titles)
-        workshop = lab.vo if lab.vo in busy else None
-        vo = lab.vo if lab.vo in site_vos else None
-        shown.append(AdminLabOut(**{**view.model_dump(), "workshop": workshop, "vo": vo}))
+        workshop = lab.vo if lab.vo in titles else None  # a VO gone from the site file: neither
+        site_vo = lab.vo if lab.vo in site_vos else None
+        shown.append(AdminLabOut(**{**view.model_dump(), "workshop": workshop, "vo": site_vo}))
     limits = (settings.workshops or WorkshopSettings()).limits
     now = utcnow()
     return Overview(
