@@ -44,10 +44,10 @@ docs: venv
 	$(PY) docs/generate_reference.py
 	$(PY) docs/generate_chart_schema.py
 
-## screenshots: redo docs/images/*.png (login, hub-home, spawn-form, spawn-pending, jupyterlab, vo, workshop-*) with the browser tests
+## screenshots: redo docs/images/*.png (login, hub-home, spawn-form, spawn-pending, jupyterlab, vo, workshop-*, admin-page) with the browser tests
 screenshots: venv proxy test-deps
 	@bash .ci/peers.sh chromium
-	LABLINK_SCREENSHOTS=$(abspath docs/images) $(PY) -m pytest tests/test_browser_flows.py tests/test_browser_workshops.py $(ARGS)
+	LABLINK_SCREENSHOTS=$(abspath docs/images) $(PY) -m pytest tests/test_browser_flows.py tests/test_browser_workshops.py tests/test_browser_admin.py $(ARGS)
 
 ## bench-spawn: time a spawn through Lablink against JupyterHub's stock LocalProcessSpawner
 bench-spawn: venv proxy

@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from . import health
+from .admin_api import router as admin_router
 from .api import router
 from .auth import TokenChecker
 from .bounded import turn_taking_client
@@ -137,6 +138,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     health.install(app)
     app.include_router(router)
     app.include_router(workshops_router)
+    app.include_router(admin_router)
 
     async def refresh() -> None:
         manager = getattr(app.state, "manager", None)

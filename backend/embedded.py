@@ -54,6 +54,7 @@ SECRET_VARIABLES = frozenset(
         "LABLINK_ADMIN_TOKEN",
         "LABLINK_BACKEND_TOKEN",
         "LABLINK_DEMO_PASSWORD",
+        "LABLINK_DEMO_ADMIN_PASSWORD",
         "LABLINK_DATABASE_URL",  # may hold a database password
         STATE_KEY_ENV,  # seals what a lab's start needs in the backend's database
         "CONFIGPROXY_AUTH_TOKEN",
@@ -78,6 +79,7 @@ SLURMRESTD_PORT = int(os.environ.get("LABLINK_SLURMRESTD_PORT", "6820"))
 DEMO_ACCOUNT = "lablink-demo"
 # SharedPasswordAuthenticator's shortest user password
 DEMO_PASSWORD_MIN = 8
+DEMO_ADMIN_PASSWORD_MIN = 32  # JupyterHub's SharedPasswordAuthenticator.admin_password
 
 
 def crypt_key(path: Path) -> str:
@@ -531,6 +533,15 @@ class Embedded:
                 f"lablink up: LABLINK_DEMO_PASSWORD has {len(password)} characters; the demo "
                 f"login needs at least {DEMO_PASSWORD_MIN} (or leave it unset for a random one)"
             )
+        admin_password = os.environ.get("LABLINK_DEMO_ADMIN_PASSWORD", "")
+        if admin_password and (
+            len(admin_password) < DEMO_ADMIN_PASSWORD_MIN or admin_password == password
+        ):
+            raise SystemExit(
+                f"lablink up: LABLINK_DEMO_ADMIN_PASSWORD must have at least "
+                f"{DEMO_ADMIN_PASSWORD_MIN} characters and differ from LABLINK_DEMO_PASSWORD "
+                "(or leave it unset: then no admin can log in)"
+            )
         self.generated_password = not password
         if not password:
             password = secrets.token_urlsafe(12)
@@ -573,6 +584,8 @@ class Embedded:
             "LABLINK_PROXY_API_PORT": str(self.args.proxy_api_port),
             "LABLINK_DEMO_PASSWORD": password,
         }
+        if admin_password:  # the hub's admins (LABLINK_HUB_ADMINS) log in with it
+            hub_env["LABLINK_DEMO_ADMIN_PASSWORD"] = admin_password
         # the idle culler, as the site file says unless the environment says otherwise
         culler = site_idle_culler(self.site)
         hub_env.setdefault("LABLINK_IDLE_TIMEOUT", str(culler.timeout))

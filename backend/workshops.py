@@ -151,6 +151,9 @@ def _workshop(row: Any) -> Workshop:
     )
 
 
+workshop_from_row = _workshop
+
+
 def new_code() -> str:
     return secrets.token_urlsafe(16)
 

@@ -190,6 +190,35 @@ class BackendClient:
                 return None
             raise
 
+    # -- the admin page: each acts for ``user``, a hub admin (X-Lablink-Admin)
+
+    ADMIN = {"X-Lablink-Admin": "true"}
+
+    async def admin_overview(self, user: str) -> dict[str, Any]:
+        """Every active lab with its handle, VO and workshop usage, the last failures."""
+        resp = await self._request("GET", "/admin/overview", user, headers=self.ADMIN)
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def admin_lab(self, lab_id: str, user: str) -> dict[str, Any] | None:
+        """Anybody's lab, as an admin sees it (None: no such lab)."""
+        try:
+            resp = await self._request("GET", f"/labs/{lab_id}", user, headers=self.ADMIN)
+            return resp.json()  # type: ignore[no-any-return]
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def admin_stop(self, lab_id: str, user: str) -> dict[str, Any] | None:
+        """Stop anybody's lab at the backend (None: no such lab)."""
+        try:
+            resp = await self._request("DELETE", f"/labs/{lab_id}", user, headers=self.ADMIN)
+            return resp.json()  # type: ignore[no-any-return]
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     # -- workshops (docs/reference.md "Workshops"): each acts for ``user``, as a hub
     # admin when ``admin`` (the backend trusts X-Lablink-Admin from the hub's token)
 

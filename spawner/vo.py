@@ -9,8 +9,8 @@
   login cannot be refreshed before a spawn is sent to log in again instead of
   getting an error page.
 
-They, the home page of :mod:`spawner.home` and the workshop pages and API of
-:mod:`spawner.workshops`, are added to the hub by the
+They, the home page of :mod:`spawner.home`, the workshop pages and API of
+:mod:`spawner.workshops` and the admin page of :mod:`spawner.admin`, are added to the hub by the
 authenticators (``VOPages.get_handlers``).
 """
 
@@ -175,6 +175,7 @@ class VOPages:
     """Mixin for authenticators: adds the VO page and the spawn page above."""
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+        from .admin import handlers as admin_handlers
         from .home import LablinkHomeHandler  # it imports this module
         from .workshops import handlers as workshop_handlers
 
@@ -185,5 +186,6 @@ class VOPages:
             (r"/spawn/([^/]+)", LablinkSpawnHandler),
             (r"/spawn/([^/]+)/([^/]+)", LablinkSpawnHandler),
             *workshop_handlers(),
+            *admin_handlers(),
         ]
         return own + list(super().get_handlers(app))  # type: ignore[misc]
