@@ -503,6 +503,25 @@ class Embedded:
     def say(self, text: str) -> None:
         print(f"lablink up: {text}", flush=True)
 
+    def say_admins(self) -> None:
+        """Who may open the admin page, and how they log in."""
+        if not self.admins:
+            return
+        names = ", ".join(repr(a) for a in self.admins)
+        page = f"{self.hub_url}/hub/lablink/admin"
+        if os.environ.get("LABLINK_OIDC_ISSUER"):
+            self.say(f"the admin page, {page}, is for {names} (LABLINK_HUB_ADMINS)")
+        elif self.generated_admin_password:
+            self.say(
+                f"the admin page, {page}: log in as {names} with the password "
+                f"{self.admin_password} (set LABLINK_DEMO_ADMIN_PASSWORD to choose it)"
+            )
+        else:
+            self.say(
+                f"the admin page, {page}: log in as {names} with the password in "
+                "LABLINK_DEMO_ADMIN_PASSWORD"
+            )
+
     def say_metrics(self) -> None:
         """Where each service's metrics are, as a command to run."""
         ports = {"backend": self.args.backend_port}
@@ -540,12 +559,22 @@ class Embedded:
             raise SystemExit(
                 f"lablink up: LABLINK_DEMO_ADMIN_PASSWORD must have at least "
                 f"{DEMO_ADMIN_PASSWORD_MIN} characters and differ from LABLINK_DEMO_PASSWORD "
-                "(or leave it unset: then no admin can log in)"
+                "(or leave it unset for a random one)"
             )
         self.generated_password = not password
         if not password:
             password = secrets.token_urlsafe(12)
         self.password = password
+        # with the demo login the hub's admins (LABLINK_HUB_ADMINS, else `admin`) log in
+        # with a password of their own; with OpenID Connect they log in as anybody does
+        oidc = bool(os.environ.get("LABLINK_OIDC_ISSUER"))
+        self.admins = [
+            a.strip() for a in os.environ.get("LABLINK_HUB_ADMINS", "admin").split(",") if a.strip()
+        ]
+        self.generated_admin_password = not admin_password and not oidc and bool(self.admins)
+        if self.generated_admin_password:
+            admin_password = secrets.token_urlsafe(32)
+        self.admin_password = admin_password
         # the children get this environment minus every secret; each service then
         # gets only the secrets it needs
         metrics = site_metrics(self.site)
@@ -584,7 +613,8 @@ class Embedded:
             "LABLINK_PROXY_API_PORT": str(self.args.proxy_api_port),
             "LABLINK_DEMO_PASSWORD": password,
         }
-        if admin_password:  # the hub's admins (LABLINK_HUB_ADMINS) log in with it
+        hub_env["LABLINK_HUB_ADMINS"] = ",".join(self.admins)
+        if admin_password and not oidc:  # the hub's admins log in with it
             hub_env["LABLINK_DEMO_ADMIN_PASSWORD"] = admin_password
         # the idle culler, as the site file says unless the environment says otherwise
         culler = site_idle_culler(self.site)
@@ -896,6 +926,7 @@ class Embedded:
                     self.say("(set LABLINK_DEMO_PASSWORD to choose it)")
                 else:
                     self.say("log in as 'demo' with the password in LABLINK_DEMO_PASSWORD")
+                self.say_admins()
                 self.say_metrics()
                 self.say("press Ctrl-C to stop everything")
                 code = await self._supervise(stop)
