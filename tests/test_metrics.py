@@ -346,3 +346,39 @@ def test_the_log_format_defaults_to_the_variable_a_pod_sets(
     assert given.log_format == "text"  # the option wins
     monkeypatch.setenv("LABLINK_LOG_FORMAT", "yaml")  # not a format: the default
     assert build_parser().parse_args(["backend", "--site", "s.yaml"]).log_format == "text"
+
+
+def test_lablink_up_gives_an_admin_and_the_metrics_token_and_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default walk: `lablink up` names the hub's admin with a password of its own
+    (the demo password does not open an admin's account), keeps the scraper's token in
+    the state directory, hands it to the services that serve /metrics (never to the hub),
+    and prints both."""
+    from backend import embedded
+
+    for name in ("LABLINK_HUB_ADMINS", "LABLINK_DEMO_ADMIN_PASSWORD", "LABLINK_OIDC_ISSUER",
+                 "LABLINK_METRICS_TOKEN", "LABLINK_DEMO_PASSWORD"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(embedded, "demo_local", lambda system: None)  # no account made
+    args = build_parser().parse_args(["up", "--state-dir", str(tmp_path), "--no-tunnel"])
+    up = embedded.Embedded(args, None, Path(embedded.__file__).parent / "data" / "embedded.yaml")
+    up._write_site()
+    services = up._services()
+    hub, backend_env = services["hub"].env, services["backend"].env
+    assert hub["LABLINK_HUB_ADMINS"] == "admin"
+    admin_password = hub["LABLINK_DEMO_ADMIN_PASSWORD"]
+    assert len(admin_password) >= 32 and admin_password != hub["LABLINK_DEMO_PASSWORD"]
+    token_file = tmp_path / "secrets" / "metrics_token"
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    assert backend_env["LABLINK_METRICS_TOKEN"] == token_file.read_text().strip()
+    assert "LABLINK_METRICS_TOKEN" not in hub and "LABLINK_DEMO_ADMIN_PASSWORD" not in backend_env
+    assert services["backend"].argv[-4:] == ["--log-level", "info", "--log-format", "text"]
+    up.say_admins()
+    up.say_metrics()
+    said = capsys.readouterr().out
+    assert f"log in as 'admin' with the password {admin_password}" in said
+    assert "/hub/lablink/admin" in said
+    assert f'curl -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:8010/metrics' in (
+        said
+    )
