@@ -74,7 +74,12 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     token = _service_token(args.token_env or settings.tunnel_service.token_env, "tunnel")
     if token is None:
         return 2
-    return _serve(create_app(settings, token), args.host, args.port, args.log_level)
+    try:  # the metrics token is read from the environment, as the service's own
+        app = create_app(settings, token, os.environ)
+    except SettingsError as exc:
+        print(f"lablink tunnel: {exc}", file=sys.stderr)
+        return 2
+    return _serve(app, args.host, args.port, args.log_level)
 
 
 def cmd_userlab_manager(args: argparse.Namespace) -> int:
@@ -98,7 +103,12 @@ def cmd_userlab_manager(args: argparse.Namespace) -> int:
     except (ConfigException, OSError) as exc:
         print(f"lablink userlab-manager: no Kubernetes configuration: {exc}", file=sys.stderr)
         return 2
-    return _serve(create_app(settings, token, kube), args.host, args.port, args.log_level)
+    try:  # the metrics token is read from the environment, as the service's own
+        app = create_app(settings, token, kube, os.environ)
+    except SettingsError as exc:
+        print(f"lablink userlab-manager: {exc}", file=sys.stderr)
+        return 2
+    return _serve(app, args.host, args.port, args.log_level)
 
 
 def cmd_hub(args: argparse.Namespace) -> int:

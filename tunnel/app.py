@@ -27,23 +27,26 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__, addresses
 from backend.auth import Principal, authenticate
 from backend.files import private_dir
+from backend.metrics import install_metrics
 from backend.service import backend_only_app
 from backend.settings import Settings, SettingsError
 from backend.sshconfig import HOST_PATTERN, HubForwardTls, SshTunnel
 
 from .hubtls import HubTls, server_context
 from .links import Forward, LinkDown, NodeLink, SystemLink, port_in_use
+from .metrics import TunnelMetrics
 
 log = logging.getLogger("lablink.tunnel")
 
@@ -342,17 +345,23 @@ async def close_tunnel(request: Request, lab_id: str, who: Auth) -> Response:
     return Response(status_code=204)
 
 
-def create_app(settings: Settings, token: str) -> FastAPI:
+def create_app(settings: Settings, token: str, environ: Mapping[str, str] | None = None) -> FastAPI:
+    """The service; ``environ`` (default: the process's) holds the metrics token."""
+    registry = CollectorRegistry()  # the app's own: a process may build several
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.state_dir)
         tunnels = Tunnels(settings, settings.state_dir / "tunnels.json")
         app.state.tunnels = tunnels
+        metrics = TunnelMetrics(tunnels)
+        registry.register(metrics)
         await tunnels.start_hub_tls()
         tunnels.load()
         try:
             yield
         finally:
+            registry.unregister(metrics)
             await tunnels.close()
 
     app = backend_only_app(
@@ -363,4 +372,7 @@ def create_app(settings: Settings, token: str) -> FastAPI:
         lifespan,
     )
     app.include_router(router)
+    install_metrics(
+        app, registry, settings.metrics, "tunnel", os.environ if environ is None else environ
+    )
     return app

@@ -27,7 +27,7 @@ import asyncssh
 
 from backend.sshconfig import LoginNode, SshTunnel
 
-from . import fastpath
+from . import fastpath, traffic
 
 log = logging.getLogger("lablink.tunnel")
 
@@ -84,7 +84,8 @@ class NodeLink:
         self.conn: asyncssh.SSHClientConnection | None = None
         self.state = "connecting"  # then "up" or "down" (retrying with backoff)
         self.problem = ""
-        self.reconnects = 0
+        self.reconnects = 0  # connections lost
+        self.restored = 0  # connections made again after one was lost
         self.hub_listener: Any = None
         self.hub_problem = ""  # why the hub's API cannot listen there, while it cannot
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +135,8 @@ class NodeLink:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
+            if self.reconnects > self.restored:
+                self.restored += 1
             self.conn, self.state, self.problem = conn, "up", ""
             log.info("connected to %s", self.name)
             await self._open_pty(conn)
@@ -226,6 +229,7 @@ class SystemLink:
         for node in nodes:
             node.systems.append(self)
         self.forwards: dict[str, Forward] = {}
+        self.traffic = traffic.Traffic()  # bytes through the forwards, each way
         self._carrier: NodeLink | None = None
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
@@ -332,8 +336,8 @@ class SystemLink:
 
     async def _listen(self, node: NodeLink, fwd: Forward) -> None:
         assert node.conn is not None
-        fwd.listener = await node.conn.forward_local_port(
-            self.bind, fwd.local_port, fwd.address, fwd.port
+        fwd.listener = await traffic.forward_local_port(
+            node.conn, self.bind, fwd.local_port, fwd.address, fwd.port, self.traffic
         )
         fwd.node = node
 

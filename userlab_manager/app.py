@@ -22,17 +22,19 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import __version__
 from backend.auth import Principal, authenticate
 from backend.files import private_dir
+from backend.metrics import install_metrics
 from backend.service import backend_only_app
 from backend.settings import Settings
 from backend.systems.kubernetes.config import KubernetesSystem, is_image_reference
@@ -46,6 +48,7 @@ from .manifests import (
     secret_manifest,
     service_manifest,
 )
+from .metrics import ManagerMetrics, PodPhases
 from .status import ACTIVE, lab_status
 
 log = logging.getLogger("lablink.userlab_manager")
@@ -360,19 +363,28 @@ async def _delete(labs: Labs, lab_id: str, response: Response) -> Any:
     return result.model_copy(update={"state": "gone", "message": "The lab's pod was deleted."})
 
 
-def create_app(settings: Settings, token: str, kube: Kube) -> FastAPI:
+def create_app(
+    settings: Settings, token: str, kube: Kube, environ: Mapping[str, str] | None = None
+) -> FastAPI:
+    """The service; ``environ`` (default: the process's) holds the metrics token."""
+    registry = CollectorRegistry()  # the app's own: a process may build several
+    metrics = ManagerMetrics(registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         private_dir(settings.state_dir)
         labs = Labs(settings, kube, settings.state_dir / "userlabs.json")
         labs.load()
         app.state.labs = labs
+        pods = PodPhases(labs)
+        registry.register(pods)
         await labs.reconcile()
         for namespace in labs.namespaces():
-            kube.watch(namespace, labs.on_event_soon)
+            kube.watch(namespace, labs.on_event_soon, metrics.watch_restarts.inc)
         try:
             yield
         finally:
+            registry.unregister(pods)
             await asyncio.to_thread(kube.close)
 
     app = backend_only_app(
@@ -383,4 +395,11 @@ def create_app(settings: Settings, token: str, kube: Kube) -> FastAPI:
         lifespan,
     )
     app.include_router(router)
+    install_metrics(
+        app,
+        registry,
+        settings.metrics,
+        "userlab_manager",
+        os.environ if environ is None else environ,
+    )
     return app

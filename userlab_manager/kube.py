@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from .manifests import LABEL_MANAGED_BY, MANAGED_BY, SELECTOR
 log = logging.getLogger("lablink.userlab_manager")
 
 WATCH_SECONDS = 5  # one watch request; short, so that stopping never waits long
+EARLY = WATCH_SECONDS - 1  # a watch that ends sooner without an error was ended by the server
 # the most of a pod's log read for a lab's output (the lab decides what it prints)
 LOG_BYTES = 16 * 1024
 Event = Callable[[str, dict[str, Any]], None]
@@ -139,20 +141,35 @@ class Kube:
 
     # -- watching -------------------------------------------------------------
 
-    def watch(self, namespace: str, on_event: Event) -> None:
+    def watch(
+        self, namespace: str, on_event: Event, on_restart: Callable[[], None] | None = None
+    ) -> None:
         """Follow the namespace's pods in a thread; ``on_event(type, pod)`` runs on
-        the calling loop for each ADDED, MODIFIED and DELETED pod of ours."""
+        the calling loop for each ADDED, MODIFIED and DELETED pod of ours, and
+        ``on_restart()`` in the thread whenever the watch begins again after an error
+        (a 410 Gone among them) or after the server ended it before its time (not
+        after its routine end every WATCH_SECONDS)."""
         loop = asyncio.get_running_loop()
         thread = threading.Thread(
-            target=self._follow, args=(namespace, loop, on_event), daemon=True,
+            target=self._follow, args=(namespace, loop, on_event, on_restart), daemon=True,
             name=f"watch-{namespace}",
         )  # fmt: skip
         self._threads.append(thread)
         thread.start()
 
-    def _follow(self, namespace: str, loop: asyncio.AbstractEventLoop, on_event: Event) -> None:
+    def _follow(
+        self,
+        namespace: str,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Event,
+        on_restart: Callable[[], None] | None,
+    ) -> None:
         delay = 0.5
+        again = False  # the last watch broke off: this one is a restart
         while not self._stop.is_set():
+            if again and on_restart is not None:
+                on_restart()
+            began = time.monotonic()
             try:
                 stream = watch.Watch().stream(
                     self.core.list_namespaced_pod,
@@ -169,9 +186,13 @@ class Kube:
                     if managed(pod):
                         loop.call_soon_threadsafe(on_event, str(event["type"]), pod)
                 delay = 0.5
+                again = time.monotonic() - began < EARLY
+                if again and not self._stop.is_set():
+                    log.info("the watch of pods in %s was ended by the cluster; again", namespace)
             except Exception as exc:
                 if self._stop.is_set() or loop.is_closed():
                     return
+                again = True
                 log.warning("watching pods in %s: %s; again in %.1f s", namespace, exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import datetime
 import itertools
+import json
 import logging
 import os
 import re
@@ -481,6 +482,49 @@ class KubeApi:
         """Delete the pod at once (no grace period); watchers see a DELETED event."""
         with self._http() as http:
             http.delete(f"/api/v1/namespaces/{namespace}/pods/{name}").raise_for_status()
+
+
+# -- a scripted pod watch, for the UserLab Manager's watch loop without a server ----------
+
+
+class WatchAnswer:
+    """One watch request's answer as urllib3 hands it to the client: ``lines`` after
+    ``hold`` seconds, then its end."""
+
+    status = 200
+
+    def __init__(self, *lines: dict[str, Any], hold: float = 0.0):
+        self.lines = lines
+        self.hold = hold
+
+    def stream(self, amt: int | None = None, decode_content: bool = False) -> Iterator[bytes]:
+        time.sleep(self.hold)
+        for line in self.lines:
+            yield json.dumps(line).encode() + b"\n"
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+class ScriptedPods:
+    """In place of a ``Kube``'s ``core`` (userlab_manager/kube.py): the pods API of a
+    cluster whose watches answer from ``script`` (an exception in it is raised),
+    then end in their time (``routine`` seconds)."""
+
+    def __init__(self, script: list[WatchAnswer | Exception], routine: float):
+        self.script = script
+        self.routine = routine
+        self.calls = 0
+
+    def list_namespaced_pod(self, namespace: str, **kwargs: Any) -> WatchAnswer:
+        self.calls += 1
+        step = self.script.pop(0) if self.script else WatchAnswer(hold=self.routine)
+        if isinstance(step, Exception):
+            raise step
+        return step
 
 
 if __name__ == "__main__":

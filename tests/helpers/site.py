@@ -277,3 +277,8 @@ def userlab_manager_doc(state_dir: Path, kubeconfig: Path, **changes: Any) -> di
         tokens=hub_token(),
         userlab_manager={"kubeconfig": str(kubeconfig)},
     )
+
+
+def with_metrics(document: dict[str, Any], **metrics: Any) -> dict[str, Any]:
+    """``document`` with the site's ``metrics`` block (issue 18) set to ``metrics``."""
+    return {**document, "metrics": metrics}

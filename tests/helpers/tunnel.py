@@ -25,6 +25,7 @@ class TunnelService:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more of its environment
 
     @property
     def url(self) -> str:
@@ -46,6 +47,7 @@ class TunnelService:
             **os.environ,
             "LABLINK_TUNNEL_TOKEN": self.token,
             "LABLINK_TEST_HUB_TOKEN": secrets.token_urlsafe(24),
+            **self.env,
         }
         argv = [sys.executable, "-m", "backend.cli", "tunnel", "--site", str(site_file),
                 "--port", str(self.port), "--log-level", "debug"]  # fmt: skip

@@ -29,6 +29,7 @@ class UserlabManager:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more of its environment
 
     @classmethod
     def for_kube(cls, directory: Path, kube: KubeApi, **system: Any) -> UserlabManager:
@@ -57,6 +58,7 @@ class UserlabManager:
             **os.environ,
             "LABLINK_USERLAB_MANAGER_TOKEN": self.token,
             "LABLINK_TEST_HUB_TOKEN": secrets.token_urlsafe(24),
+            **self.env,
         }
         argv = [sys.executable, "-m", "backend.cli", "userlab-manager", "--site", str(site_file),
                 "--port", str(self.port), "--log-level", "debug"]  # fmt: skip
