@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import kubernetes.client
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from backend.procs import free_port
 from tests.helpers import site
 from tests.helpers.kube import KubeApi, ScriptedPods, WatchAnswer
 from tests.helpers.labs import assert_error
+from tests.helpers.metrics import Scrape, scrape_now
 from tests.helpers.sshd import Sshd
 from tests.helpers.tunnel import TunnelService
 from tests.helpers.userlabs import NAMESPACE, UserlabManager, lab_body, scheduled
@@ -37,29 +37,6 @@ pytestmark = [pytest.mark.metrics, pytest.mark.integration]
 ALLOWED = [{"hosts": "127.0.0.1", "ports": {"min": 1024, "max": 65535}}]
 TOKEN_ENV = "LABLINK_METRICS_TOKEN"
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-# -- scraping ------------------------------------------------------------------------
-
-
-def scrape(url: str, token: str | None = None) -> Samples:
-    """Every sample of the exposition at ``url``, by name and labels."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = httpx.get(url, headers=headers, timeout=10, trust_env=False)
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(resp.text):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; KeyError (the test fails) when the series is missing."""
-    return samples[name, tuple(sorted(labels.items()))]
 
 
 def until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
@@ -138,8 +115,8 @@ def tunnel(tmp_path: Path, sshd: Sshd, metrics_token: str) -> Iterator[TunnelSer
     svc.stop()
 
 
-def tunnel_metrics(svc: TunnelService, token: str) -> Samples:
-    return scrape(f"http://127.0.0.1:{svc.port}/metrics", token)
+def tunnel_metrics(svc: TunnelService, token: str) -> Scrape:
+    return scrape_now(f"http://127.0.0.1:{svc.port}/metrics", token)
 
 
 def test_a_forward_raises_the_forwards_and_its_link_and_bytes_count_both_ways(
@@ -149,33 +126,33 @@ def test_a_forward_raises_the_forwards_and_its_link_and_bytes_count_both_ways(
     silent = tunnel.site["systems"]["hpc"]["ssh"]["login_nodes"][1]
     never = f"127.0.0.1:{silent['port']}"  # a login node that never answers
     before = tunnel_metrics(tunnel, metrics_token)
-    assert value(before, "lablink_tunnel_forwards", system="hpc") == 0
+    assert before.one("lablink_tunnel_forwards", system="hpc") == 0
     for login in (node, never):  # every configured login node, before its first link
-        assert value(before, "lablink_tunnel_link_up", system="hpc", node=login) == 0
-        assert value(before, "lablink_tunnel_reconnects_total", system="hpc", node=login) == 0
+        assert before.one("lablink_tunnel_link_up", system="hpc", node=login) == 0
+        assert before.one("lablink_tunnel_reconnects_total", system="hpc", node=login) == 0
     for direction in ("to_lab", "from_lab"):
-        assert value(before, "lablink_tunnel_bytes_total", system="hpc", direction=direction) == 0
+        assert before.one("lablink_tunnel_bytes_total", system="hpc", direction=direction) == 0
 
     port = open_tunnel(tunnel, echo)
     open_tunnel(tunnel, echo, "lab-2")
     data = secrets.token_bytes(3 << 20)
     assert through(port, data) == data
     after = tunnel_metrics(tunnel, metrics_token)
-    assert value(after, "lablink_tunnel_forwards", system="hpc") == 2
-    assert value(after, "lablink_tunnel_link_up", system="hpc", node=node) == 1
-    assert value(after, "lablink_tunnel_link_up", system="hpc", node=never) == 0
+    assert after.one("lablink_tunnel_forwards", system="hpc") == 2
+    assert after.one("lablink_tunnel_link_up", system="hpc", node=node) == 1
+    assert after.one("lablink_tunnel_link_up", system="hpc", node=never) == 0
     for direction in ("to_lab", "from_lab"):
-        moved = value(after, "lablink_tunnel_bytes_total", system="hpc", direction=direction)
+        moved = after.one("lablink_tunnel_bytes_total", system="hpc", direction=direction)
         assert len(data) <= moved < 2 * len(data), direction
-    labels = {dict(labels).get(k, "") for _, labels in after for k in ("system", "node")}
-    assert "lab-1" not in labels and "lab-2" not in labels  # no lab id as a label value
+    values = {value for sample in after.samples for value in sample.labels.values()}
+    assert not values & {"lab-1", "lab-2"}  # no lab id as a label value
 
     with tunnel.client() as client:
         assert client.delete("/tunnels/lab-1").status_code == 204
     gone = tunnel_metrics(tunnel, metrics_token)
-    assert value(gone, "lablink_tunnel_forwards", system="hpc") == 1
-    moved = value(gone, "lablink_tunnel_bytes_total", system="hpc", direction="to_lab")
-    assert moved == value(after, "lablink_tunnel_bytes_total", system="hpc", direction="to_lab")
+    assert gone.one("lablink_tunnel_forwards", system="hpc") == 1
+    moved = gone.one("lablink_tunnel_bytes_total", system="hpc", direction="to_lab")
+    assert moved == after.one("lablink_tunnel_bytes_total", system="hpc", direction="to_lab")
 
 
 def test_a_lost_link_shows_down_and_counts_a_reconnect_when_it_is_back(
@@ -185,7 +162,7 @@ def test_a_lost_link_shows_down_and_counts_a_reconnect_when_it_is_back(
     port = open_tunnel(tunnel, echo)
 
     def figure(name: str) -> float:
-        return value(tunnel_metrics(tunnel, metrics_token), name, system="hpc", node=node)
+        return tunnel_metrics(tunnel, metrics_token).one(name, system="hpc", node=node)
 
     assert figure("lablink_tunnel_link_up") == 1
     assert figure("lablink_tunnel_reconnects_total") == 0
@@ -213,7 +190,7 @@ def test_tunnel_metrics_need_the_metrics_token_and_open_nothing_else(
         # and the metrics token opens nothing of the API
         with tunnel.client(token=metrics_token) as client:
             assert_error(client.get("/tunnels"), 401)
-    assert "lablink_tunnel_forwards" in {name for name, _ in tunnel_metrics(tunnel, metrics_token)}
+    assert "lablink_tunnel_forwards" in tunnel_metrics(tunnel, metrics_token).names()
 
 
 def test_tunnel_metrics_on_a_port_of_their_own(tmp_path: Path, sshd: Sshd) -> None:
@@ -222,8 +199,8 @@ def test_tunnel_metrics_on_a_port_of_their_own(tmp_path: Path, sshd: Sshd) -> No
     ssh = sshd.ssh_settings(destinations=ALLOWED, keepalive=1)
     svc = tunnel_service(tmp_path, ssh, metrics, {})
     try:
-        samples = scrape(f"http://127.0.0.1:{port}/metrics")  # no token
-        assert value(samples, "lablink_tunnel_forwards", system="hpc") == 0
+        samples = scrape_now(f"http://127.0.0.1:{port}/metrics")  # no token
+        assert samples.one("lablink_tunnel_forwards", system="hpc") == 0
         with httpx.Client(trust_env=False, timeout=10) as http:
             headers = {"Authorization": f"Bearer {svc.token}"}
             assert_error(http.get(f"http://127.0.0.1:{svc.port}/metrics", headers=headers), 404)
@@ -255,8 +232,8 @@ def manager(tmp_path: Path, kube: KubeApi, metrics_token: str) -> Iterator[Userl
 
 
 def pods_by_phase(svc: UserlabManager, token: str) -> dict[str, float]:
-    samples = scrape(f"{svc.url}/metrics", token)
-    return {phase: value(samples, "lablink_userlab_pods", phase=phase) for phase in PHASES}
+    samples = scrape_now(f"{svc.url}/metrics", token)
+    return {phase: samples.one("lablink_userlab_pods", phase=phase) for phase in PHASES}
 
 
 def test_lab_pods_are_counted_by_phase(
@@ -285,8 +262,8 @@ def test_a_broken_pod_watch_counts_a_restart_and_its_routine_end_does_not(
     manager: UserlabManager, kube: KubeApi, metrics_token: str
 ) -> None:
     def restarts() -> float:
-        samples = scrape(f"{manager.url}/metrics", metrics_token)
-        return value(samples, "lablink_userlab_watch_restarts_total")
+        samples = scrape_now(f"{manager.url}/metrics", metrics_token)
+        return samples.one("lablink_userlab_watch_restarts_total")
 
     time.sleep(6.5)  # longer than one watch request (kube.WATCH_SECONDS): it ended once
     assert restarts() == 0
@@ -347,8 +324,8 @@ def test_userlab_manager_metrics_need_the_metrics_token_or_their_port(
     metrics = {"access": "port", "bind": "127.0.0.1", "ports": {"userlab_manager": port}}
     svc = userlab_manager(tmp_path / "b", kube, metrics, {TOKEN_ENV: metrics_token})
     try:
-        samples = scrape(f"http://127.0.0.1:{port}/metrics")  # no token
-        assert value(samples, "lablink_userlab_watch_restarts_total") == 0
+        samples = scrape_now(f"http://127.0.0.1:{port}/metrics")  # no token
+        assert samples.one("lablink_userlab_watch_restarts_total") == 0
         with httpx.Client(trust_env=False, timeout=10) as http:
             headers = {"Authorization": f"Bearer {metrics_token}"}
             assert_error(http.get(f"{svc.url}/metrics", headers=headers), 404)

@@ -38,15 +38,32 @@ class Scrape:
         """The sum of the samples of ``name`` whose labels include ``labels`` (0: none)."""
         return sum(s.value for s in self.find(name, **labels))
 
+    def one(self, name: str, **labels: str) -> float:
+        """The value of the one sample of ``name`` with exactly ``labels``; the test
+        fails when that series is missing."""
+        found = [s for s in self.find(name, **labels) if s.labels == labels]
+        assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
+        return found[0].value
+
     def names(self) -> set[str]:
         return {s.name for s in self.samples}
+
+
+def _parsed(resp: httpx.Response) -> Scrape:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return Scrape(resp.text)
 
 
 async def scrape(url: str, token: str | None) -> Scrape:
     """GET ``url`` (a service's /metrics) with the metrics token; the parsed answer."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
-        resp = await http.get(url, headers=headers)
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return Scrape(resp.text)
+        return _parsed(await http.get(url, headers=headers))
+
+
+def scrape_now(url: str, token: str | None = None) -> Scrape:
+    """``scrape`` for a test that runs no event loop (its service is a subprocess)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        return _parsed(http.get(url, headers=headers))
