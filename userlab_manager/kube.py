@@ -147,8 +147,9 @@ class Kube:
         """Follow the namespace's pods in a thread; ``on_event(type, pod)`` runs on
         the calling loop for each ADDED, MODIFIED and DELETED pod of ours, and
         ``on_restart()`` in the thread whenever the watch begins again after an error
-        (a 410 Gone among them) or after the server ended it before its time (not
-        after its routine end every WATCH_SECONDS)."""
+        (a 410 Gone among them) or after the server ended it before its time, each
+        after a pause (0.5 s doubling to 10 s); not after its routine end every
+        WATCH_SECONDS, when it begins again at once."""
         loop = asyncio.get_running_loop()
         thread = threading.Thread(
             target=self._follow, args=(namespace, loop, on_event, on_restart), daemon=True,
@@ -185,17 +186,23 @@ class Kube:
                     pod = event.get("raw_object") or self._json(event["object"])
                     if managed(pod):
                         loop.call_soon_threadsafe(on_event, str(event["type"]), pod)
-                delay = 0.5
                 again = time.monotonic() - began < EARLY
-                if again and not self._stop.is_set():
-                    log.info("the watch of pods in %s was ended by the cluster; again", namespace)
+                if not again:  # its routine end: at once again
+                    delay = 0.5
+                    continue
+                if self._stop.is_set():
+                    return
+                log.info("the cluster ended the watch of pods in %s early; again in %.1f s",
+                         namespace, delay)  # fmt: skip
             except Exception as exc:
                 if self._stop.is_set() or loop.is_closed():
                     return
                 again = True
                 log.warning("watching pods in %s: %s; again in %.1f s", namespace, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+            # broken off: again after a pause (a cluster that ends every watch at once
+            # is not asked again and again without one)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
 
     def close(self) -> None:
         """Stop watching. A watch thread may sit in a request for up to WATCH_SECONDS;
