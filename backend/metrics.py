@@ -23,7 +23,13 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -98,6 +104,11 @@ def install_metrics(
     """Serve ``registry`` at ``/metrics`` as ``metrics.access`` says (see the module)."""
     name = NAMES[service]
     token = metrics_token(metrics, environ)
+    # the process' own figures (CPU, memory, open files, garbage collection), in the
+    # service's registry as in prometheus_client's global one
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     exposition = Exposition(registry, refresh)
     app.state.metrics = exposition
 

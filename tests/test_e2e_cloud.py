@@ -25,6 +25,7 @@ from tests.helpers import site
 from tests.helpers.hub import HubUser
 from tests.helpers.kube import KubeApi
 from tests.helpers.kubelet import JupyterNode
+from tests.helpers.metrics import scrape
 from tests.helpers.stack import Stack
 from tests.helpers.userlabs import NAMESPACE
 from tests.helpers.waiting import wait_until
@@ -81,6 +82,15 @@ async def test_a_cloud_lab_opens_through_the_proxy_and_stop_deletes_its_pod(
         await alice.wait_lab(timeout=60)  # JupyterLab, after OAuth with the hub's API
         [pod] = kube.pods(NAMESPACE)
         assert pod["metadata"]["annotations"]["lablink.io/user"] == "alice"
+        # what an admin's `curl` of the backend's and the manager's /metrics shows now
+        token = (stack.state_dir / "secrets" / "metrics_token").read_text().strip()
+        backend = await scrape(f"http://127.0.0.1:{stack.ports['backend']}/metrics", token)
+        running = {"state": "running", "system": "cloud", "kind": "kubernetes", "vo": "demo"}
+        assert backend.value("lablink_labs", choice="small", **running) == 1
+        assert backend.value("lablink_driver_call_duration_seconds_count", peer="userlab_manager")
+        manager_url = yaml.safe_load(stack.site.read_text())["userlab_manager"]["url"]
+        manager = await scrape(f"{manager_url}/metrics", token)
+        assert manager.value("lablink_userlab_pods", phase="Running") == 1
 
         response = await alice.stop()
         assert response.status_code in (202, 204), response.text

@@ -29,6 +29,7 @@ from backend.embedded import LocalSlurm, embedded_site
 from tests.helpers import site
 from tests.helpers.hub import HubUser
 from tests.helpers.labs import jupyterlab_processes
+from tests.helpers.metrics import scrape
 from tests.helpers.slurm import SlurmRest, block_the_node, scancel, squeue_ids
 from tests.helpers.sshd import http_get_async
 from tests.helpers.stack import Stack
@@ -148,6 +149,7 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             assert "yesterday.ipynb" in names and not names & {"lab.json", "start.sh"}
             model = await alice.model()
             assert model["servers"][""]["user_options"]["partition"] == "batch"
+            await the_metrics_show_the_lab(stack)
 
             async with HubUser(stack.url, "bob", PASSWORD) as bob:
                 await bob.login()
@@ -164,6 +166,25 @@ async def test_a_lab_queues_runs_on_slurm_and_stops(stack: Stack, slurm: Any) ->
             assert response.url.path != "/user/alice/lab", "a stopped lab still answers"
     finally:
         scancel(slurm, blocker)
+
+
+async def the_metrics_show_the_lab(stack: Stack) -> None:
+    """What an admin's `curl` of each service's /metrics shows while alice's lab runs
+    (`lablink up` prints the command, with the token it keeps in the state directory)."""
+    token = (stack.state_dir / "secrets" / "metrics_token").read_text().strip()
+    said = stack.log.read_text()
+    assert f'metrics: curl -H "Authorization: Bearer $(cat {stack.state_dir}' in said
+    backend_url = f"http://127.0.0.1:{stack.ports['backend']}/metrics"
+    got = await scrape(backend_url, token)
+    running = {"state": "running", "system": "hpc", "kind": "unicore", "choice": "batch"}
+    assert got.value("lablink_labs", vo="demo", **running) == 1, got.find("lablink_labs")
+    assert got.value("lablink_lab_start_duration_seconds_count", system="hpc") >= 1
+    assert got.value("lablink_driver_call_duration_seconds_count", peer="unicore") > 0
+    assert got.value("lablink_driver_call_duration_seconds_count", peer="tunnel") > 0
+    tunnel = await scrape(f"http://127.0.0.1:{stack.ports['tunnel']}/metrics", token)
+    assert tunnel.value("lablink_tunnel_forwards", system="hpc") == 1
+    assert tunnel.value("lablink_tunnel_link_up", system="hpc") >= 1
+    assert tunnel.value("lablink_tunnel_bytes_total", system="hpc", direction="from_lab") > 0
 
 
 async def test_a_job_that_fails_shows_its_stderr(stack: Stack) -> None:

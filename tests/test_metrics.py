@@ -157,6 +157,8 @@ async def test_metrics_open_only_to_the_metrics_token(backend: RunningBackend) -
         assert api.status_code == 401
     got = await backend.metrics()
     assert {"lablink_labs", "lablink_event_streams", "lablink_replicas"} <= set(got.types)
+    assert got.value("process_resident_memory_bytes") > 1e6  # the process' own figures
+    assert got.find("python_info")
 
 
 async def test_metrics_are_off_without_their_token_or_when_the_site_says_so(
