@@ -19,16 +19,15 @@ Both need a JupyterHub admin whose request may manage everybody's servers
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from .client import FINAL, BackendClient, BackendError
 from .home import STATE_WORDS
+from .jsonapi import JsonAPI
 from .vo import backend_of
 
 LAB_ID = r"[A-Za-z0-9-]{1,64}"
@@ -144,7 +143,7 @@ class AdminPage(BaseHandler):
         self.finish(html)
 
 
-class AdminAPIBase(APIHandler):
+class AdminAPIBase(JsonAPI):
     def admin(self) -> Any:
         """The admin this request is for; 403 for anybody else."""
         user = self.current_user
@@ -159,23 +158,6 @@ class AdminAPIBase(APIHandler):
     @property
     def backend(self) -> BackendClient:
         return backend_of(self.current_user)
-
-    def answer(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data))
-
-    def refuse(self, exc: BackendError) -> None:
-        self.answer({"detail": exc.detail}, exc.status if exc.status < 500 else 502)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        detail = ""
-        if isinstance(exc, web.HTTPError):
-            detail = str(exc.log_message or exc.reason or "")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"detail": detail or self._reason}))
 
 
 class AdminOverviewAPI(AdminAPIBase):

@@ -23,12 +23,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
 from jupyterhub.spawner import SpawnException
 from jupyterhub.utils import url_path_join
@@ -36,6 +34,7 @@ from tornado import web
 
 from .client import FINAL, BackendClient, BackendError
 from .home import STATE_WORDS
+from .jsonapi import JsonAPI
 from .vo import backend_of, identity
 
 WORKSHOP_ID = r"[a-z][a-z0-9-]{1,39}"
@@ -519,7 +518,7 @@ class RosterCSV(WorkshopBase):
 # -- the JSON API --------------------------------------------------------------------
 
 
-class WorkshopAPIBase(APIHandler, WorkshopBase):
+class WorkshopAPIBase(JsonAPI, WorkshopBase):
     """JupyterHub's API handler (a user's token, or cookie + XSRF) asking the backend
     for the person; the backend's refusals pass through as ``{"detail", "field"?}``."""
 
@@ -538,38 +537,6 @@ class WorkshopAPIBase(APIHandler, WorkshopBase):
                 "use a token with the 'servers' scope.",
             )
         return user
-
-    def answer(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data))
-
-    def refuse(self, exc: BackendError) -> None:
-        status = exc.status if exc.status < 500 else 502
-        body = {"detail": exc.detail}
-        if exc.field:
-            body["field"] = exc.field
-        self.answer(body, status)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        detail = ""
-        if isinstance(exc, web.HTTPError):
-            detail = str(exc.log_message or exc.reason or "")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"detail": detail or self._reason}))
-
-    def body(self) -> dict[str, Any]:
-        if not self.request.body:
-            return {}
-        try:
-            data = json.loads(self.request.body)
-        except ValueError:
-            raise web.HTTPError(400, "The body must be a JSON object.") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "The body must be a JSON object.")
-        return data
 
 
 class WorkshopsAPI(WorkshopAPIBase):
