@@ -35,7 +35,7 @@ from .bus import Bus
 from .catalog import OptionError, validate_options
 from .db import utcnow
 from .health import db_unreachable, error_line
-from .observe import BackendMetrics
+from .observe import BackendMetrics, lab_fields
 from .retry import Backoff
 from .settings import Settings
 from .states import STARTING_UP, InvalidTransition, LabState
@@ -279,14 +279,7 @@ class LabManager:
             lab_log_name(lab.user_name, lab.server_name, lab.id),
             system_name,
             (time.monotonic() - began) * 1000,
-            extra={
-                "lab": lab.id,
-                "user": lab.user_name,
-                "server": lab.server_name,
-                "system": system_name,
-                "vo": lab.vo or "",
-                "to_state": lab.state.value,
-            },
+            extra=lab_fields(lab),
         )
         if self.metrics is not None:
             self.metrics.accepted(lab)

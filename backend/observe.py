@@ -42,6 +42,18 @@ def choice_of(options: Mapping[str, Any]) -> str:
     return str(options.get("partition") or options.get("flavor") or "")
 
 
+def lab_fields(lab: Lab) -> dict[str, str]:
+    """A lab's fields of a log line (backend/logs.py writes them as JSON)."""
+    return {
+        "lab": lab.id,
+        "user": lab.user_name,
+        "server": lab.server_name,
+        "system": lab.system,
+        "vo": lab.vo or "",
+        "to_state": lab.state.value,
+    }
+
+
 def handle_summary(handle: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a driver's handle that say where a lab runs (job, node, pod, pid)."""
     return {k: handle[k] for k in HANDLE_KEYS if handle.get(k) not in (None, "")}
@@ -175,13 +187,8 @@ class BackendMetrics:
             after.state.value,
             where,
             extra={
-                "lab": after.id,
-                "user": after.user_name,
-                "server": after.server_name,
-                "system": system,
-                "vo": after.vo or "",
+                **lab_fields(after),
                 "from_state": before.state.value,
-                "to_state": after.state.value,
                 "handle": handle,
                 **({"reason": reason} if reason else {}),
             },
