@@ -14,6 +14,7 @@ checked here are those of docs/reference.md, "The Helm chart".
 from __future__ import annotations
 
 import base64
+import copy
 import ipaddress
 import json
 import re
@@ -47,18 +48,22 @@ CASES: dict[str, Path | None] = {
 }
 
 SECRET_KEYS = ("hub-token", "tunnel-token", "userlab-manager-token", "proxy-token",
-               "cookie-secret", "crypt-key", "state-key")  # fmt: skip
+               "cookie-secret", "crypt-key", "state-key",
+               "metrics-token")  # with metrics.access token, the default  # fmt: skip
 HEX_KEYS = ("cookie-secret", "crypt-key", "state-key")
 SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|KEY|DATABASE_URL|DB_URL")
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 PORTS = {"hub": 8081, "backend": 8010, "tunnel": 8020, "userlab-manager": 8030,
          "devsite": 8040}  # fmt: skip
-# who may call each component (NetworkPolicy ingress), per the contract
+# the separate metrics listeners (metrics.access port)
+METRICS_PORTS = {"backend": 8011, "tunnel": 8021, "userlab-manager": 8031}
+# who may call each component (NetworkPolicy ingress), per the contract; "scraper" is a
+# peer of networkPolicy.metricsFrom, and it may reach the port serving /metrics only
 CALLERS = {
     "hub": {"proxy", "tunnel", "hub", "labs"},
-    "backend": {"hub", "backend"},
-    "tunnel": {"backend", "proxy", "hub"},  # the hub checks a new lab at its forward
-    "userlab-manager": {"backend"},
+    "backend": {"hub", "backend", "scraper"},
+    "tunnel": {"backend", "proxy", "hub", "scraper"},  # the hub checks a new lab at its forward
+    "userlab-manager": {"backend", "scraper"},
     "devsite": {"backend"},
     "labs": {"proxy", "hub"},
 }
@@ -591,8 +596,11 @@ def test_the_role_is_exactly_the_calls_of_the_manager() -> None:
 # -- network policies -----------------------------------------------------------------
 
 
-def peer_kind(peer: dict[str, Any]) -> str:
-    """Who a NetworkPolicyPeer lets in: a component, "labs", or "anywhere"."""
+def peer_kind(peer: dict[str, Any], scrapers: list[dict[str, Any]] | None = None) -> str:
+    """Who a NetworkPolicyPeer lets in: a component, "labs", "scraper" (a peer of
+    networkPolicy.metricsFrom, given as ``scrapers``), or "anywhere"."""
+    if scrapers and peer in scrapers:
+        return "scraper"
     if "ipBlock" in peer:
         return "anywhere"
     selector = peer.get("podSelector")
@@ -634,11 +642,24 @@ def test_a_network_policy_guards_every_pod(rendered: Rendered) -> None:
     problems_of(rendered, problems)
 
 
-def test_services_accept_only_their_callers(rendered: Rendered) -> None:
+def scraper_ports(access: str, component: str) -> set[Any]:
+    """The pod port a scraper may reach: /metrics on the API port (token), on the
+    metrics listener (port), or none (off)."""
+    if access == "token":
+        return {PORTS[component], "http"}
+    if access == "port":
+        return {METRICS_PORTS[component], "metrics"}
+    return set()
+
+
+def caller_problems(
+    objects: list[Obj], site: dict[str, Any], access: str, scrapers: list[dict[str, Any]]
+) -> list[str]:
+    """What the NetworkPolicies let in beyond CALLERS: a caller not listed, a port not
+    the component's, or the scraper on any port but the one serving /metrics."""
     problems = []
-    site = rendered.site()
     forward = (site.get("tunnel_service") or {}).get("ports") or {}
-    for policy in policies(rendered):
+    for policy in chart.objects_of(objects, "NetworkPolicy"):
         name = chart.name_of(policy).removeprefix("lablink-")
         if name not in CALLERS:
             continue  # the proxy takes the public's requests
@@ -652,14 +673,84 @@ def test_services_accept_only_their_callers(rendered: Rendered) -> None:
             if not peers:
                 problems.append(f"{chart.ref(policy)}: ingress from anywhere: {rule}")
                 continue
+            ports = {port for _, port, _ in chart.policy_ports(rule)}
             for peer in peers:
-                who = peer_kind(peer)
+                who = peer_kind(peer, scrapers)
                 if who not in CALLERS[name]:
                     problems.append(f"{chart.ref(policy)}: ingress from {who}")
-            ports = {port for _, port, _ in chart.policy_ports(rule)}
-            if allowed_ports and (not ports or not ports <= allowed_ports):
-                problems.append(f"{chart.ref(policy)}: ingress on ports {ports or 'all'}")
-    problems_of(rendered, problems)
+                    continue
+                if who == "scraper":
+                    wanted = scraper_ports(access, name)
+                    if not wanted:
+                        problems.append(f"{chart.ref(policy)}: a scraper with metrics off")
+                    elif not ports or not ports <= wanted:
+                        problems.append(
+                            f"{chart.ref(policy)}: the scraper on ports {ports or 'all'}"
+                        )
+                elif allowed_ports and (not ports or not ports <= allowed_ports):
+                    problems.append(f"{chart.ref(policy)}: ingress on ports {ports or 'all'}")
+    return problems
+
+
+def metrics_setup(values: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """metrics.access and networkPolicy.metricsFrom of the values (the chart's defaults
+    under them; Helm replaces a list as a whole)."""
+    effective = chart.deep_merge(chart.chart_defaults(), values)
+    return effective["metrics"]["access"], effective["networkPolicy"]["metricsFrom"]
+
+
+def test_services_accept_only_their_callers(rendered: Rendered) -> None:
+    access, scrapers = metrics_setup(rendered.values)
+    problems_of(rendered, caller_problems(rendered.objects, rendered.site(), access, scrapers))
+
+
+@pytest.mark.metrics
+@pytest.mark.parametrize("access", ["token", "port", "off"])
+def test_the_scraper_reaches_only_the_metrics_port(access: str) -> None:
+    """With each metrics.access the policies pass, the scraper is let in exactly where
+    /metrics is served, and the check above fails when a policy lets in too much."""
+    values = {"metrics": {"access": access}, "tunnel": {"enabled": True}}
+    objects = chart.render(values)
+    site = chart.rendered_site(objects)
+    _, scrapers = metrics_setup(values)
+    assert caller_problems(objects, site, access, scrapers) == []
+    for component in METRICS_PORTS:
+        policy = chart.one(objects, "NetworkPolicy", f"lablink-{component}")
+        let_in = {
+            port
+            for rule in policy["spec"]["ingress"]
+            if any(peer in scrapers for peer in rule["from"])
+            for _, port, _ in chart.policy_ports(rule)
+        }
+        assert let_in == scraper_ports(access, component) - {"http", "metrics"}, component
+
+    # a policy that lets too much in fails the check
+    scraper = scrapers[0]
+    widened = [
+        ("backend", {"from": [scraper]}),  # every port
+        ("tunnel", {"from": [scraper], "ports": [{"port": 9000, "endPort": 9099}]}),
+        ("hub", {"from": [scraper], "ports": [{"port": 8081}]}),  # not the hub's caller
+        ("backend", {"from": [{"namespaceSelector": {}}], "ports": [{"port": 8011}]}),
+    ]
+    if access == "port":  # the API port is no metrics port then
+        widened.append(("userlab-manager", {"from": [scraper], "ports": [{"port": 8030}]}))
+    for component, rule in widened:
+        changed = copy.deepcopy(objects)
+        policy = chart.one(changed, "NetworkPolicy", f"lablink-{component}")
+        policy["spec"]["ingress"].append(rule)
+        assert caller_problems(changed, site, access, scrapers), (component, rule)
+
+
+@pytest.mark.metrics
+def test_without_scrapers_no_policy_lets_anyone_in() -> None:
+    """metricsFrom: [] renders no rule at all (an empty `from` would let in everyone)."""
+    objects = chart.render({"networkPolicy": {"metricsFrom": []}, "tunnel": {"enabled": True}})
+    for component in METRICS_PORTS:
+        policy = chart.one(objects, "NetworkPolicy", f"lablink-{component}")
+        for rule in policy["spec"].get("ingress") or []:
+            assert rule.get("from"), f"{chart.ref(policy)}: {rule}"
+            assert not {8011, 8021, 8031} & {p for _, p, _ in chart.policy_ports(rule)}
+    assert caller_problems(objects, chart.rendered_site(objects), "token", []) == []
 
 
 def test_no_pod_may_reach_the_metadata_address(rendered: Rendered) -> None:
@@ -775,6 +866,8 @@ def site_with(changes: dict[str, Any]) -> dict[str, Any]:
             "flavours",
         ),
         (site_with({"idle_culer": {"timeout": 60}}), "idle_culer"),
+        ({"metrics": {"servicemonitor": {"enabled": True}}}, "servicemonitor"),
+        ({"metrics": {"access": "public"}}, "access"),
     ],
     ids=[
         "top level",
@@ -782,6 +875,8 @@ def site_with(changes: dict[str, Any]) -> dict[str, Any]:
         "hub.oidc.isuer",
         "site.systems.cloud.flavours",
         "site.idle_culer",
+        "metrics.servicemonitor",
+        "metrics.access",
     ],
 )
 def test_a_typo_in_values_fails_and_names_the_key(changes: dict[str, Any], key: str) -> None:
@@ -808,12 +903,14 @@ def test_sqlite_with_two_backends_fails_with_a_sentence() -> None:
         ({"state_dir": "/data"}, "state_dir"),
         ({"userlab_manager": {"url": "http://elsewhere:8030"}}, "userlab_manager.url"),
         ({"tunnel_service": {"url": "http://elsewhere:8020"}}, "tunnel_service.url"),
+        ({"metrics": {"access": "port"}}, "metrics.access"),
     ],
-    ids=["state_dir", "userlab_manager.url", "tunnel_service.url"],
+    ids=["state_dir", "userlab_manager.url", "tunnel_service.url", "metrics"],
 )
 def test_a_chart_owned_site_key_fails(site: dict[str, Any], key: str) -> None:
     message = chart.render_error(site_with(site))
-    assert key.rpartition(".")[2] in message, message
+    assert key.partition(".")[0] in message, message
+    assert "set by the chart" in message, message
 
 
 def test_a_database_url_in_the_site_never_reaches_a_configmap() -> None:
@@ -885,6 +982,10 @@ def test_the_rendered_site_has_what_the_chart_owns(rendered: Rendered) -> None:
     assert hub_tokens[0]["secret_env"] == "LABLINK_HUB_TOKEN"
     assert hub_tokens[0]["role"] == "hub" and hub_tokens[0]["admin_header"] is True
     assert 3 <= site["replicas"]["connections"] <= 15
+    access, _ = metrics_setup(rendered.values)
+    assert site["metrics"]["access"] == access
+    if access == "token":
+        assert site["metrics"]["token_env"] == "LABLINK_METRICS_TOKEN"
     for name, system in site["systems"].items():
         if system["kind"] == "kubernetes":
             assert system.get("namespace"), f"system {name} has no namespace"

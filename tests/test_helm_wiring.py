@@ -195,8 +195,8 @@ def test_a_missing_key_and_a_service_port_that_is_not_there_are_named(tmp_path: 
         Cluster(objects, tmp_path / "a", programs=progs)
     objects = chart.render(wiring_values())
     hub = chart.container_of(chart.one(objects, "Deployment", "lablink-hub"))
-    hub["env"].append({"name": "WRONG_URL", "value": "http://lablink-backend:8011"})
-    with pytest.raises(PodRunnerError, match="Service lablink-backend has no port 8011"):
+    hub["env"].append({"name": "WRONG_URL", "value": "http://lablink-backend:8019"})
+    with pytest.raises(PodRunnerError, match="Service lablink-backend has no port 8019"):
         Cluster(objects, tmp_path / "b", programs=progs)
 
 

@@ -224,6 +224,9 @@ key in values.site fails with one sentence.
 {{- fail (printf "site.tunnel_service.%s is set by the chart (the tunnel service's Service and address in the cluster); remove it from site." $key) -}}
 {{- end -}}
 {{- end -}}
+{{- if hasKey $site "metrics" -}}
+{{- fail "site.metrics is set by the chart (from metrics.access: the token in the chart's Secret, or the ports 8011, 8021 and 8031); remove it from site and set metrics.access instead." -}}
+{{- end -}}
 {{- $manager := $site.userlab_manager | default dict -}}
 {{- range $key := list "url" "kubeconfig" -}}
 {{- if hasKey $manager $key -}}
@@ -254,6 +257,7 @@ key in values.site fails with one sentence.
 {{- $_ := set $site "tunnel_service" $tunnel -}}
 {{- $_ := set $manager "url" (printf "http://%s-userlab-manager:8030" $fullname) -}}
 {{- $_ := set $site "userlab_manager" $manager -}}
+{{- $_ := set $site "metrics" (include "lablink.siteMetrics" . | fromYaml) -}}
 {{- $replicas := $site.replicas | default dict -}}
 {{- $_ := set $replicas "connections" (include "lablink.connections" . | int) -}}
 {{- $_ := set $site "replicas" $replicas -}}
@@ -264,6 +268,93 @@ key in values.site fails with one sentence.
 {{- end -}}
 {{- end -}}
 {{- toYaml $site -}}
+{{- end -}}
+
+{{/*
+Metrics (issue 18). The site's metrics block, from metrics.access: with token the
+services read the scraper's token from LABLINK_METRICS_TOKEN (Secret key metrics-token);
+with port each serves /metrics on a port of its own, on every address of the pod.
+*/}}
+{{- define "lablink.siteMetrics" -}}
+access: {{ .Values.metrics.access | quote }}
+{{- if eq .Values.metrics.access "token" }}
+token_env: LABLINK_METRICS_TOKEN
+{{- else if eq .Values.metrics.access "port" }}
+bind: 0.0.0.0
+ports:
+  backend: 8011
+  tunnel: 8021
+  userlab_manager: 8031
+{{- end }}
+{{- end -}}
+
+{{/* The metrics listener's port of a component (access: port): include "lablink.metricsPort" "backend" */}}
+{{- define "lablink.metricsPort" -}}
+{{- get (dict "backend" "8011" "tunnel" "8021" "userlab-manager" "8031") . -}}
+{{- end -}}
+
+{{/* The API port of a component: include "lablink.apiPort" "backend" */}}
+{{- define "lablink.apiPort" -}}
+{{- get (dict "backend" "8010" "tunnel" "8020" "userlab-manager" "8030") . -}}
+{{- end -}}
+
+{{/* The pod port that serves /metrics ("" with access off): include "lablink.metricsPodPort" (list . "backend") */}}
+{{- define "lablink.metricsPodPort" -}}
+{{- $access := (index . 0).Values.metrics.access -}}
+{{- if eq $access "token" -}}
+{{- include "lablink.apiPort" (index . 1) -}}
+{{- else if eq $access "port" -}}
+{{- include "lablink.metricsPort" (index . 1) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's metrics port (access: port): include "lablink.metricsContainerPort" (list . "backend") */}}
+{{- define "lablink.metricsContainerPort" -}}
+{{- if eq (index . 0).Values.metrics.access "port" -}}
+- name: metrics
+  containerPort: {{ include "lablink.metricsPort" (index . 1) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The scraper's token in a service's environment (access: token) */}}
+{{- define "lablink.metricsEnv" -}}
+{{- if eq .Values.metrics.access "token" -}}
+{{ include "lablink.secretEnv" (list . "LABLINK_METRICS_TOKEN" "metrics-token") }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A Service's port named metrics: 8011, 8021 or 8031, to the API port (access: token)
+or to the metrics listener (access: port); nothing with access off.
+include "lablink.metricsServicePort" (list . "backend")
+*/}}
+{{- define "lablink.metricsServicePort" -}}
+{{- $access := (index . 0).Values.metrics.access -}}
+{{- if ne $access "off" -}}
+- name: metrics
+  port: {{ include "lablink.metricsPort" (index . 1) }}
+  targetPort: {{ ternary "http" "metrics" (eq $access "token") }}
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/*
+The ingress rule of a component's NetworkPolicy that lets networkPolicy.metricsFrom
+reach the port serving /metrics, and no other; nothing with access off or no peers
+(an empty `from` would let everyone in).
+include "lablink.metricsIngress" (list . "backend")
+*/}}
+{{- define "lablink.metricsIngress" -}}
+{{- $root := index . 0 -}}
+{{- $port := include "lablink.metricsPodPort" . -}}
+{{- if and $port $root.Values.networkPolicy.metricsFrom -}}
+# Prometheus (networkPolicy.metricsFrom): /metrics only
+- ports:
+    - port: {{ $port }}
+      protocol: TCP
+  from:
+    {{- toYaml $root.Values.networkPolicy.metricsFrom | nindent 4 }}
+{{- end -}}
 {{- end -}}
 
 {{/* Checks that fail the install with one sentence */}}
@@ -297,6 +388,9 @@ key in values.site fails with one sentence.
 {{- fail (printf "system %s is of kind kubernetes, whose lab pods the UserLab Manager starts; set userlabManager.enabled to true or remove the system." $name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if and (eq .Values.metrics.access "off") .Values.metrics.serviceMonitor.enabled -}}
+{{- fail "metrics.serviceMonitor.enabled is true but metrics.access is off, so no service serves /metrics; set metrics.access to token or port, or switch the ServiceMonitor off." -}}
 {{- end -}}
 {{- $_ := include "lablink.site" . -}}
 {{- end -}}
