@@ -170,6 +170,35 @@ def test_the_backend_reaches_the_tunnel_and_the_manager_with_its_tokens(
         assert site_face.status_code == 200, site_face.text
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.metrics
+def test_prometheus_reads_each_service_with_the_metrics_token(cluster: Cluster) -> None:
+    """What the ServiceMonitor asks for (metrics.access token, the default): the port
+    named metrics of the Service, with the Secret's metrics-token, answers the
+    service's metrics in Prometheus' text format; another token is refused.
+
+    The backend's for now: the tunnel service's (lablink_tunnel_forwards) and the UserLab
+    Manager's (lablink_userlab_pods) join when their /metrics is on main (branch
+    tunmetrics); their env and Service ports are checked in tests/test_helm_metrics.py."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = secret_value(cluster.objects, "metrics-token")
+    own = {"lablink-backend": "lablink_labs"}
+    hub_token = cluster.container("lablink-hub").env["LABLINK_BACKEND_TOKEN"]
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        for service, metric in own.items():
+            assert cluster.container(service).env["LABLINK_METRICS_TOKEN"] == token
+            ports = {p["name"]: p["port"] for p in cluster.service(service)["spec"]["ports"]}
+            url = cluster.url(service, ports["metrics"]) + "/metrics"
+            answer = http.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, f"{service}: {answer.status_code} {answer.text}"
+            names = {f.name for f in text_string_to_metric_families(answer.text)}
+            assert metric in names, f"{service}: {sorted(names)}"
+            refused = http.get(url, headers={"Authorization": f"Bearer {hub_token}"})
+            assert refused.status_code == 401, f"{service} took the hub's token"
+
+
 # -- the runner itself: what a cluster would refuse, it refuses (no process) ------------
 
 
