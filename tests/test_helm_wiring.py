@@ -175,16 +175,16 @@ def test_the_backend_reaches_the_tunnel_and_the_manager_with_its_tokens(
 @pytest.mark.metrics
 def test_prometheus_reads_each_service_with_the_metrics_token(cluster: Cluster) -> None:
     """What the ServiceMonitor asks for (metrics.access token, the default): the port
-    named metrics of the Service, with the Secret's metrics-token, answers the
-    service's metrics in Prometheus' text format; another token is refused.
-
-    The backend's for now: the tunnel service's (lablink_tunnel_forwards) and the UserLab
-    Manager's (lablink_userlab_pods) join when their /metrics is on main (branch
-    tunmetrics); their env and Service ports are checked in tests/test_helm_metrics.py."""
+    named metrics of each Service, with the Secret's metrics-token, answers the
+    service's metrics in Prometheus' text format; another token is refused."""
     from prometheus_client.parser import text_string_to_metric_families
 
     token = secret_value(cluster.objects, "metrics-token")
-    own = {"lablink-backend": "lablink_labs"}
+    own = {
+        "lablink-backend": "lablink_labs",
+        "lablink-tunnel": "lablink_tunnel_forwards",
+        "lablink-userlab-manager": "lablink_userlab_pods",
+    }
     hub_token = cluster.container("lablink-hub").env["LABLINK_BACKEND_TOKEN"]
     with httpx.Client(timeout=10, trust_env=False) as http:
         for service, metric in own.items():
