@@ -526,8 +526,11 @@ class LabManager:
 
     # -- background work -----------------------------------------------------
 
-    async def _start_then_watch(self, lab: Lab, env: dict[str, str]) -> None:
+    async def _start_then_watch(
+        self, lab: Lab, env: dict[str, str], *, resumed: bool = False
+    ) -> None:
         ctx = self.context(lab, env)
+        ctx.resumed = resumed
         driver = self.driver_for(lab)
         try:
             url = await driver.start(ctx)
@@ -579,7 +582,7 @@ class LabManager:
             if env is not None:  # sealed at its admission: launch it (its job tag or pod
                 # name finds what an earlier replica submitted, so nothing runs twice)
                 log.info("%s: not launched yet; launching it", ctx.log_name)
-                await self._start_then_watch(lab, env)
+                await self._start_then_watch(lab, env, resumed=True)
                 return
             await self._finish(
                 lab,

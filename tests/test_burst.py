@@ -1,7 +1,8 @@
 """What a burst of starts (a workshop's first minute) relies on, without timing
 anything: the workshop bench's figures and log parsing (benchmarks/workshop.py),
 the ports the local kind hands to labs that start together (and what it does when
-another process takes one first), and the spawner's one
+another process takes one first), a start taken over from a replica that died after
+launching its process, and the spawner's one
 reading of start limits for many starts at once."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import http.server
 import math
+import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,13 @@ from backend import procs
 from backend.store import WriteTurns
 from backend.systems.driver import LabContext, LabFailed
 from backend.systems.local.config import LocalSystem
-from backend.systems.local.driver import LocalDriver
+from backend.systems.local.driver import LocalDriver, launched_elsewhere
 from benchmarks.workshop import accepted_ms, backend_own_ms, hub_requests, percentile
 from spawner import spawner as spawner_module
 from spawner.spawner import LablinkSpawner, _backend_decides
 from tests.helpers import site
 from tests.helpers.fakes import FakeHubUser
+from tests.helpers.labs import FAKELAB
 
 HUB_LOG = """\
 [I 2026-12-04 06:59:44.842 JupyterHub spawner:281] p050: lab 2f71d65b-e8be-4ab6-b89b-1dda6d8452aa accepted in 1061 ms
@@ -273,3 +277,56 @@ async def test_a_lab_that_cannot_bind_three_times_fails_with_its_output(
     assert "Address already in use" in failed.value.detail
     output = (tmp_path / "labs" / ctx.lab_id / "output.log").read_text()
     assert output.count("fakelab starting") == 3, output
+
+
+async def test_a_resumed_start_follows_the_process_a_dead_replica_launched(
+    tmp_path: Path,
+) -> None:
+    """A replica killed between launching a lab's process and storing its handle (CI: a
+    burst of fifty starts, one replica SIGKILLed) left a process nobody knew; the replica
+    that took the start over launched a second one. Now a resumed start finds the first
+    by the lab's id in its environment and follows it (each replica has its own state
+    directory, so the run directory's record is not there)."""
+    ctx = local_context(tmp_path / "taker")
+    ctx.resumed = True
+    port = procs.free_ports(1)[0]
+    prefix = "/user/alice/"
+    env = {
+        **os.environ,
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}{prefix}",
+        "LABLINK_LAB_ID": ctx.lab_id,
+    }
+    earlier = subprocess.Popen(  # noqa: ASYNC220 (a process a dead replica launched)
+        [*FAKELAB, "--start-delay=0.5"], env=env, start_new_session=True
+    )
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http_client:
+            driver = LocalDriver(http_client)
+            url = await driver.start(ctx)
+            assert url == f"http://127.0.0.1:{port}"
+            assert ctx.handle["pid"] == earlier.pid and ctx.handle["port"] == port
+            assert not (tmp_path / "taker" / "labs" / ctx.lab_id / "output.log").exists()
+            await driver.stop(ctx)
+        assert earlier.wait(5) is not None
+    finally:
+        earlier.kill()
+        earlier.wait(5)
+
+
+async def test_a_first_start_carries_the_lab_id_and_looks_for_no_earlier_launch(
+    tmp_path: Path,
+) -> None:
+    ctx = local_context(tmp_path)
+    async with httpx.AsyncClient(trust_env=False) as http_client:
+        driver = LocalDriver(http_client)
+        await driver.start(ctx)
+        try:
+            proc_environ = Path(f"/proc/{ctx.handle['pid']}/environ")
+            environ = (await asyncio.to_thread(proc_environ.read_bytes)).split(b"\0")
+            assert f"LABLINK_LAB_ID={ctx.lab_id}".encode() in environ
+            found = launched_elsewhere(ctx.lab_id, tmp_path / "x.log")
+            assert found is not None and found["pid"] == ctx.handle["pid"]
+            assert found["port"] == ctx.handle["port"]
+        finally:
+            await driver.stop(ctx)
+    assert launched_elsewhere(ctx.lab_id, tmp_path / "x.log") is None

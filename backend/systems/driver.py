@@ -107,6 +107,9 @@ class LabContext(Generic[S]):
     secret: str | None = field(default=None, repr=False)
     peers: Peers = field(default_factory=Peers)
     vo: str = ""  # the VO the lab was started in
+    # ``start`` of a lab another backend (a replica that died) may have launched before
+    # it could store the handle: the driver looks for that launch before it makes one
+    resumed: bool = False
 
     @property
     def access_token(self) -> str | None:

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -36,8 +37,11 @@ log = logging.getLogger("lablink.backend.local")
 
 # variables of the backend's own environment a lab may see
 PASSED_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+# the lab's id in its process's environment: a backend that takes a start over finds
+# a process an earlier one launched by it (as a batch job by its tag)
+LAB_ID_VAR = "LABLINK_LAB_ID"
 # variables the driver sets itself and the hub may not override
-OWN = frozenset({"PATH", "HOME", "JUPYTERHUB_SERVICE_URL", "PWD", "SHELL"})
+OWN = frozenset({"PATH", "HOME", "JUPYTERHUB_SERVICE_URL", "PWD", "SHELL", LAB_ID_VAR})
 
 
 def lab_command(system: LocalSystem, port: int) -> list[str]:
@@ -59,6 +63,7 @@ def lab_environment(
     port: int,
     prefix: str,
     account: pwd.struct_passwd | None = None,
+    lab_id: str = "",
 ) -> dict[str, str]:
     """The lab's environment (pure): the hub's variables, a PATH, a HOME, the bind URL;
     for a lab in its own account, that account's USER, LOGNAME and SHELL."""
@@ -73,6 +78,8 @@ def lab_environment(
         if account.pw_shell and not account.pw_shell.endswith(("nologin", "false")):
             env["SHELL"] = account.pw_shell
     env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}{prefix}"
+    if lab_id:
+        env[LAB_ID_VAR] = lab_id
     return env
 
 
@@ -109,6 +116,36 @@ def launched_before(path: Path) -> dict[str, Any] | None:
     if not isinstance(handle.get("port"), int):
         return None
     return handle if procs.is_alive(handle["pid"], handle.get("started")) else None
+
+
+def launched_elsewhere(lab_id: str, log_path: Path) -> dict[str, Any] | None:
+    """The handle of a live process launched for ``lab_id`` by another backend on this
+    machine (its own state directory: no record here), found by the lab's id in its
+    environment; the first launched when several carry it (its kernels and terminals
+    inherit it). None when there is none, or none this backend may read."""
+    wanted = f"{LAB_ID_VAR}={lab_id}".encode()
+    found: list[tuple[int, int, bytes]] = []
+    for entry in procs.PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or another account's
+            continue
+        if wanted not in environ.split(b"\0"):
+            continue
+        started = procs.start_time(int(entry.name))
+        if started is not None:
+            found.append((started, int(entry.name), environ))
+    if not found:
+        return None
+    started, pid, environ = min(found)
+    variables = dict(v.split(b"=", 1) for v in environ.split(b"\0") if b"=" in v)
+    url = urlsplit(variables.get(b"JUPYTERHUB_SERVICE_URL", b"").decode(errors="replace"))
+    if not url.port:
+        return None
+    return {"pid": pid, "started": started, "port": url.port, "prefix": url.path or "/",
+            "log": str(log_path)}  # fmt: skip
 
 
 def lab_account(system: LocalSystem, person: str) -> pwd.struct_passwd | None:
@@ -197,6 +234,8 @@ class LocalDriver(Driver[LocalSystem]):
                 )
         launched = run_dir / LAUNCHED
         earlier = launched_before(launched)
+        if earlier is None and ctx.resumed:
+            earlier = launched_elsewhere(ctx.lab_id, run_dir / "output.log")
         if earlier is not None:
             # launched by a backend that died before it stored the handle (another
             # replica, or this one before a restart): follow that process, start none
@@ -220,7 +259,7 @@ class LocalDriver(Driver[LocalSystem]):
         for attempt in range(1, PORT_TRIES + 1):
             port = self._free_port(ctx.lab_id)
             argv = lab_command(system, port)
-            env = lab_environment(ctx.env, home, port, prefix, account)
+            env = lab_environment(ctx.env, home, port, prefix, account, ctx.lab_id)
             with log_path.open("ab") as out:
                 try:
                     # subprocess, not asyncio's: on Python 3.11 asyncio keeps a thread per
