@@ -37,11 +37,6 @@ CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 HANDLE_KEYS = ("job", "host", "port", "pid", "pod", "namespace", "local_port")
 
 
-def choice_of(options: Mapping[str, Any]) -> str:
-    """The partition or flavor a lab's options chose ('' for a kind without one)."""
-    return str(options.get("partition") or options.get("flavor") or "")
-
-
 def lab_fields(lab: Lab) -> dict[str, str]:
     """A lab's fields of a log line (backend/logs.py writes them as JSON)."""
     return {
@@ -60,8 +55,9 @@ def handle_summary(handle: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def peer_hosts(settings: Settings) -> dict[str, str]:
-    """Which peer an address (``scheme://host:port``) is: the site's UNICORE sites,
-    slurmrestd, the tunnel service and the UserLab Manager."""
+    """Which peer an address (``scheme://host:port``) is: each system's own, as its kind
+    names it (``SystemSettings.peer``: UNICORE, slurmrestd), the tunnel service and the
+    UserLab Manager."""
     peers: dict[str, str] = {}
 
     def add(url: str, peer: str) -> None:
@@ -70,12 +66,9 @@ def peer_hosts(settings: Settings) -> dict[str, str]:
             peers[_address(parts.scheme, parts.hostname, parts.port)] = peer
 
     for system in settings.systems.values():
-        kind = system.kind
-        url = getattr(system, "url", "")
-        if kind == "unicore" and url:
-            add(url, "unicore")
-        elif kind == "slurm" and url:
-            add(url, "slurmrestd")
+        peer = system.peer()
+        if peer is not None:
+            add(peer[1], peer[0])
     add(settings.tunnel_service.url, "tunnel")
     add(settings.userlab_manager.url, "userlab_manager")
     return peers
@@ -163,6 +156,10 @@ class BackendMetrics:
             for reason in REASONS:
                 self.failures.labels(name, system.kind, reason)
 
+    def _choice(self, lab: Lab) -> str:
+        found = self.settings.systems.get(lab.system)
+        return found.choice(lab.options) if found is not None else ""
+
     def _kind(self, system: str) -> str:
         found = self.settings.systems.get(system)
         return found.kind if found is not None else "unknown"
@@ -231,7 +228,7 @@ class BackendMetrics:
             vo = lab.vo or ""
             in_vo = vo if vo in site_vos else ""
             in_workshop = vo if vo and vo not in site_vos and vo in workshop_ids else ""
-            key = (lab.state.value, lab.system, self._kind(lab.system), choice_of(lab.options),
+            key = (lab.state.value, lab.system, self._kind(lab.system), self._choice(lab),
                    in_vo, in_workshop)  # fmt: skip
             by_labels[key] += 1
             if in_vo:

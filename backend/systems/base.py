@@ -76,6 +76,17 @@ class SystemSettings(Strict):
         (``partitions``, ``flavors``): the names it may choose from."""
         return {}
 
+    def choice(self, options: Mapping[str, Any]) -> str:
+        """The partition or flavor a lab's (validated) ``options`` chose, as the site file
+        names it ('' for a kind without one): the metrics' ``choice`` label."""
+        return ""
+
+    def peer(self) -> tuple[str, str] | None:
+        """The remote service this system's labs are driven through, as (the metrics'
+        ``peer`` name, its URL); None: none of its own (a local lab, or the UserLab
+        Manager, which the backend knows apart)."""
+        return None
+
     def choice_name(self, options: Mapping[str, Any]) -> str | None:
         """The display name of the partition or flavor a lab's (validated) ``options``
         chose, for the list of a person's labs; None: the kind has no such choice."""

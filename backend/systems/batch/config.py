@@ -195,6 +195,9 @@ class BatchSystem(SystemSettings, Generic[P]):
     def vo_choices(self) -> dict[str, list[str]]:
         return {"partitions": list(self.partitions)}
 
+    def choice(self, options: Mapping[str, Any]) -> str:
+        return str(options.get("partition") or "")
+
     def choice_name(self, options: Mapping[str, Any]) -> str | None:
         name = str(options.get("partition", ""))
         part = self.partitions.get(name)

@@ -141,6 +141,9 @@ class KubernetesSystem(SystemSettings):
     def vo_choices(self) -> dict[str, list[str]]:
         return {"flavors": list(self.flavors)}
 
+    def choice(self, options: Mapping[str, Any]) -> str:
+        return str(options.get("flavor") or "")
+
     def choice_name(self, options: Mapping[str, Any]) -> str | None:
         name = str(options.get("flavor", ""))
         flavor = self.flavors.get(name)

@@ -56,6 +56,9 @@ class JwtAuth(Strict):
 class SlurmSystem(BatchSystem[Partition]):
     """Labs as Slurm batch jobs submitted through slurmrestd's REST API."""
 
+    def peer(self) -> tuple[str, str] | None:
+        return "slurmrestd", self.url
+
     kind: Literal["slurm"] = Field(
         description="'slurm': labs are batch jobs submitted through slurmrestd"
     )

@@ -71,6 +71,9 @@ UnicoreAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="method")]
 class UnicoreSystem(BatchSystem[UnicorePartition]):
     """Labs as UNICORE jobs (batch or on a login node) on an HPC system."""
 
+    def peer(self) -> tuple[str, str] | None:
+        return "unicore", self.url
+
     kind: Literal["unicore"] = Field(description="'unicore': labs are jobs submitted to UNICORE/X")
     url: str = Field(
         pattern=r"^https?://[^\s]+/rest/core/?$",
